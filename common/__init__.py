@@ -1,0 +1,4 @@
+"""Comet's shared layers, bottom-up: transport → he → mpc → approx → protocol.
+
+A module may import only from layers below its own.
+"""

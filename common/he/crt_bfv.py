@@ -1,0 +1,313 @@
+"""BFV under several plaintext primes (CRT), client-keyed, for exact Z_{2^64} products.
+
+One SEAL context per plaintext prime p_i (all with the same ring degree and
+coefficient modulus). The client owns the secret keys; the server sees public keys
+and ciphertexts only. A product computed under every p_i is an exact integer once the
+client CRT-reconstructs it, which is how values of Z_{2^64} survive a 58-bit
+plaintext space.
+
+Returned ciphertexts are made independent of the server's operands before they leave
+(`CrtBfvServer.seal_result`): mod-switch to the return level, add a fresh public-key
+encryption of zero (re-randomises the mask part), then add uniform "flooding" noise of
+`flood_bits` to c0, 2^40 above the noise bound of the result (docs/SECURITY.md §HE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import tenseal.sealapi as seal
+from numpy.typing import NDArray
+
+from common.he.crt import CrtBasis
+from common.he.seal_io import SealIO, plaintext_coeffs, plaintext_members, split_ciphertext, wrap
+
+U64 = np.uint64
+
+
+@dataclass(frozen=True)
+class CrtBfvParams:
+    """Public HE parameters, agreed in the session handshake.
+
+    coeff_bits: SEAL coefficient modulus; the last prime is the special (key) prime.
+    The return level drops one more data prime. 218 bits total is SEAL's 128-bit bound
+    for N = 8192 (HE standard), checked by SEAL at context creation.
+    """
+
+    poly_degree: int = 8192
+    coeff_bits: tuple[int, ...] = (60, 60, 60, 38)
+    plain_bits: int = 58
+    max_primes: int = 4
+    noise_sigma: float = 3.2  # SEAL's default error standard deviation
+    noise_tail: float = 8.0  # high-probability bound, in standard deviations
+    stat_sec: int = 40
+
+    @property
+    def slots(self) -> int:
+        return self.poly_degree
+
+    @property
+    def full_bits(self) -> int:
+        return sum(self.coeff_bits[:-1])
+
+    @property
+    def return_bits(self) -> int:
+        return sum(self.coeff_bits[:-2])
+
+    @property
+    def return_moduli(self) -> int:
+        return len(self.coeff_bits) - 2
+
+    @cached_property
+    def plain_primes(self) -> list[int]:
+        primes = [
+            m.value()
+            for m in seal.PlainModulus.Batching(
+                self.poly_degree, [self.plain_bits] * self.max_primes
+            )
+        ]
+        coeff = {
+            m.value() for m in seal.CoeffModulus.Create(self.poly_degree, list(self.coeff_bits))
+        }
+        if coeff & set(primes):
+            raise ValueError("plaintext primes must differ from the coefficient primes")
+        return primes
+
+    def primes_for(self, value_bits: float) -> int:
+        """How many plaintext primes hold |value + mask| with the 40-bit flooding mask."""
+        need = value_bits + self.stat_sec + 2
+        n = math.ceil(need / (self.plain_bits - 1))
+        if n > self.max_primes:
+            raise ValueError(f"{value_bits:.0f}-bit products need {n} primes > {self.max_primes}")
+        return n
+
+    def flood_bits(self, terms: int, plain_std: float) -> int:
+        """Flooding-noise bits for a result summing `terms` ct×pt products.
+
+        Noise of one product coefficient: a sum of N terms (pt coefficient × fresh error),
+        std sqrt(N)·plain_std·σ; after the switch to the return level it scales by
+        q_ret/q_full, and two roundings (mod switch, re-encryption) add std ≈ sqrt(N/9).
+        The bound is `noise_tail` standard deviations; flooding is 2^stat_sec above it.
+        Raises if the return level cannot hold the flooded noise (decryption would fail).
+        """
+        n = self.poly_degree
+        prod = math.sqrt(terms * n) * plain_std * self.noise_sigma
+        prod *= 2.0 ** (self.return_bits - self.full_bits)
+        rounding = math.sqrt(2 * (n * 2 / 3 / 12 + 1 / 12))
+        bound_bits = math.ceil(math.log2(self.noise_tail * math.hypot(prod, rounding)))
+        flood = bound_bits + self.stat_sec
+        if flood + self.plain_bits + 2 > self.return_bits:
+            raise ValueError("HE parameters leave no room for 40-bit noise flooding")
+        return flood
+
+
+@dataclass
+class _Prime:
+    """SEAL objects for one plaintext prime."""
+
+    p: int
+    context: object
+    encoder: object
+    evaluator: object
+    first_parms: object = None
+    return_parms: object = None
+    extras: dict = field(default_factory=dict)
+
+
+def _make_prime(params: CrtBfvParams, p: int) -> _Prime:
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
+    parms.set_poly_modulus_degree(params.poly_degree)
+    parms.set_coeff_modulus(seal.CoeffModulus.Create(params.poly_degree, list(params.coeff_bits)))
+    parms.set_plain_modulus(seal.Modulus(p))
+    ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    if not ctx.parameters_set():
+        raise ValueError(f"invalid BFV parameters: {ctx.parameter_error_message()}")
+    first = ctx.first_context_data()
+    ret = first.next_context_data()
+    return _Prime(
+        p, ctx, seal.BatchEncoder(ctx), seal.Evaluator(ctx), first.parms_id(), ret.parms_id()
+    )
+
+
+class _Base:
+    def __init__(self, params: CrtBfvParams) -> None:
+        self.params = params
+        self.io = SealIO()
+        self.primes = [_make_prime(params, p) for p in params.plain_primes]
+        self._prefix: list[bytes | None] = [None] * len(self.primes)
+
+    def basis(self, n_primes: int) -> CrtBasis:
+        return CrtBasis([pr.p for pr in self.primes[:n_primes]])
+
+    def _plain_slots(self, i: int, residues: NDArray[np.uint64]) -> object:
+        pt = seal.Plaintext()
+        self.primes[i].encoder.encode(residues.tolist(), pt)
+        return pt
+
+    def _plain_coeffs(self, i: int, residues: NDArray[np.uint64]) -> object:
+        pt = seal.Plaintext()
+        self.io.load(pt, self.primes[i].context, wrap(plaintext_members(residues)))
+        return pt
+
+    def plain(self, i: int, residues: NDArray[np.uint64], coeffs: bool) -> object:
+        """A plaintext for prime i: values in SIMD slots, or as polynomial coefficients."""
+        return self._plain_coeffs(i, residues) if coeffs else self._plain_slots(i, residues)
+
+    def return_size(self) -> int:
+        """Bytes of one returned ciphertext (2 polynomials at the return level)."""
+        return 2 * self.params.return_moduli * self.params.poly_degree * 8
+
+
+class CrtBfvClient(_Base):
+    """The key owner: encrypts its vectors, decrypts and CRT-reconstructs results."""
+
+    def __init__(self, params: CrtBfvParams) -> None:
+        super().__init__(params)
+        for pr in self.primes:
+            kg = seal.KeyGenerator(pr.context)
+            pk = seal.PublicKey()
+            kg.create_public_key(pk)
+            pr.extras.update(
+                sk=kg.secret_key(),
+                pk=pk,
+                encryptor=seal.Encryptor(pr.context, kg.secret_key()),
+                decryptor=seal.Decryptor(pr.context, kg.secret_key()),
+            )
+
+    def public_keys(self) -> list[bytes]:
+        """Serialized public keys, one per prime (sent once per session)."""
+        return [self.io.save(pr.extras["pk"]) for pr in self.primes]
+
+    def encrypt(self, i: int, residues: NDArray[np.uint64], coeffs: bool = False) -> bytes:
+        """Seeded symmetric encryption under prime i (half the size of a public-key one)."""
+        pt = self.plain(i, residues, coeffs)
+        return self.io.save(self.primes[i].extras["encryptor"].encrypt_symmetric(pt))
+
+    def _return_prefix(self, i: int) -> bytes:
+        if self._prefix[i] is None:
+            pr = self.primes[i]
+            ct = seal.Ciphertext(pr.context)
+            pr.extras["encryptor"].encrypt_zero_symmetric(pr.return_parms, ct)
+            members = self.io.members(ct)
+            self._prefix[i] = split_ciphertext(
+                members, self.params.poly_degree, self.params.return_moduli
+            )[0]
+        return self._prefix[i]
+
+    def load_result(self, i: int, raw: bytes) -> object:
+        if len(raw) != self.return_size():
+            raise ValueError(
+                f"result ciphertext has {len(raw)} bytes, expected {self.return_size()}"
+            )
+        ct = seal.Ciphertext(self.primes[i].context)
+        return self.io.load(ct, self.primes[i].context, wrap(self._return_prefix(i) + raw))
+
+    def noise_budget(self, i: int, ct: object) -> int:
+        return self.primes[i].extras["decryptor"].invariant_noise_budget(ct)
+
+    def decrypt(self, i: int, ct: object, coeffs: bool = False) -> NDArray[np.uint64]:
+        """Residues mod p_i of the plaintext (slots, or coefficients)."""
+        pr = self.primes[i]
+        pt = seal.Plaintext()
+        pr.extras["decryptor"].decrypt(ct, pt)
+        if coeffs:
+            out = np.zeros(self.params.poly_degree, dtype=U64)
+            c = plaintext_coeffs(self.io.members(pt))
+            out[: c.size] = c
+            return out
+        return np.array(pr.encoder.decode_uint64(pt), dtype=U64)
+
+
+class CrtBfvServer(_Base):
+    """The evaluator: multiplies client ciphertexts by its own plaintexts, masks, floods."""
+
+    def __init__(
+        self, params: CrtBfvParams, public_keys: list[bytes], rng: np.random.Generator
+    ) -> None:
+        super().__init__(params)
+        if len(public_keys) != len(self.primes):
+            raise ValueError("wrong number of public keys")
+        self.rng = rng
+        for pr, blob in zip(self.primes, public_keys, strict=True):
+            pk = self.io.load(seal.PublicKey(), pr.context, blob)
+            pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)
+        self._moduli = [
+            [
+                m.value()
+                for m in pr.context.get_context_data(pr.return_parms).parms().coeff_modulus()
+            ]
+            for pr in self.primes
+        ]
+
+    def load(self, i: int, blob: bytes) -> object:
+        """A client ciphertext under prime i (raises ValueError if malformed)."""
+        ct = seal.Ciphertext(self.primes[i].context)
+        try:
+            self.io.load(ct, self.primes[i].context, blob)
+        except Exception as exc:  # SEAL raises generic errors on bad input
+            raise ValueError(f"malformed ciphertext: {exc}") from exc
+        if ct.size() != 2 or ct.parms_id() != self.primes[i].first_parms:
+            raise ValueError("ciphertext is not a fresh encryption at the first level")
+        return ct
+
+    def to_ntt(self, i: int, obj: object, plain: bool = False) -> object:
+        ev = self.primes[i].evaluator
+        if plain:
+            ev.transform_to_ntt_inplace(obj, self.primes[i].first_parms)
+        else:
+            ev.transform_to_ntt_inplace(obj)
+        return obj
+
+    def dot_plain(self, i: int, cts: list[object], pts: list[object]) -> object:
+        """Σ ct_j · pt_j for ciphertexts and plaintexts in coefficient form."""
+        ev = self.primes[i].evaluator
+        acc = seal.Ciphertext()
+        ev.multiply_plain(cts[0], pts[0], acc)
+        tmp = seal.Ciphertext()
+        for ct, pt in zip(cts[1:], pts[1:], strict=True):
+            ev.multiply_plain(ct, pt, tmp)
+            ev.add_inplace(acc, tmp)
+        return acc
+
+    def dot(self, i: int, cts: list[object], pts: list[object]) -> object:
+        """Σ ct_j · pt_j (NTT form in, NTT form out)."""
+        ev = self.primes[i].evaluator
+        acc = seal.Ciphertext()
+        ev.multiply_plain(cts[0], pts[0], acc)
+        tmp = seal.Ciphertext()
+        for ct, pt in zip(cts[1:], pts[1:], strict=True):
+            ev.multiply_plain(ct, pt, tmp)
+            ev.add_inplace(acc, tmp)
+        return acc
+
+    def seal_result(
+        self, i: int, ct: object, mask: NDArray[np.uint64], coeffs: bool, flood_bits: int
+    ) -> bytes:
+        """Add the plaintext mask, switch to the return level, re-randomise, flood.
+
+        Returns the raw coefficient bytes (the client knows the metadata).
+        Cost: one mod switch, one public-key encryption of zero, one serialization.
+        """
+        pr = self.primes[i]
+        ev = pr.evaluator
+        if ct.is_ntt_form():
+            ev.transform_from_ntt_inplace(ct)
+        ev.mod_switch_to_inplace(ct, pr.return_parms)
+        ev.add_plain_inplace(ct, self.plain(i, mask, coeffs))
+        zero = seal.Ciphertext(pr.context)
+        pr.extras["encryptor"].encrypt_zero(pr.return_parms, zero)
+        ev.add_inplace(ct, zero)
+        _, data = split_ciphertext(
+            self.io.members(ct), self.params.poly_degree, self.params.return_moduli
+        )
+        n = self.params.poly_degree
+        noise = self.rng.integers(
+            -(1 << flood_bits), 1 << flood_bits, size=n, dtype=np.int64, endpoint=True
+        )
+        for j, q in enumerate(self._moduli[i]):
+            e = np.mod(noise, np.int64(q)).astype(U64)
+            data[0, j] = (data[0, j] + e) % U64(q)
+        return data.tobytes()

@@ -1,0 +1,103 @@
+"""Coefficient packing of matrix products (Cheetah-style, no rotations, no Galois keys).
+
+A block X (mb×kb) is encoded with X[i,l] at coefficient i·kb·nb + l, a block W (kb×nb)
+with W[l,j] at j·kb + kb−1−l. In the negacyclic product the coefficient
+i·kb·nb + j·kb + kb−1 is exactly Σ_l X[i,l]·W[l,j] when mb·kb·nb ≤ N; every other
+coefficient holds cross terms and must be masked before it returns to the client.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Blocking:
+    m: int
+    k: int
+    n: int
+    mb: int
+    kb: int
+    nb: int
+    degree: int
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (
+            math.ceil(self.m / self.mb),
+            math.ceil(self.k / self.kb),
+            math.ceil(self.n / self.nb),
+        )
+
+    @property
+    def uploads(self) -> int:
+        g = self.grid
+        return g[0] * g[1]
+
+    @property
+    def returns(self) -> int:
+        g = self.grid
+        return g[0] * g[2]
+
+    @property
+    def products(self) -> int:
+        return math.prod(self.grid)
+
+    def encode_lhs(self, x: NDArray) -> NDArray:
+        """(Mb, Kb, N) coefficient arrays of the left operand's blocks."""
+        Mb, Kb, _ = self.grid
+        xp = np.zeros((Mb * self.mb, Kb * self.kb), dtype=x.dtype)
+        xp[: self.m, : self.k] = x
+        blocks = xp.reshape(Mb, self.mb, Kb, self.kb).transpose(0, 2, 1, 3)
+        out = np.zeros((Mb, Kb, self.degree), dtype=x.dtype)
+        i, l = np.meshgrid(np.arange(self.mb), np.arange(self.kb), indexing="ij")
+        out[:, :, (i * self.kb * self.nb + l).ravel()] = blocks.reshape(Mb, Kb, -1)
+        return out
+
+    def encode_rhs(self, w: NDArray) -> NDArray:
+        """(Kb, Nb, N) coefficient arrays of the right operand's blocks."""
+        _, Kb, Nb = self.grid
+        wp = np.zeros((Kb * self.kb, Nb * self.nb), dtype=w.dtype)
+        wp[: self.k, : self.n] = w
+        blocks = wp.reshape(Kb, self.kb, Nb, self.nb).transpose(0, 2, 1, 3)
+        out = np.zeros((Kb, Nb, self.degree), dtype=w.dtype)
+        l, j = np.meshgrid(np.arange(self.kb), np.arange(self.nb), indexing="ij")
+        out[:, :, (j * self.kb + self.kb - 1 - l).ravel()] = blocks.reshape(Kb, Nb, -1)
+        return out
+
+    def output_index(self) -> NDArray[np.int64]:
+        """Coefficient index of result (i, j) inside an output block, shape (mb, nb)."""
+        i, j = np.meshgrid(np.arange(self.mb), np.arange(self.nb), indexing="ij")
+        return i * self.kb * self.nb + j * self.kb + self.kb - 1
+
+    def decode_output(self, coeffs: NDArray) -> NDArray:
+        """(Mb, Nb, N) output coefficients → the (m, n) product."""
+        Mb, _, Nb = self.grid
+        vals = coeffs[:, :, self.output_index()]  # (Mb, Nb, mb, nb)
+        full = vals.transpose(0, 2, 1, 3).reshape(Mb * self.mb, Nb * self.nb)
+        return full[: self.m, : self.n]
+
+
+@lru_cache(maxsize=256)
+def choose_blocking(
+    m: int, k: int, n: int, degree: int, up_bytes: int, down_bytes: int
+) -> Blocking:
+    """The block shape that minimises bytes on the wire, then ct×pt products."""
+    best: tuple[tuple[int, int], Blocking] | None = None
+    for mb in range(1, min(m, degree) + 1):
+        Mb = math.ceil(m / mb)
+        if mb > 1 and math.ceil(m / (mb - 1)) == Mb:
+            continue  # same grid as mb − 1 with more padding
+        for kb in range(1, min(k, degree // mb) + 1):
+            nb = min(n, degree // (mb * kb))
+            b = Blocking(m, k, n, mb, kb, nb, degree)
+            cost = (b.uploads * up_bytes + b.returns * down_bytes, b.products)
+            if best is None or cost < best[0]:
+                best = (cost, b)
+    assert best is not None
+    return best[1]

@@ -1,0 +1,106 @@
+"""Raw access to SEAL's serialized objects.
+
+TenSEAL's `sealapi` exposes neither coefficient setters nor buffer pointers and saves
+only to files (zstd-compressed). SEAL's uncompressed layout is simple, so we read and
+write it directly through a tmpfs file: a 16-byte header (magic 0xA15E, header size,
+version, compression mode, total size) followed by the object's members, the
+coefficient data last. Loading an uncompressed file costs ~0.1 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+from typing import Any
+
+import numpy as np
+import zstandard
+
+_MAGIC = 0xA15E
+_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr, reserved, size
+_COMPR_NONE, _COMPR_ZSTD = 0, 2
+_SCRATCH_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+class _Scratch:
+    """A private scratch file on tmpfs, reused for every save/load of one owner."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="comet-seal-", dir=_SCRATCH_DIR)
+        os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class SealIO:
+    """Serialize/deserialize SEAL objects to raw bytes. Not thread-safe: one per thread."""
+
+    def __init__(self) -> None:
+        self._scratch = _Scratch()
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def save(self, obj: Any) -> bytes:
+        """SEAL's own serialization (as SEAL writes it, usually zstd)."""
+        obj.save(self._scratch.path)
+        with open(self._scratch.path, "rb") as fh:
+            return fh.read()
+
+    def load(self, obj: Any, context: Any, data: bytes) -> Any:
+        with open(self._scratch.path, "wb") as fh:
+            fh.write(data)
+        obj.load(context, self._scratch.path)
+        return obj
+
+    def members(self, obj: Any) -> bytes:
+        """The uncompressed member bytes of a SEAL object (header stripped)."""
+        return self.body(self.save(obj))
+
+    def body(self, data: bytes) -> bytes:
+        magic, hsize, _, _, compr, _, size = _HEADER.unpack_from(data)
+        if magic != _MAGIC or hsize != _HEADER.size or size != len(data):
+            raise ValueError("not a SEAL serialization")
+        payload = data[hsize:]
+        if compr == _COMPR_NONE:
+            return payload
+        if compr == _COMPR_ZSTD:
+            return self._dctx.decompress(payload, max_output_size=1 << 31)
+        raise ValueError(f"unsupported SEAL compression mode {compr}")
+
+
+def wrap(members: bytes) -> bytes:
+    """Uncompressed SEAL serialization of the given member bytes."""
+    return (
+        _HEADER.pack(_MAGIC, _HEADER.size, 4, 3, _COMPR_NONE, 0, _HEADER.size + len(members))
+        + members
+    )
+
+
+def dynarray(data: np.ndarray) -> bytes:
+    """SEAL DynArray<uint64> serialization: nested header, element count, elements."""
+    raw = np.ascontiguousarray(data, dtype=np.uint64).tobytes()
+    return wrap(struct.pack("<Q", data.size) + raw)
+
+
+def plaintext_members(coeffs: np.ndarray) -> bytes:
+    """Members of a non-NTT BFV Plaintext with the given coefficients (each < t)."""
+    head = bytes(32) + struct.pack("<Qd", coeffs.size, 1.0)  # parms_id zero, count, scale
+    return head + dynarray(coeffs)
+
+
+def plaintext_coeffs(members: bytes) -> np.ndarray:
+    """Coefficients of a Plaintext from its member bytes."""
+    (count,) = struct.unpack_from("<Q", members, 32)
+    return np.frombuffer(members, dtype=np.uint64, count=count, offset=len(members) - 8 * count)
+
+
+def split_ciphertext(members: bytes, degree: int, n_moduli: int) -> tuple[bytes, np.ndarray]:
+    """(metadata prefix, writable (size, n_moduli, degree) coefficient array) of a Ciphertext."""
+    (size,) = struct.unpack_from("<Q", members, 33)
+    n = size * n_moduli * degree
+    prefix = members[: len(members) - 8 * n]
+    coeffs = np.frombuffer(members, dtype=np.uint64, offset=len(prefix)).copy()
+    return prefix, coeffs.reshape(size, n_moduli, degree)

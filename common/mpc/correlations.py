@@ -1,0 +1,162 @@
+"""Correlated randomness: what a program needs (`Plan`) and what a party holds (`Pool`).
+
+A program is planned by running it once against `PlanRecorder` (and a `NullChannel`),
+which records every request in order; the offline phase then produces all of it in
+full ciphertext batches, and the online phase consumes it from a `Pool` in the same
+order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.mpc.ring import U64, Ring
+
+
+class PreprocessingError(RuntimeError):
+    """The online phase asked for correlations the offline phase did not produce."""
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """A linear-layer mask: rows×k input times the server's k×n weight `key`."""
+
+    key: str
+    rows: int
+    k: int
+    n: int
+
+
+@dataclass
+class Plan:
+    """How much of each correlation a program consumes (public: depends on shapes only)."""
+
+    triples: int = 0
+    squares: int = 0
+    matmuls: list[tuple[int, ...]] = field(default_factory=list)  # (*batch, m, k, n)
+    linears: list[LinearSpec] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {
+            "triples": self.triples,
+            "squares": self.squares,
+            "matmuls": [list(s) for s in self.matmuls],
+            "linears": [[s.key, s.rows, s.k, s.n] for s in self.linears],
+        }
+
+    def digest(self) -> bytes:
+        """SHA-256 of the plan; the parties compare it before the offline phase."""
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).digest()
+
+
+@dataclass
+class LinearMask:
+    """One party's part of a linear-layer mask. The client holds r; both hold a share of rW."""
+
+    spec: LinearSpec
+    share: Ring
+    r: Ring | None = None
+
+
+class _Flat:
+    """A flat buffer of element-wise correlations consumed front to back."""
+
+    def __init__(self, arrays: tuple[Ring, ...]) -> None:
+        self.arrays = arrays
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> tuple[Ring, ...]:
+        size = self.arrays[0].size if self.arrays else 0
+        if self.pos + n > size:
+            raise PreprocessingError(f"out of {what}: need {n}, {size - self.pos} left")
+        out = tuple(a[self.pos : self.pos + n] for a in self.arrays)
+        self.pos += n
+        return out
+
+
+class Pool:
+    """One party's correlated randomness for one run of a planned program."""
+
+    def __init__(
+        self,
+        triples: tuple[Ring, Ring, Ring],
+        squares: tuple[Ring, Ring],
+        matmuls: list[tuple[Ring, Ring, Ring]],
+        linears: list[LinearMask],
+    ) -> None:
+        self._triples = _Flat(triples)
+        self._squares = _Flat(squares)
+        self._matmuls = deque(matmuls)
+        self._linears = deque(linears)
+
+    def triples(self, n: int) -> tuple[Ring, Ring, Ring]:
+        return self._triples.take(n, "Beaver triples")  # type: ignore[return-value]
+
+    def squares(self, n: int) -> tuple[Ring, Ring]:
+        return self._squares.take(n, "square pairs")  # type: ignore[return-value]
+
+    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+        if not self._matmuls:
+            raise PreprocessingError("out of matrix triples")
+        a, b, c = self._matmuls.popleft()
+        if a.shape[:-1] + b.shape[-1:] != c.shape or a.shape + b.shape[-1:] != shape:
+            raise PreprocessingError(f"matrix triple shape mismatch: want {shape}")
+        return a, b, c
+
+    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+        """The next linear mask (`weight` is ignored: it was used offline)."""
+        if not self._linears:
+            raise PreprocessingError("out of linear-layer masks")
+        mask = self._linears.popleft()
+        if mask.spec != spec:
+            raise PreprocessingError(f"linear mask mismatch: want {spec}, have {mask.spec}")
+        return mask
+
+    def remaining(self) -> dict[str, int]:
+        return {
+            "triples": self._triples.arrays[0].size - self._triples.pos,
+            "squares": self._squares.arrays[0].size - self._squares.pos,
+            "matmuls": len(self._matmuls),
+            "linears": len(self._linears),
+        }
+
+
+class PlanRecorder:
+    """A correlation source that records requests and hands out zeros (planning runs)."""
+
+    def __init__(self) -> None:
+        self.plan = Plan()
+        self.weights: dict[str, NDArray[np.int64]] = {}
+
+    def triples(self, n: int) -> tuple[Ring, Ring, Ring]:
+        self.plan.triples += n
+        z = np.zeros(n, dtype=U64)
+        return z, z, z
+
+    def squares(self, n: int) -> tuple[Ring, Ring]:
+        self.plan.squares += n
+        z = np.zeros(n, dtype=U64)
+        return z, z
+
+    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+        self.plan.matmuls.append(tuple(shape))
+        *batch, m, k, n = shape
+        return (
+            np.zeros((*batch, m, k), U64),
+            np.zeros((*batch, k, n), U64),
+            np.zeros((*batch, m, n), U64),
+        )
+
+    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+        self.plan.linears.append(spec)
+        if weight is not None:
+            self.weights[spec.key] = weight
+        return LinearMask(
+            spec, np.zeros((spec.rows, spec.n), U64), np.zeros((spec.rows, spec.k), U64)
+        )

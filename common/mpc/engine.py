@@ -1,0 +1,221 @@
+"""`Mpc`: one party's runtime for additive 2-out-of-2 sharing over Z_{2^64}.
+
+Both parties construct an `Mpc` with their own channel end and correlation source and
+run the *same* program; the party index only decides who adds public constants and
+where inputs enter or outputs leave. Shares are plain numpy uint64 arrays.
+
+Costs below are per party, online, for n elements; "round" as defined in
+`common.transport.channel`. f = fixed-point fractional bits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.mpc.correlations import LinearMask, LinearSpec
+from common.mpc.ring import (
+    U64,
+    FixedPoint,
+    Ring,
+    from_signed,
+    new_rng,
+    random_ring,
+    ring_matmul,
+    ring_matmul_public,
+    trunc_share,
+)
+from common.mpc.roles import CLIENT, SERVER
+from common.transport import Channel
+
+
+class CorrelationSource(Protocol):
+    def triples(self, n: int) -> tuple[Ring, Ring, Ring]: ...
+    def squares(self, n: int) -> tuple[Ring, Ring]: ...
+    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]: ...
+    def linear_mask(
+        self, spec: LinearSpec, weight: NDArray[np.int64] | None = None
+    ) -> LinearMask: ...
+
+
+class Mpc:
+    """Secret-shared arithmetic for one party. Not thread-safe."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        source: CorrelationSource,
+        fxp: FixedPoint | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.ch = channel
+        self.source = source
+        self.fxp = fxp or FixedPoint()
+        self.rng = rng or new_rng()
+
+    @property
+    def party(self) -> int:
+        return self.ch.party
+
+    @property
+    def f(self) -> int:
+        return self.fxp.frac_bits
+
+    # -- input and output ----------------------------------------------------------
+    def share_ring(self, owner: int, x: Ring | None, shape: tuple[int, ...]) -> Ring:
+        """Share ring elements held by `owner`. Cost: owner sends 8n bytes; 1 round."""
+        if self.party == owner:
+            if x is None or tuple(np.shape(x)) != tuple(shape):
+                raise ValueError(f"owner must provide an input of shape {shape}")
+            other = random_ring(self.rng, shape)
+            self.ch.send_array("share", other)
+            return np.asarray(x, dtype=U64) - other
+        return self.ch.recv_array("share", tuple(shape), U64).copy()
+
+    def share(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Ring:
+        """Share real values (fixed-point encoded by the owner). Cost as `share_ring`."""
+        enc = self.fxp.encode(x) if self.party == owner and x is not None else None
+        return self.share_ring(owner, enc, shape)
+
+    def reveal_ring(self, x: Ring, to: int | None = None) -> Ring | None:
+        """Open a shared value to one party (`to`) or both (None).
+
+        Cost: to one party, the other sends 8n bytes (1 round); to both, each sends 8n.
+        """
+        if to is None:
+            return x + self.ch.exchange_array("reveal", x)
+        if self.party == to:
+            return x + self.ch.recv_array("reveal", x.shape, U64)
+        self.ch.send_array("reveal", x)
+        return None
+
+    def reveal(self, x: Ring, to: int | None = None) -> NDArray[np.float64] | None:
+        r = self.reveal_ring(x, to)
+        return None if r is None else self.fxp.decode(r)
+
+    # -- local operations (no communication) ------------------------------------------
+    def add_public(self, x: Ring, c: NDArray | float) -> Ring:
+        """x + c for a public real c (party 0 adds the encoding)."""
+        if self.party == SERVER:
+            return x + self.fxp.encode(c)
+        return x + np.zeros_like(x)
+
+    def add_public_ring(self, x: Ring, c: Ring) -> Ring:
+        return x + c if self.party == SERVER else x.copy()
+
+    def mul_public_int(self, x: Ring, c: NDArray | int) -> Ring:
+        """x · c for a public integer c (exact, no truncation)."""
+        return x * from_signed(np.asarray(c, dtype=np.int64))
+
+    def mul_public(self, x: Ring, c: NDArray | float) -> Ring:
+        """x · c for a public real c: encode c with f bits, multiply, truncate."""
+        return self.trunc(x * self.fxp.encode(c))
+
+    def trunc(self, x: Ring, bits: int | None = None) -> Ring:
+        """Divide by 2^bits (default f) with local truncation; see `trunc_share`."""
+        return trunc_share(x, self.f if bits is None else bits, self.party)
+
+    def sum(
+        self, x: Ring, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+    ) -> Ring:
+        return np.sum(x, axis=axis, keepdims=keepdims, dtype=U64)
+
+    def mean(self, x: Ring, axis: int, keepdims: bool = False) -> Ring:
+        """Mean along `axis`: local sum, then multiply by the public 1/size and truncate."""
+        return self.mul_public(self.sum(x, axis, keepdims), 1.0 / x.shape[axis])
+
+    # -- interactive operations -------------------------------------------------------
+    def mul_ring(self, x: Ring, y: Ring) -> Ring:
+        """Element-wise product without truncation (Beaver triple).
+
+        Cost: 16n bytes sent, 1 round, n triples.
+        """
+        if x.shape != y.shape:
+            raise ValueError(f"shape mismatch {x.shape} vs {y.shape}")
+        n = x.size
+        a, b, c = self.source.triples(n)
+        a, b, c = (v.reshape(x.shape) for v in (a, b, c))
+        mine = np.concatenate([(x - a).ravel(), (y - b).ravel()])
+        opened = mine + self.ch.exchange_array("beaver", mine)
+        d = opened[:n].reshape(x.shape)
+        e = opened[n:].reshape(x.shape)
+        z = c + d * b + e * a
+        if self.party == SERVER:
+            z += d * e
+        return z
+
+    def mul(self, x: Ring, y: Ring) -> Ring:
+        """Fixed-point element-wise product: `mul_ring` then truncation by f."""
+        return self.trunc(self.mul_ring(x, y))
+
+    def square_ring(self, x: Ring) -> Ring:
+        """x² without truncation (square pair). Cost: 8n bytes sent, 1 round."""
+        a, a2 = self.source.squares(x.size)
+        a, a2 = a.reshape(x.shape), a2.reshape(x.shape)
+        mine = x - a
+        d = mine + self.ch.exchange_array("square", mine)
+        z = a2 + U64(2) * d * a
+        if self.party == SERVER:
+            z += d * d
+        return z
+
+    def square(self, x: Ring) -> Ring:
+        return self.trunc(self.square_ring(x))
+
+    def matmul_ring(self, x: Ring, y: Ring) -> Ring:
+        """Shared (…, m, k) @ shared (…, k, n), no truncation (matrix triple).
+
+        Cost: 8(mk + kn) bytes sent per batch entry, 1 round.
+        """
+        if x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-2]:
+            raise ValueError(f"matmul shape mismatch {x.shape} @ {y.shape}")
+        a, b, c = self.source.matmul_triple(x.shape + y.shape[-1:])
+        mine = np.concatenate([(x - a).ravel(), (y - b).ravel()])
+        opened = mine + self.ch.exchange_array("matmul", mine)
+        d = opened[: x.size].reshape(x.shape)
+        e = opened[x.size :].reshape(y.shape)
+        z = c + ring_matmul(d, b) + ring_matmul(a, e)
+        if self.party == SERVER:
+            z += ring_matmul(d, e)
+        return z
+
+    def matmul(self, x: Ring, y: Ring) -> Ring:
+        return self.trunc(self.matmul_ring(x, y))
+
+    def linear(
+        self,
+        x: Ring,
+        key: str,
+        out_features: int,
+        weight: NDArray | None = None,
+        bias: NDArray | None = None,
+    ) -> Ring:
+        """x @ W + b with W (k × out) and b known to the server only.
+
+        The client sends x_c − r (r from the offline mask); the server multiplies
+        (x_s + x_c − r) by W in the clear and adds its share of r·W. Then truncation.
+        Cost: the client sends 8·rows·k bytes, 1 round; the server one exact GEMM.
+        """
+        lead, k = x.shape[:-1], x.shape[-1]
+        rows = math.prod(lead)
+        spec = LinearSpec(key, rows, k, out_features)
+        w_int = None
+        if self.party == SERVER:
+            if weight is None or weight.shape != (k, out_features):
+                raise ValueError(f"server must supply weight {key!r} of shape {(k, out_features)}")
+            w_int = self.fxp.encode_int(weight)
+        mask = self.source.linear_mask(spec, w_int)
+        x2 = x.reshape(rows, k)
+        if self.party == CLIENT:
+            assert mask.r is not None
+            self.ch.send_array("linear", x2 - mask.r)
+            y = mask.share.copy()
+        else:
+            z = self.ch.recv_array("linear", (rows, k), U64)
+            y = ring_matmul_public(x2 + z, w_int) + mask.share
+            if bias is not None:
+                y += from_signed(np.rint(np.asarray(bias) * self.fxp.scale**2).astype(np.int64))
+        return self.trunc(y).reshape(*lead, out_features)

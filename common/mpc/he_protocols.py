@@ -1,0 +1,188 @@
+"""Two-party HE protocols that turn products of the parties' private values into shares.
+
+Both return additive shares over Z_{2^64} of an exact integer product, computed under
+several BFV plaintext primes (CRT). The client encrypts, the server multiplies by its
+plaintexts, adds an integer mask r < 2^σ (σ = value bits + 40) and seals the result
+(`CrtBfvServer.seal_result`); the client decrypts and reconstructs v + r, and the
+server keeps −r mod 2^64.
+
+Rounds: 2 (client → server → client), whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.he.crt_bfv import CrtBfvClient, CrtBfvServer
+from common.he.packing import choose_blocking
+from common.mpc.ring import U64, Ring, random_ring
+from common.mpc.roles import CLIENT
+from common.transport import Channel
+
+
+def pack_blobs(blobs: list[bytes]) -> bytes:
+    """Length-prefixed concatenation (uint32 count, then uint32 length + bytes each)."""
+    parts = [struct.pack("<I", len(blobs))]
+    for b in blobs:
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def unpack_blobs(data: bytes, expected: int) -> list[bytes]:
+    (count,) = struct.unpack_from("<I", data)
+    if count != expected:
+        raise ValueError(f"expected {expected} ciphertexts, got {count}")
+    out, pos = [], 4
+    for _ in range(count):
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + size > len(data):
+            raise ValueError("truncated ciphertext batch")
+        out.append(data[pos : pos + size])
+        pos += size
+    if pos != len(data):
+        raise ValueError("trailing bytes after ciphertext batch")
+    return out
+
+
+def _mask(rng: np.random.Generator, bits: int, shape: tuple[int, ...]) -> list[Ring]:
+    """Uniform integers below 2^bits as little-endian uint64 limbs."""
+    limbs = [random_ring(rng, shape) for _ in range(math.ceil(bits / 64))]
+    top = bits - 64 * (len(limbs) - 1)
+    if top < 64:
+        limbs[-1] &= U64((1 << top) - 1)
+    return limbs
+
+
+def he_products(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    operands: list[Ring],
+    rng: np.random.Generator,
+) -> Ring:
+    """Shares of Σ_j x_j ⊙ y_j mod 2^64 (client holds the x_j, server the y_j).
+
+    Each party passes its own list of equal-length uint64 vectors (same count J).
+    Cost per N = 8192 values and prime: J seeded ciphertexts up (~24 B/value at
+    [60,60,60]) and one down (~32 B/value); rounds: 2.
+    """
+    params = he.params
+    N = params.slots
+    J = len(operands)
+    n = operands[0].size
+    value_bits = 128 + math.log2(J)
+    P = params.primes_for(value_bits)
+    sigma = math.ceil(value_bits) + params.stat_sec
+    chunks = math.ceil(n / N)
+
+    def chunk(v: Ring, c: int) -> Ring:
+        out = np.zeros(N, dtype=U64)
+        part = v[c * N : (c + 1) * N]
+        out[: part.size] = part
+        return out
+
+    if ch.party == CLIENT:
+        assert isinstance(he, CrtBfvClient)
+        for c in range(chunks):
+            blobs = [
+                he.encrypt(i, chunk(x, c) % U64(he.primes[i].p)) for i in range(P) for x in operands
+            ]
+            ch.send("he.prod.up", pack_blobs(blobs))
+        basis = he.basis(P)
+        out = np.empty(chunks * N, dtype=U64)
+        for c in range(chunks):
+            raws = unpack_blobs(ch.recv("he.prod.down"), P)
+            res = [he.decrypt(i, he.load_result(i, raws[i])) for i in range(P)]
+            out[c * N : (c + 1) * N] = basis.to_ring(res)
+        return out[:n]
+
+    assert isinstance(he, CrtBfvServer)
+    flood = params.flood_bits(J, he.primes[0].p / math.sqrt(12))
+    basis = he.basis(P)
+    share = np.empty(chunks * N, dtype=U64)
+    for c in range(chunks):
+        blobs = unpack_blobs(ch.recv("he.prod.up"), P * J)
+        limbs = _mask(rng, sigma, (N,))
+        mask_res = basis.residues_of_limbs(limbs)
+        raws = []
+        for i in range(P):
+            p = U64(he.primes[i].p)
+            cts = [he.load(i, blobs[i * J + j]) for j in range(J)]
+            pts = [he.plain(i, chunk(y, c) % p, coeffs=False) for y in operands]
+            acc = he.dot_plain(i, cts, pts)
+            raws.append(he.seal_result(i, acc, mask_res[i], coeffs=False, flood_bits=flood))
+        ch.send("he.prod.down", pack_blobs(raws))
+        share[c * N : (c + 1) * N] = -limbs[0]
+    return share[:n]
+
+
+def he_matmul(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    operand: NDArray,
+    shape: tuple[int, int, int],
+    rhs_bits: int,
+    rng: np.random.Generator,
+) -> Ring:
+    """Shares of X·W mod 2^64: the client holds X (m×k, uint64), the server W (k×n).
+
+    The server's W is signed int64 with |W| < 2^rhs_bits (63 for uniform ring values
+    read as signed). Coefficient packing (`common.he.packing`); rounds: 2.
+    """
+    m, k, n = shape
+    params = he.params
+    N = params.slots
+    value_bits = 64 + rhs_bits + math.log2(max(k, 2))
+    P = params.primes_for(value_bits)
+    sigma = math.ceil(value_bits) + params.stat_sec
+    up_b = N * (len(params.coeff_bits) - 1) * 8
+    blk = choose_blocking(m, k, n, N, up_b, he.return_size())
+    Mb, Kb, Nb = blk.grid
+    if ch.party == CLIENT:
+        assert isinstance(he, CrtBfvClient)
+        enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
+        for i in range(P):
+            p = U64(he.primes[i].p)
+            blobs = [
+                he.encrypt(i, enc[a, b] % p, coeffs=True) for a in range(Mb) for b in range(Kb)
+            ]
+            ch.send("he.mm.up", pack_blobs(blobs))
+        res = []
+        for i in range(P):
+            raws = unpack_blobs(ch.recv("he.mm.down"), Mb * Nb)
+            res.append(np.stack([he.decrypt(i, he.load_result(i, r), coeffs=True) for r in raws]))
+        full = he.basis(P).to_ring(res).reshape(Mb, Nb, N)
+        return blk.decode_output(full)
+
+    assert isinstance(he, CrtBfvServer)
+    w = np.asarray(operand, dtype=np.int64)
+    # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.
+    plain_std = min(2.0**rhs_bits, he.primes[0].p / 2)
+    flood = params.flood_bits(Kb, plain_std)
+    enc_w = blk.encode_rhs(w)
+    limbs = _mask(rng, sigma, (Mb, Nb, N))
+    basis = he.basis(P)
+    mask_res = basis.residues_of_limbs(limbs)
+    for i in range(P):
+        p = he.primes[i].p
+        blobs = unpack_blobs(ch.recv("he.mm.up"), Mb * Kb)
+        cts = [[he.to_ntt(i, he.load(i, blobs[a * Kb + b])) for b in range(Kb)] for a in range(Mb)]
+        w_res = np.mod(enc_w, np.int64(p)).astype(U64)
+        raws = []
+        pts = [
+            [he.to_ntt(i, he.plain(i, w_res[b, c], coeffs=True), plain=True) for c in range(Nb)]
+            for b in range(Kb)
+        ]
+        for a in range(Mb):
+            for c in range(Nb):
+                acc = he.dot(i, cts[a], [pts[b][c] for b in range(Kb)])
+                raws.append(
+                    he.seal_result(i, acc, mask_res[i][a, c], coeffs=True, flood_bits=flood)
+                )
+        ch.send("he.mm.down", pack_blobs(raws))
+    return blk.decode_output(-limbs[0])

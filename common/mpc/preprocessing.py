@@ -1,0 +1,225 @@
+"""The offline phase: plan a program, then produce its correlations.
+
+`HeProvider` (default) produces everything with the two parties only, under BFV with
+the client's key (`common.mpc.he_protocols`). `InsecureDealer` produces the same
+correlations from a seed both parties know — each party can compute the other's
+shares, so it is for tests and benchmarks of higher layers only, and warns.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+from common.mpc.correlations import LinearMask, Plan, PlanRecorder, Pool
+from common.mpc.engine import Mpc
+from common.mpc.he_protocols import he_matmul, he_products, pack_blobs, unpack_blobs
+from common.mpc.ring import (
+    U64,
+    FixedPoint,
+    Ring,
+    new_rng,
+    random_ring,
+    ring_matmul,
+    ring_matmul_public,
+)
+from common.mpc.roles import CLIENT, SERVER
+from common.transport import Channel, NullChannel, ProtocolMismatch
+
+log = logging.getLogger(__name__)
+
+
+class InsecureDealerWarning(UserWarning):
+    """Raised (as a warning) whenever the test-only dealer is used."""
+
+
+def plan_program(
+    program: Callable[[Mpc], Any], party: int, fxp: FixedPoint | None = None
+) -> tuple[Plan, dict[str, NDArray[np.int64]]]:
+    """Run `program` alone on zeros to record its correlation requests (and, on the
+    server, the encoded weights of its linear layers). No communication."""
+    rec = PlanRecorder()
+    program(Mpc(NullChannel(party), rec, fxp))
+    return rec.plan, rec.weights
+
+
+def _agree(ch: Channel, plan: Plan) -> None:
+    """Both parties must have planned the same program (1 round, 32 bytes each)."""
+    mine = plan.digest()
+    theirs = ch.exchange_array("plan.digest", np.frombuffer(mine, dtype=np.uint8)).tobytes()
+    if theirs != mine:
+        raise ProtocolMismatch("the parties planned different programs")
+
+
+class HeProvider:
+    """Correlations from BFV-CRT, client-keyed. One instance per party per session."""
+
+    name = "he"
+
+    def __init__(
+        self,
+        params: CrtBfvParams | None = None,
+        rng: np.random.Generator | None = None,
+        weight_bits: int = 28,
+    ) -> None:
+        # weight_bits is public (both parties size the CRT basis with it): the server's
+        # encoded weights must satisfy |W| < 2^weight_bits.
+        self.params = params or CrtBfvParams()
+        self.weight_bits = weight_bits
+        self.rng = rng or new_rng()
+        self.he: CrtBfvClient | CrtBfvServer | None = None
+
+    def setup(self, ch: Channel) -> None:
+        """Key setup: the client generates keys and sends its public keys (~0.4 MB/prime)."""
+        with ch.scope(phase="setup", op="he-keys"):
+            if ch.party == CLIENT:
+                client = CrtBfvClient(self.params)
+                ch.send("he.pk", pack_blobs(client.public_keys()))
+                self.he = client
+            else:
+                pks = unpack_blobs(ch.recv("he.pk"), self.params.max_primes)
+                self.he = CrtBfvServer(self.params, pks, self.rng)
+
+    def generate(
+        self, ch: Channel, plan: Plan, weights: Mapping[str, NDArray[np.int64]] | None = None
+    ) -> Pool:
+        """Produce this party's share of every correlation in `plan`.
+
+        Rounds: 1 (plan check) + 2 per kind present (+2 per matrix product).
+        """
+        if self.he is None:
+            self.setup(ch)
+        he = self.he
+        client = ch.party == CLIENT
+        rng = self.rng
+        with ch.scope(phase="offline"):
+            _agree(ch, plan)
+            with ch.scope(op="triples"):
+                n = plan.triples
+                a, b = random_ring(rng, n), random_ring(rng, n)
+                if n:
+                    v = he_products(ch, he, [a, b] if client else [b, a], rng)
+                else:
+                    v = np.zeros(0, U64)
+                triples = (a, b, a * b + v)
+            with ch.scope(op="squares"):
+                n = plan.squares
+                a = random_ring(rng, n)
+                v = he_products(ch, he, [a if client else U64(2) * a], rng) if n else a[:0]
+                squares = (a, a * a + v)
+            with ch.scope(op="matmul-triples"):
+                matmuls = [self._matmul_triple(ch, shape) for shape in plan.matmuls]
+            with ch.scope(op="linear-masks"):
+                linears = []
+                for spec in plan.linears:
+                    shape = (spec.rows, spec.k, spec.n)
+                    if client:
+                        r = random_ring(rng, (spec.rows, spec.k))
+                        share = he_matmul(ch, he, r, shape, self.weight_bits, rng)
+                        linears.append(LinearMask(spec, share, r))
+                    else:
+                        if weights is None or spec.key not in weights:
+                            raise KeyError(f"server has no weight {spec.key!r}")
+                        w = weights[spec.key]
+                        if w.size and int(np.abs(w).max()) >= 1 << self.weight_bits:
+                            raise ValueError(
+                                f"weight {spec.key!r} exceeds the public bound 2^{self.weight_bits}"
+                            )
+                        share = he_matmul(ch, he, w, shape, self.weight_bits, rng)
+                        linears.append(LinearMask(spec, share))
+        return Pool(triples, squares, matmuls, linears)
+
+    def _matmul_triple(self, ch: Channel, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+        *batch, m, k, n = shape
+        rng, he = self.rng, self.he
+        a = random_ring(rng, (*batch, m, k))
+        b = random_ring(rng, (*batch, k, n))
+        c = np.empty((*batch, m, n), U64)
+        client = ch.party == CLIENT
+        for idx in np.ndindex(*batch):
+            ai, bi = a[idx], b[idx]
+            # cross terms a_c·b_s and (b_c^T·a_s^T)^T, the client's matrix always on the left
+            s1 = he_matmul(ch, he, ai if client else bi.view(np.int64), (m, k, n), 63, rng)
+            s2 = he_matmul(
+                ch, he, bi.T.copy() if client else ai.T.copy().view(np.int64), (n, k, m), 63, rng
+            )
+            c[idx] = ring_matmul(ai, bi) + s1 + s2.T
+        return a, b, c
+
+
+class InsecureDealer:
+    """TEST ONLY: both parties expand one seed into the correlations.
+
+    Party 0 sends the seed in the clear, so either party can compute the other's
+    shares: no security at all. Linear masks need the server's weights, so the server
+    sends the client its share of r·W (8 bytes per output).
+    """
+
+    name = "insecure_dealer"
+
+    def __init__(self, rng: np.random.Generator | None = None) -> None:
+        warnings.warn(
+            "insecure_dealer: correlations come from a shared seed; NOT SECURE (tests only)",
+            InsecureDealerWarning,
+            stacklevel=2,
+        )
+        log.warning("insecure_dealer provider in use: no security")
+        self.rng = rng or new_rng()
+
+    def setup(self, ch: Channel) -> None:
+        pass
+
+    def generate(
+        self, ch: Channel, plan: Plan, weights: Mapping[str, NDArray[np.int64]] | None = None
+    ) -> Pool:
+        with ch.scope(phase="offline", op="insecure-dealer"):
+            _agree(ch, plan)
+            if ch.party == SERVER:
+                seed = random_ring(self.rng, 4)
+                ch.send_array("dealer.seed", seed)
+            else:
+                seed = ch.recv_array("dealer.seed", (4,), U64)
+            g = np.random.Generator(np.random.PCG64(seed.tolist()))
+            me = ch.party
+
+            def split(v: Ring) -> Ring:
+                s0 = random_ring(g, v.shape)
+                return s0 if me == SERVER else v - s0
+
+            n = plan.triples
+            a, b = random_ring(g, n), random_ring(g, n)
+            triples = (split(a), split(b), split(a * b))
+            a = random_ring(g, plan.squares)
+            squares = (split(a), split(a * a))
+            matmuls = []
+            for *batch, m, k, nn in plan.matmuls:
+                A, B = random_ring(g, (*batch, m, k)), random_ring(g, (*batch, k, nn))
+                matmuls.append((split(A), split(B), split(ring_matmul(A, B))))
+            linears = []
+            for spec in plan.linears:
+                r = random_ring(g, (spec.rows, spec.k))
+                s = random_ring(g, (spec.rows, spec.n))
+                if me == SERVER:
+                    if weights is None or spec.key not in weights:
+                        raise KeyError(f"server has no weight {spec.key!r}")
+                    ch.send_array("dealer.linear", ring_matmul_public(r, weights[spec.key]) - s)
+                    linears.append(LinearMask(spec, s))
+                else:
+                    u = ch.recv_array("dealer.linear", (spec.rows, spec.n), U64).copy()
+                    linears.append(LinearMask(spec, u, r))
+        return Pool(triples, squares, matmuls, linears)
+
+
+def make_provider(name: str, params: CrtBfvParams | None = None) -> HeProvider | InsecureDealer:
+    """Provider by name: "he" (default, secure) or "insecure_dealer" (tests only)."""
+    if name == "he":
+        return HeProvider(params)
+    if name == "insecure_dealer":
+        return InsecureDealer()
+    raise ValueError(f"unknown provider {name!r} (choose 'he' or 'insecure_dealer')")

@@ -1,0 +1,153 @@
+"""The ring Z_{2^64} (numpy uint64, wrap-around is free) and fixed-point encoding.
+
+Pure functions only: no communication, no randomness source of their own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+RING_BITS = 64
+U64 = np.uint64
+Ring = NDArray[np.uint64]
+
+# float64 represents every integer of magnitude < 2^53 exactly; limb products summed in
+# BLAS must stay below this bound to be exact.
+_EXACT_FLOAT_BITS = 53
+
+
+def new_rng(seed: int | None = None) -> np.random.Generator:
+    """A PCG64 generator seeded from `os.urandom` (a fixed `seed` is for tests only)."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(32), "little")
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def random_ring(rng: np.random.Generator, shape: tuple[int, ...] | int) -> Ring:
+    """Uniform elements of Z_{2^64}."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = math.prod(shape)
+    return rng.bit_generator.random_raw(n).astype(U64, copy=False).reshape(shape)
+
+
+def to_signed(x: Ring) -> NDArray[np.int64]:
+    """Two's-complement view: the representative in [-2^63, 2^63)."""
+    return np.asarray(x).view(np.int64)
+
+
+def from_signed(x: NDArray[np.integer]) -> Ring:
+    return np.asarray(x, dtype=np.int64).view(U64)
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Fixed-point encoding with `frac_bits` fractional bits in Z_{2^64}.
+
+    A real v is encoded as round(v · 2^f) mod 2^64; decoding reads the signed
+    representative. Encodable range: |v| < 2^(63-f).
+    """
+
+    frac_bits: int = 16
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.frac_bits <= 30:
+            raise ValueError(f"frac_bits must be in [8, 30], got {self.frac_bits}")
+
+    @property
+    def scale(self) -> float:
+        return float(1 << self.frac_bits)
+
+    @property
+    def max_abs(self) -> float:
+        return float(2 ** (RING_BITS - 1 - self.frac_bits))
+
+    def encode(self, v: NDArray[np.floating] | float) -> Ring:
+        """Round to the nearest multiple of 2^-f; raise if out of the encodable range."""
+        a = np.asarray(v, dtype=np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("cannot encode NaN or infinity")
+        if a.size and np.abs(a).max() >= self.max_abs:
+            raise ValueError(f"value out of fixed-point range ±{self.max_abs:g}")
+        return from_signed(np.rint(a * self.scale).astype(np.int64))
+
+    def encode_int(self, v: NDArray[np.floating] | float) -> NDArray[np.int64]:
+        """Signed integer encoding (for public operands kept as int64)."""
+        return to_signed(self.encode(v))
+
+    def decode(self, x: Ring) -> NDArray[np.float64]:
+        return to_signed(x).astype(np.float64) / self.scale
+
+
+def trunc_share(x: Ring, bits: int, party: int) -> Ring:
+    """SecureML local truncation of one party's share by `bits` (no communication).
+
+    Party 0 shifts its signed share right, party 1 shifts the negation of its share and
+    negates back. If the shared value v satisfies |v| < 2^l, the result is
+    floor(v / 2^bits) + {0, 1} except with probability < 2^(l + 1 - 64), in which case
+    it is off by about 2^(64 - bits) (see docs/SECURITY.md).
+    """
+    s = to_signed(x)
+    if party == 0:
+        return from_signed(s >> bits)
+    return from_signed(-((-s) >> bits))
+
+
+def _limbs(x: Ring, width: int, count: int) -> list[NDArray[np.float64]]:
+    mask = U64((1 << width) - 1)
+    return [((x >> U64(width * i)) & mask).astype(np.float64) for i in range(count)]
+
+
+def ring_matmul(a: Ring, b: Ring) -> Ring:
+    """Exact (a @ b) mod 2^64 for uint64 matrices, through float64 BLAS.
+
+    Both operands are split into four 16-bit limbs; each limb product sums k terms below
+    2^32, exact in float64 while k ≤ 2^21. Ten limb GEMMs (i + j < 4) are needed.
+    """
+    a = np.asarray(a, dtype=U64)
+    b = np.asarray(b, dtype=U64)
+    k = a.shape[-1]
+    if k > 1 << 21:
+        raise ValueError("inner dimension too large for the exact float64 path")
+    al = _limbs(a, 16, 4)
+    bl = _limbs(b, 16, 4)
+    out = np.zeros(a.shape[:-1] + b.shape[-1:], dtype=U64)
+    n = b.shape[-1]
+    for i in range(4):
+        # One GEMM against the concatenated limbs B_0..B_{3-i}.
+        bcat = np.concatenate(bl[: 4 - i], axis=-1)
+        prod = (al[i] @ bcat).astype(np.int64).view(U64)
+        for j in range(4 - i):
+            out += prod[..., j * n : (j + 1) * n] << U64(16 * (i + j))
+    return out
+
+
+def ring_matmul_public(x: Ring, w: NDArray[np.int64]) -> Ring:
+    """Exact (x @ w) mod 2^64 where w is a public/clear signed integer matrix.
+
+    x is cut into limbs just narrow enough that limb · w sums over k stay exact in
+    float64; the limbs are stacked along rows so the whole product is one GEMM.
+    Cost: ceil(64 / L) times a float64 GEMM, L = 52 - bits(max|w|) - ceil(log2 k).
+    """
+    x = np.asarray(x, dtype=U64)
+    w = np.asarray(w, dtype=np.int64)
+    k = x.shape[-1]
+    wmax = int(np.abs(w).max()) if w.size else 0
+    width = _EXACT_FLOAT_BITS - 1 - wmax.bit_length() - max(1, math.ceil(math.log2(max(k, 2))))
+    if width < 4:
+        raise ValueError("public operand too large for the exact float64 path")
+    width = min(width, 32)
+    count = math.ceil(RING_BITS / width)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    stacked = np.concatenate(_limbs(x2, width, count), axis=0)
+    prod = stacked @ w.astype(np.float64)
+    prod = prod.astype(np.int64).view(U64).reshape(count, x2.shape[0], w.shape[-1])
+    out = prod[0].copy()
+    for i in range(1, count):
+        out += prod[i] << U64(width * i)
+    return out.reshape(*lead, w.shape[-1])

@@ -1,0 +1,134 @@
+"""The `Channel`: the only path by which the two parties exchange bytes.
+
+Every message is a frame ``(seq, tag, clock, payload)``:
+
+* ``seq`` counts messages per direction and ``tag`` is chosen by the protocol code; the
+  receiver states which tag it expects, so two parties running different programs fail
+  fast with `ProtocolMismatch` instead of silently misreading bytes.
+* ``clock`` is a Lamport clock of communication rounds: the receiver advances its clock
+  to ``max(own, sender's + 1)``. A party's clock is the length of the longest chain of
+  messages it has waited on, so ``max`` of both clocks is the protocol's round count
+  (a one-way message is one round; a simultaneous exchange is one round).
+* ``payload`` bytes are what the meter counts, on both sides, under the current label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from common.transport.meter import Label, Meter
+
+
+class TransportError(RuntimeError):
+    """Base class of transport failures."""
+
+
+class ChannelClosed(TransportError):
+    """The peer went away or did not answer within the timeout."""
+
+
+class ProtocolMismatch(TransportError):
+    """The peer sent a message other than the one this party's program expects."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    seq: int
+    tag: str
+    clock: int
+    payload: bytes
+
+
+class Channel(ABC):
+    """One party's end of a two-party, ordered, reliable message channel.
+
+    Subclasses implement `_put` and `_get` (move one frame); framing, tag checks,
+    metering and round counting live here so that every transport behaves alike.
+    """
+
+    def __init__(self, party: int, meter: Meter | None = None, timeout: float = 600.0) -> None:
+        if party not in (0, 1):
+            raise ValueError(f"party must be 0 or 1, got {party}")
+        self.party = party
+        self.meter = meter if meter is not None else Meter()
+        self.timeout = timeout
+        self._send_seq = 0
+        self._recv_seq = 0
+        self.clock = 0
+
+    # -- subclass interface -------------------------------------------------------
+    @abstractmethod
+    def _put(self, frame: Frame) -> None: ...
+
+    @abstractmethod
+    def _get(self, timeout: float) -> Frame: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for subclasses
+        """Release transport resources; the default does nothing."""
+
+    # -- labels ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scope(
+        self, phase: str | None = None, layer: str | None = None, op: str | None = None
+    ) -> Iterator[Label]:
+        """Attribute traffic and time inside the block to a label.
+
+        Fields left as None inherit from the enclosing label.
+        """
+        cur = self.meter.current
+        label = replace(
+            cur,
+            **{k: v for k, v in (("phase", phase), ("layer", layer), ("op", op)) if v is not None},
+        )
+        self.meter.enter(label)
+        try:
+            yield label
+        finally:
+            self.meter.exit()
+
+    # -- bytes ------------------------------------------------------------------------
+    def send(self, tag: str, payload: bytes) -> None:
+        """Send one message. Cost: len(payload) bytes, no waiting."""
+        frame = Frame(self._send_seq, tag, self.clock, bytes(payload))
+        self._send_seq += 1
+        self._put(frame)
+        self.meter.record_send(len(frame.payload))
+
+    def recv(self, tag: str, nbytes: int | None = None) -> bytes:
+        """Receive the next message, which must carry `tag` (and `nbytes` if given)."""
+        frame = self._get(self.timeout)
+        if frame.seq != self._recv_seq or frame.tag != tag:
+            raise ProtocolMismatch(
+                f"party {self.party} expected message #{self._recv_seq} {tag!r}, "
+                f"got #{frame.seq} {frame.tag!r}"
+            )
+        if nbytes is not None and len(frame.payload) != nbytes:
+            raise ProtocolMismatch(
+                f"message {tag!r}: expected {nbytes} bytes, got {len(frame.payload)}"
+            )
+        self._recv_seq += 1
+        new_clock = max(self.clock, frame.clock + 1)
+        self.meter.record_recv(len(frame.payload), new_clock - self.clock)
+        self.clock = new_clock
+        return frame.payload
+
+    # -- arrays -----------------------------------------------------------------------
+    def send_array(self, tag: str, arr: np.ndarray) -> None:
+        """Send a numeric array as raw little-endian bytes; the shape is public."""
+        self.send(tag, np.ascontiguousarray(arr).tobytes())
+
+    def recv_array(self, tag: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """Receive an array of a known shape and dtype (size is checked)."""
+        dt = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        return np.frombuffer(self.recv(tag, n), dtype=dt).reshape(shape)
+
+    def exchange_array(self, tag: str, arr: np.ndarray) -> np.ndarray:
+        """Both parties send `arr` and receive the peer's array of the same shape: 1 round."""
+        self.send_array(tag, arr)
+        return self.recv_array(tag, arr.shape, arr.dtype)
