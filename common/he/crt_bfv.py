@@ -261,27 +261,36 @@ class CrtBfvServer(_Base):
             ev.transform_to_ntt_inplace(obj)
         return obj
 
+    def _accumulate(self, i: int, cts: list[object], pts: list[object], ntt: bool) -> object:
+        # SEAL refuses products that would be "transparent" (an all-zero plaintext, e.g.
+        # a padding block): skip those terms, and start from Enc(0) if none is left.
+        pr = self.primes[i]
+        ev = pr.evaluator
+        acc = None
+        tmp = seal.Ciphertext()
+        for ct, pt in zip(cts, pts, strict=True):
+            if pt.is_zero():
+                continue
+            if acc is None:
+                acc = seal.Ciphertext()
+                ev.multiply_plain(ct, pt, acc)
+            else:
+                ev.multiply_plain(ct, pt, tmp)
+                ev.add_inplace(acc, tmp)
+        if acc is None:
+            acc = seal.Ciphertext(pr.context)
+            pr.extras["encryptor"].encrypt_zero(pr.first_parms, acc)
+            if ntt:
+                ev.transform_to_ntt_inplace(acc)
+        return acc
+
     def dot_plain(self, i: int, cts: list[object], pts: list[object]) -> object:
         """Σ ct_j · pt_j for ciphertexts and plaintexts in coefficient form."""
-        ev = self.primes[i].evaluator
-        acc = seal.Ciphertext()
-        ev.multiply_plain(cts[0], pts[0], acc)
-        tmp = seal.Ciphertext()
-        for ct, pt in zip(cts[1:], pts[1:], strict=True):
-            ev.multiply_plain(ct, pt, tmp)
-            ev.add_inplace(acc, tmp)
-        return acc
+        return self._accumulate(i, cts, pts, ntt=False)
 
     def dot(self, i: int, cts: list[object], pts: list[object]) -> object:
         """Σ ct_j · pt_j (NTT form in, NTT form out)."""
-        ev = self.primes[i].evaluator
-        acc = seal.Ciphertext()
-        ev.multiply_plain(cts[0], pts[0], acc)
-        tmp = seal.Ciphertext()
-        for ct, pt in zip(cts[1:], pts[1:], strict=True):
-            ev.multiply_plain(ct, pt, tmp)
-            ev.add_inplace(acc, tmp)
-        return acc
+        return self._accumulate(i, cts, pts, ntt=True)
 
     def seal_result(
         self, i: int, ct: object, mask: NDArray[np.uint64], coeffs: bool, flood_bits: int

@@ -9,6 +9,12 @@ Every message is a frame ``(seq, tag, clock, payload)``:
   to ``max(own, sender's + 1)``. A party's clock is the length of the longest chain of
   messages it has waited on, so ``max`` of both clocks is the protocol's round count
   (a one-way message is one round; a simultaneous exchange is one round).
+  ``scope_clock`` is the same clock restarted at 0 in every `scope`, so the rounds of
+  one op are its own depth, not the catch-up from earlier one-way messages; on scope
+  exit the enclosing clock advances by the child's depth. A label's `rounds` is the
+  sum of its scopes' own increments (max over the two parties per op; summed over ops
+  it is the sequential round count). Both parties must open the same scopes around
+  communication, which symmetric protocol code does by construction.
 * ``payload`` bytes are what the meter counts, on both sides, under the current label.
 """
 
@@ -42,6 +48,7 @@ class Frame:
     tag: str
     clock: int
     payload: bytes
+    scope_clock: int = 0
 
 
 class Channel(ABC):
@@ -59,7 +66,9 @@ class Channel(ABC):
         self.timeout = timeout
         self._send_seq = 0
         self._recv_seq = 0
-        self.clock = 0
+        self.clock = 0  # global Lamport clock
+        self.scope_clock = 0  # clock of the innermost scope
+        self._scope_stack: list[int] = []
 
     # -- subclass interface -------------------------------------------------------
     @abstractmethod
@@ -86,15 +95,19 @@ class Channel(ABC):
             **{k: v for k, v in (("phase", phase), ("layer", layer), ("op", op)) if v is not None},
         )
         self.meter.enter(label)
+        self._scope_stack.append(self.scope_clock)
+        self.scope_clock = 0
         try:
             yield label
         finally:
+            depth = self.scope_clock
+            self.scope_clock = self._scope_stack.pop() + depth
             self.meter.exit()
 
     # -- bytes ------------------------------------------------------------------------
     def send(self, tag: str, payload: bytes) -> None:
         """Send one message. Cost: len(payload) bytes, no waiting."""
-        frame = Frame(self._send_seq, tag, self.clock, bytes(payload))
+        frame = Frame(self._send_seq, tag, self.clock, bytes(payload), self.scope_clock)
         self._send_seq += 1
         self._put(frame)
         self.meter.record_send(len(frame.payload))
@@ -112,9 +125,10 @@ class Channel(ABC):
                 f"message {tag!r}: expected {nbytes} bytes, got {len(frame.payload)}"
             )
         self._recv_seq += 1
-        new_clock = max(self.clock, frame.clock + 1)
-        self.meter.record_recv(len(frame.payload), new_clock - self.clock)
-        self.clock = new_clock
+        self.clock = max(self.clock, frame.clock + 1)
+        new_scope = max(self.scope_clock, frame.scope_clock + 1)
+        self.meter.record_recv(len(frame.payload), new_scope - self.scope_clock)
+        self.scope_clock = new_scope
         return frame.payload
 
     # -- arrays -----------------------------------------------------------------------

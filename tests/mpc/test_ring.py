@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from common.mpc.ring import (
+    U64,
+    FixedPoint,
+    random_ring,
+    ring_matmul,
+    ring_matmul_public,
+    to_signed,
+    trunc_share,
+)
+
+
+def _ref_matmul(a, b):
+    return (a.astype(object) @ b.astype(object)) % (1 << 64)
+
+
+@pytest.mark.parametrize("f", [12, 16, 18])
+def test_fixed_point_roundtrip_edges(f):
+    fx = FixedPoint(f)
+    vals = np.array([0.0, -0.0, 1.0, -1.0, 2.0**-f, -(2.0**-f), 1234.5678, -1234.5678])
+    vals = np.concatenate([vals, [fx.max_abs / 2, -fx.max_abs / 2]])
+    dec = fx.decode(fx.encode(vals))
+    assert np.all(np.abs(dec - vals) <= 2.0 ** -(f + 1))
+
+
+def test_fixed_point_rejects_out_of_range():
+    fx = FixedPoint(16)
+    with pytest.raises(ValueError, match="range"):
+        fx.encode(np.array([fx.max_abs]))
+    with pytest.raises(ValueError, match="NaN"):
+        fx.encode(np.array([np.nan]))
+    with pytest.raises(ValueError):
+        FixedPoint(40)
+
+
+def test_ring_matmul_exact():
+    rng = np.random.default_rng(1)
+    a = random_ring(rng, (7, 33))
+    b = random_ring(rng, (33, 5))
+    b[0, 0] = np.uint64(2**64 - 1)
+    assert np.array_equal(ring_matmul(a, b).astype(object), _ref_matmul(a, b))
+    # batched
+    a3, b3 = random_ring(rng, (3, 4, 6)), random_ring(rng, (3, 6, 2))
+    for i in range(3):
+        assert np.array_equal(ring_matmul(a3, b3)[i].astype(object), _ref_matmul(a3[i], b3[i]))
+
+
+@pytest.mark.parametrize("wbits", [1, 20, 30])
+def test_ring_matmul_public_exact(wbits):
+    rng = np.random.default_rng(2)
+    x = random_ring(rng, (9, 700))
+    w = rng.integers(-(2**wbits) + 1, 2**wbits, (700, 11))
+    got = ring_matmul_public(x, w).astype(object)
+    assert np.array_equal(got, _ref_matmul(x, w.astype(object)))
+
+
+def test_truncation_exact_when_no_wrap():
+    rng = np.random.default_rng(3)
+    fx = FixedPoint(16)
+    v = fx.encode(rng.normal(0, 100, 10000)) * fx.encode(rng.normal(0, 1, 10000))
+    s0 = random_ring(rng, v.shape)
+    s1 = v - s0
+    t = trunc_share(s0, 16, 0) + trunc_share(s1, 16, 1)
+    err = to_signed(t) - (to_signed(v) >> 16)
+    assert set(np.unique(err)) <= {-1, 0, 1}
+
+
+@pytest.mark.parametrize("log_v", [30, 54])
+def test_truncation_failure_rate(log_v):
+    """Failure (a ~2^(64-f) error) happens with probability |v| / 2^64 (docs/SECURITY.md)."""
+    rng = np.random.default_rng(4)
+    n = 1 << 18
+    v = np.full(n, 1 << log_v, dtype=U64)
+    s0 = random_ring(rng, n)
+    t = trunc_share(s0, 16, 0) + trunc_share(v - s0, 16, 1)
+    err = np.abs(to_signed(t) - (1 << (log_v - 16)))
+    fails = int((err > 1).sum())
+    expected = n * 2.0 ** (log_v - 64)
+    assert abs(fails - expected) <= 6 * np.sqrt(expected) + 1
+    if log_v == 54:
+        assert fails > 0  # the analysis predicts ~256: the test must be able to see them
