@@ -59,16 +59,20 @@ class Blocking:
         out[:, :, (i * self.kb * self.nb + l).ravel()] = blocks.reshape(Mb, Kb, -1)
         return out
 
-    def encode_rhs(self, w: NDArray) -> NDArray:
-        """(Kb, Nb, N) coefficient arrays of the right operand's blocks."""
+    def encode_rhs(self, w: NDArray, col: int | None = None) -> NDArray:
+        """(Kb, Nb, N) coefficient arrays of the right operand's blocks, or (Kb, N) for
+        the one block column `col` (to bound memory for large weights)."""
         _, Kb, Nb = self.grid
         wp = np.zeros((Kb * self.kb, Nb * self.nb), dtype=w.dtype)
         wp[: self.k, : self.n] = w
+        if col is not None:
+            wp = wp[:, col * self.nb : (col + 1) * self.nb]
+            Nb = 1
         blocks = wp.reshape(Kb, self.kb, Nb, self.nb).transpose(0, 2, 1, 3)
         out = np.zeros((Kb, Nb, self.degree), dtype=w.dtype)
         l, j = np.meshgrid(np.arange(self.kb), np.arange(self.nb), indexing="ij")
         out[:, :, (j * self.kb + self.kb - 1 - l).ravel()] = blocks.reshape(Kb, Nb, -1)
-        return out
+        return out[:, 0] if col is not None else out
 
     def output_index(self) -> NDArray[np.int64]:
         """Coefficient index of result (i, j) inside an output block, shape (mb, nb)."""

@@ -164,7 +164,6 @@ def he_matmul(
     # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.
     plain_std = min(2.0**rhs_bits, he.primes[0].p / 2)
     flood = params.flood_bits(Kb, plain_std)
-    enc_w = blk.encode_rhs(w)
     limbs = _mask(rng, sigma, (Mb, Nb, N))
     basis = he.basis(P)
     mask_res = basis.residues_of_limbs(limbs)
@@ -172,17 +171,15 @@ def he_matmul(
         p = he.primes[i].p
         blobs = unpack_blobs(ch.recv("he.mm.up"), Mb * Kb)
         cts = [[he.to_ntt(i, he.load(i, blobs[a * Kb + b])) for b in range(Kb)] for a in range(Mb)]
-        w_res = np.mod(enc_w, np.int64(p)).astype(U64)
-        raws = []
-        pts = [
-            [he.to_ntt(i, he.plain(i, w_res[b, c], coeffs=True), plain=True) for c in range(Nb)]
-            for b in range(Kb)
-        ]
-        for a in range(Mb):
-            for c in range(Nb):
-                acc = he.dot(i, cts[a], [pts[b][c] for b in range(Kb)])
-                raws.append(
-                    he.seal_result(i, acc, mask_res[i][a, c], coeffs=True, flood_bits=flood)
+        raws: list[bytes | None] = [None] * (Mb * Nb)
+        # One block column of W at a time: Kb plaintexts in memory, not Kb·Nb.
+        for c in range(Nb):
+            w_res = np.mod(blk.encode_rhs(w, col=c), np.int64(p)).astype(U64)
+            pts = [he.to_ntt(i, he.plain(i, w_res[b], coeffs=True), plain=True) for b in range(Kb)]
+            for a in range(Mb):
+                acc = he.dot(i, cts[a], pts)
+                raws[a * Nb + c] = he.seal_result(
+                    i, acc, mask_res[i][a, c], coeffs=True, flood_bits=flood
                 )
         ch.send("he.mm.down", pack_blobs(raws))
     return blk.decode_output(-limbs[0])
