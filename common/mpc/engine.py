@@ -111,8 +111,16 @@ class Mpc:
         return x * from_signed(np.asarray(c, dtype=np.int64))
 
     def mul_public(self, x: Ring, c: NDArray | float) -> Ring:
-        """x · c for a public real c: encode c with f bits, multiply, truncate."""
-        return self.trunc(x * self.fxp.encode(c))
+        """x · c for a public real c: encode c, multiply, truncate.
+
+        A small constant (e.g. 1/768 for a mean) gets up to f extra fractional bits so
+        that it keeps ~f significant bits; the truncation removes them again.
+        """
+        cmax = float(np.max(np.abs(c))) if np.size(c) else 0.0
+        extra = 0 if cmax == 0 or cmax >= 1 else min(self.f, math.ceil(-math.log2(cmax)))
+        bits = self.f + extra
+        ci = np.rint(np.asarray(c, dtype=np.float64) * 2.0**bits).astype(np.int64)
+        return self.trunc(x * from_signed(ci), bits)
 
     def trunc(self, x: Ring, bits: int | None = None) -> Ring:
         """Divide by 2^bits (default f) with local truncation; see `trunc_share`."""

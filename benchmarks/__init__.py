@@ -1,0 +1,1 @@
+"""Benchmarks of the two-party engine (the `comet-bench` command)."""

@@ -1,0 +1,81 @@
+"""`comet-bench ops` end to end at quick sizes (insecure dealer: fast, exact accounting)."""
+
+import json
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks import ops
+from benchmarks.cli import main
+from common.mpc.preprocessing import InsecureDealerWarning
+
+ROW_FIELDS = {
+    "op": str,
+    "shape": str,
+    "provider": str,
+    "offline_bytes": int,
+    "online_bytes": int,
+    "rounds": int,
+    "offline_s": float,
+    "online_s": float,
+    "max_abs_err": float,
+    "online_bytes_per_elem": float,
+}
+
+
+@pytest.fixture(scope="module")
+def quick_json() -> dict:
+    args = ["ops", "--quick", "--json", "--provider", "insecure_dealer"]
+    with warnings.catch_warnings():  # module scope: the autouse filter is not active yet
+        warnings.simplefilter("ignore", InsecureDealerWarning)
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)  # progress goes to stderr: stdout is pure JSON
+
+
+def test_schema(quick_json):
+    assert set(quick_json) == {"ops", "meta"}
+    rows = quick_json["ops"]
+    assert [r["op"] for r in rows] == list(ops.OPS)
+    for r in rows:
+        for key, typ in ROW_FIELDS.items():
+            assert isinstance(r[key], typ), (r["op"], key, r[key])
+        assert r["provider"] == "insecure_dealer"
+        assert r["offline_s"] >= 0 and r["online_s"] >= 0
+    for r in rows:
+        if r["op"] in ("mul", "square"):
+            assert r["online_products_per_s"] > 0
+            assert r["offline_bytes_per_elem"] > 0 and r["offline_elems_per_s"] > 0
+    meta = quick_json["meta"]
+    assert meta["mode"] == "quick" and meta["provider"] == "insecure_dealer"
+    assert meta["machine"]["cpus"] >= 1 and meta["notes"]
+
+
+def test_accuracy(quick_json):
+    for r in quick_json["ops"]:
+        assert r["max_abs_err"] < 1e-3, r
+
+
+def test_online_bytes_and_rounds(quick_json):
+    rows = {r["op"]: r for r in quick_json["ops"]}
+    n = ops.QUICK.elementwise
+    heads, m, k, nn = ops.QUICK.matmul
+    lrows, lk, _ = ops.QUICK.linear
+    assert rows["mul"]["online_bytes"] == 2 * 16 * n  # each party opens x−a and y−b
+    assert rows["square"]["online_bytes"] == 2 * 8 * n
+    assert rows["matmul"]["online_bytes"] == 2 * 8 * heads * (m * k + k * nn)
+    assert rows["linear"]["online_bytes"] == 8 * lrows * lk  # only the client's masked input
+    assert rows["linear"]["online_sent_bytes_by_party"] == [0, 8 * lrows * lk]
+    assert rows["mean"]["online_bytes"] == 0 and rows["mean"]["rounds"] == 0
+    for op in ("mul", "square", "matmul", "linear", "share", "reveal"):
+        assert rows[op]["rounds"] == 1, op
+        assert rows[op]["online_bytes"] == rows[op]["online_bytes_model"], op
+
+
+def test_table_output():
+    args = ["ops", "--quick", "--provider", "insecure_dealer", "--only", "mean"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "mean" in res.stdout and "max abs err" in res.stdout
+    assert "[1/1]" in res.stderr and "[1/1]" not in res.stdout
