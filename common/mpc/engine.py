@@ -101,7 +101,7 @@ class Mpc:
         """x + c for a public real c (party 0 adds the encoding)."""
         if self.party == SERVER:
             return x + self.fxp.encode(c)
-        return x + np.zeros_like(x)
+        return x.copy()
 
     def add_public_ring(self, x: Ring, c: Ring) -> Ring:
         return x + c if self.party == SERVER else x.copy()
