@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from common.mpc.correlations import LinearSpec, Plan
-from common.mpc.he_protocols import he_matmul, he_products, unpack_blobs
+from common.mpc.he_protocols import he_products, unpack_blobs
 from common.mpc.preprocessing import HeProvider, InsecureDealer, InsecureDealerWarning
-from common.mpc.ring import random_ring, ring_matmul, ring_matmul_public
+from common.mpc.ring import ring_matmul, ring_matmul_public
 from common.mpc.roles import CLIENT, SERVER
 from common.transport import Channel, NullChannel, run_local
 from tests.conftest import CHI2_LIMIT, chi2_uniform_bytes
@@ -74,15 +74,12 @@ def _client_view_of_products(server_value: int) -> np.ndarray:
 
     def body(ch):
         rng = np.random.default_rng(ch.party + 100)
-        from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
-
         prov = HeProvider(rng=rng)
         prov.setup(ch)
         if ch.party == CLIENT:
             ops = [np.full(n, 12345, np.uint64)]
         else:
             ops = [np.full(n, server_value, np.uint64)]
-        del CrtBfvClient, CrtBfvParams, CrtBfvServer
         return he_products(ch, prov.he, ops, rng)
 
     _, client_share = run_local(body)
@@ -156,4 +153,3 @@ def test_beaver_messages_uniform():
 def test_truncated_batch_rejected():
     with pytest.raises(ValueError):
         unpack_blobs(b"\x02\x00\x00\x00\x05\x00\x00\x00ab", 2)
-    assert he_matmul and random_ring
