@@ -97,5 +97,194 @@ def ops_cmd(as_json: bool, quick: bool, provider: str, only: tuple[str, ...], se
         out.print(_table(result))
 
 
+def _approx_table(result: dict[str, Any]) -> Table:
+    m = result["meta"]
+    table = Table(
+        title=f"comet-bench approx ({m['mode']}, provider {m['provider']})",
+        caption="bytes: payload sent by both parties; online = the function alone",
+    )
+    for name in ("set", "fn", "shape"):
+        table.add_column(name)
+    for name in ("online bytes", "offline bytes", "rounds", "online s", "max abs err"):
+        table.add_column(name, justify="right")
+    table.add_column("max rel err", justify="right")
+    for r in result["approx"]:
+        table.add_row(
+            r["set"],
+            r["fn"],
+            r["shape"],
+            f"{r['online_bytes']:,}",
+            f"{r['offline_bytes']:,}",
+            str(r["rounds"]),
+            f"{r['online_s']:.3f}",
+            f"{r['max_abs_err']:.2e}",
+            f"{r['max_rel_err']:.2e}",
+        )
+    return table
+
+
+def _emit(result: dict[str, Any], as_json: bool, table: Table) -> None:
+    if as_json:
+        click.echo(json.dumps(_json_safe(result), indent=2, ensure_ascii=False))
+    else:
+        out = Console()
+        if not out.is_terminal:  # a file or a pipe: never fold or cut the numbers
+            out = Console(width=200)
+        out.print(table)
+
+
+@main.command("approx")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--quick", is_flag=True, help="Small shapes (seconds, not minutes).")
+@click.option(
+    "--provider",
+    type=click.Choice(ops_mod.PROVIDERS),
+    default="he",
+    show_default=True,
+    help="Offline phase: BFV preprocessing, or the insecure test-only dealer.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["rsqrt", "gelu", "softmax", "layernorm"]),
+    help="Run only this function (repeatable).",
+)
+def approx_cmd(as_json: bool, quick: bool, provider: str, only: tuple[str, ...]) -> None:
+    """Each non-linear function, Comet vs reference set: bytes, rounds, error."""
+    from benchmarks import approx as approx_mod
+
+    err = Console(stderr=True)
+    result = approx_mod.run_approx(
+        quick, provider, only or None, lambda msg: err.print(msg, highlight=False, markup=False)
+    )
+    _emit(result, as_json, _approx_table(result))
+
+
+def _model_table(result: dict[str, Any]) -> Table:
+    m, acc = result["meta"], result["accuracy"]
+    caption = (
+        f"max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.5f}"
+        + (f", label agreement {acc['label_agreement']:.2f}" if "label_agreement" in acc else "")
+        + f"; wall {m['wall_s']:.1f} s"
+    )
+    table = Table(
+        title=f"comet-bench model {m['model']} ({m['approx']}, {m['seq_len']} tokens, "
+        f"batch {m['batch']}, provider {m['provider']})",
+        caption=caption,
+    )
+    table.add_column("layer")
+    for name in ("offline bytes", "offline s", "online bytes", "online rounds", "online s"):
+        table.add_column(name, justify="right")
+    rows = result["layers"] + [
+        {
+            "layer": "total",
+            "offline_bytes": result["totals"]["offline"]["bytes"],
+            "offline_s": result["totals"]["offline"]["seconds"],
+            "online_bytes": result["totals"]["online"]["bytes"],
+            "online_rounds": result["totals"]["online"]["rounds"],
+            "online_s": result["totals"]["online"]["seconds"],
+        }
+    ]
+    for r in rows:
+        table.add_row(
+            r["layer"],
+            f"{r.get('offline_bytes', 0):,}",
+            f"{r.get('offline_s', 0.0):.2f}",
+            f"{r.get('online_bytes', 0):,}",
+            str(r.get("online_rounds", 0)),
+            f"{r.get('online_s', 0.0):.3f}",
+        )
+    return table
+
+
+@main.command("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="'default' (bundled Comet-form model), 'original' (its unadapted base) or a "
+    "checkpoint directory.",
+)
+@click.option("--seq-len", type=click.IntRange(2, 512), default=32, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--approx",
+    type=click.Choice(["auto", "comet", "reference"]),
+    default="auto",
+    show_default=True,
+    help="auto: comet for adapted checkpoints (comet.json), else reference.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(ops_mod.PROVIDERS),
+    default="he",
+    show_default=True,
+    help="Offline phase: BFV preprocessing, or the insecure test-only dealer.",
+)
+def model_cmd(
+    as_json: bool, model: str, seq_len: int, batch: int, approx: str, provider: str
+) -> None:
+    """Private forward of a whole model: per-layer bytes, rounds, seconds; error."""
+    from benchmarks import model as model_mod
+
+    err = Console(stderr=True)
+    result = model_mod.run_model(
+        model,
+        seq_len,
+        approx,
+        provider,
+        batch,
+        lambda msg: err.print(msg, highlight=False, markup=False),
+    )
+    _emit(result, as_json, _model_table(result))
+
+
+def _sites_table(result: dict[str, Any]) -> Table:
+    m = result["meta"]
+    table = Table(
+        title=f"comet-bench sites {m['model']} ({m['approx']})",
+        caption="plan range = observed range widened by the calibration margin; "
+        "CrypTen: exp-based start + 3 Newton steps on the same range (float)",
+    )
+    table.add_column("site")
+    for name in ("observed range", "plan ratio", "deg", "steps", "rounds", "products"):
+        table.add_column(name, justify="right")
+    for name in ("max rel err", "CrypTen rounds", "CrypTen max rel err"):
+        table.add_column(name, justify="right")
+    for r in result["sites"]:
+        obs = r["observed"]
+        table.add_row(
+            r["site"],
+            f"{obs[0]:.3g} … {obs[1]:.3g}" if obs else "analytic",
+            f"{r['ratio']:.3g}",
+            str(r["degree"]),
+            str(r["steps"]),
+            str(r["rounds"]),
+            str(r["products"]),
+            f"{r['max_rel_err']:.1e}",
+            str(r["crypten_rounds"]),
+            f"{r['crypten_max_rel_err']:.1e}",
+        )
+    return table
+
+
+@main.command("sites")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--model", default="default", show_default=True, help="As for `model`.")
+@click.option(
+    "--approx", type=click.Choice(["auto", "comet", "reference"]), default="auto", show_default=True
+)
+def sites_cmd(as_json: bool, model: str, approx: str) -> None:
+    """Per-site rsqrt plans (range, iterations, rounds) vs CrypTen's start."""
+    from benchmarks import sites as sites_mod
+
+    err = Console(stderr=True)
+    result = sites_mod.run_sites(
+        model, approx, lambda msg: err.print(msg, highlight=False, markup=False)
+    )
+    _emit(result, as_json, _sites_table(result))
+
+
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,7 @@ class Plan:
     squares: int = 0
     matmuls: list[tuple[int, ...]] = field(default_factory=list)  # (*batch, m, k, n)
     linears: list[LinearSpec] = field(default_factory=list)
+    newton: list[tuple[int, int]] = field(default_factory=list)  # (elements, steps)
 
     def describe(self) -> dict:
         return {
@@ -48,6 +50,7 @@ class Plan:
             "squares": self.squares,
             "matmuls": [list(s) for s in self.matmuls],
             "linears": [[s.key, s.rows, s.k, s.n] for s in self.linears],
+            "newton": [list(t) for t in self.newton],
         }
 
     def digest(self) -> bytes:
@@ -62,6 +65,20 @@ class LinearMask:
     spec: LinearSpec
     share: Ring
     r: Ring | None = None
+
+
+@dataclass
+class NewtonMasks:
+    """Shares of the masks of one Newton iteration over n elements with s steps.
+
+    b masks the (fixed) iterate input x and is opened once; a[j] masks y at step j, and
+    a2[j] = a[j]², ab[j] = a[j]·b let one opening of y − a[j] give both y² and x·y.
+    """
+
+    b: Ring  # (n,)
+    a: Ring  # (s, n)
+    a2: Ring  # (s, n)
+    ab: Ring  # (s, n)
 
 
 class _Flat:
@@ -89,7 +106,9 @@ class Pool:
         squares: tuple[Ring, Ring],
         matmuls: list[tuple[Ring, Ring, Ring]],
         linears: list[LinearMask],
+        newton: list[NewtonMasks] | None = None,
     ) -> None:
+        self._newton = deque(newton or [])
         self._triples = _Flat(triples)
         self._squares = _Flat(squares)
         self._matmuls = deque(matmuls)
@@ -118,12 +137,21 @@ class Pool:
             raise PreprocessingError(f"linear mask mismatch: want {spec}, have {mask.spec}")
         return mask
 
+    def newton(self, n: int, steps: int) -> NewtonMasks:
+        if not self._newton:
+            raise PreprocessingError("out of Newton masks")
+        m = self._newton.popleft()
+        if m.a.shape != (steps, n):
+            raise PreprocessingError(f"Newton mask mismatch: want {(steps, n)}, have {m.a.shape}")
+        return m
+
     def remaining(self) -> dict[str, int]:
         return {
             "triples": self._triples.arrays[0].size - self._triples.pos,
             "squares": self._squares.arrays[0].size - self._squares.pos,
             "matmuls": len(self._matmuls),
             "linears": len(self._linears),
+            "newton": len(self._newton),
         }
 
 
@@ -153,6 +181,11 @@ class PlanRecorder:
             np.zeros((*batch, m, n), U64),
         )
 
+    def newton(self, n: int, steps: int) -> NewtonMasks:
+        self.plan.newton.append((n, steps))
+        z = np.zeros((steps, n), U64)
+        return NewtonMasks(np.zeros(n, U64), z, z, z)
+
     def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
         self.plan.linears.append(spec)
         if weight is not None:
@@ -160,3 +193,60 @@ class PlanRecorder:
         return LinearMask(
             spec, np.zeros((spec.rows, spec.n), U64), np.zeros((spec.rows, spec.k), U64)
         )
+
+
+class SegmentedRecorder:
+    """A planning source that keeps one plan per segment (the channel's current layer
+    label at each request), so that the offline phase can be produced and metered per
+    layer. Segments are listed in order of first use."""
+
+    def __init__(self, label_of: Callable[[], str]) -> None:
+        self.label_of = label_of
+        self.recorders: dict[str, PlanRecorder] = {}
+
+    def _rec(self) -> PlanRecorder:
+        return self.recorders.setdefault(self.label_of(), PlanRecorder())
+
+    def triples(self, n: int) -> tuple[Ring, Ring, Ring]:
+        return self._rec().triples(n)
+
+    def squares(self, n: int) -> tuple[Ring, Ring]:
+        return self._rec().squares(n)
+
+    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+        return self._rec().matmul_triple(shape)
+
+    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+        return self._rec().linear_mask(spec, weight)
+
+    def newton(self, n: int, steps: int) -> NewtonMasks:
+        return self._rec().newton(n, steps)
+
+
+class SegmentedPool:
+    """Per-segment pools; each request is served from the current segment's pool."""
+
+    def __init__(self, pools: dict[str, Pool], label_of: Callable[[], str]) -> None:
+        self.pools = pools
+        self.label_of = label_of
+
+    def _pool(self) -> Pool:
+        label = self.label_of()
+        if label not in self.pools:
+            raise PreprocessingError(f"no correlations were prepared for segment {label!r}")
+        return self.pools[label]
+
+    def triples(self, n: int) -> tuple[Ring, Ring, Ring]:
+        return self._pool().triples(n)
+
+    def squares(self, n: int) -> tuple[Ring, Ring]:
+        return self._pool().squares(n)
+
+    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+        return self._pool().matmul_triple(shape)
+
+    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+        return self._pool().linear_mask(spec, weight)
+
+    def newton(self, n: int, steps: int) -> NewtonMasks:
+        return self._pool().newton(n, steps)

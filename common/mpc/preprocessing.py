@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
-from common.mpc.correlations import LinearMask, Plan, PlanRecorder, Pool
+from common.mpc.correlations import LinearMask, NewtonMasks, Plan, PlanRecorder, Pool
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import he_matmul, he_products, pack_blobs, unpack_blobs
 from common.mpc.ring import (
@@ -113,6 +113,8 @@ class HeProvider:
                 a = random_ring(rng, n)
                 v = he_products(ch, he, [a if client else U64(2) * a], rng) if n else a[:0]
                 squares = (a, a * a + v)
+            with ch.scope(op="newton-masks"):
+                newton = self._newton(ch, plan.newton)
             with ch.scope(op="matmul-triples"):
                 matmuls = [self._matmul_triple(ch, shape) for shape in plan.matmuls]
             with ch.scope(op="linear-masks"):
@@ -133,7 +135,24 @@ class HeProvider:
                             )
                         share = he_matmul(ch, he, w, shape, self.weight_bits, rng)
                         linears.append(LinearMask(spec, share))
-        return Pool(triples, squares, matmuls, linears)
+        return Pool(triples, squares, matmuls, linears, newton)
+
+    def _newton(self, ch: Channel, calls: list[tuple[int, int]]) -> list[NewtonMasks]:
+        """a², a·b for every step of every call: one SIMD square batch and one product
+        batch (2 + 2 rounds), the same HE protocols as square pairs and triples."""
+        if not calls:
+            return []
+        rng, he = self.rng, self.he
+        client = ch.party == CLIENT
+        bs = [random_ring(rng, n) for n, _ in calls]
+        as_ = [random_ring(rng, (st, n)) for n, st in calls]
+        a = np.concatenate([x.ravel() for x in as_])
+        b = np.concatenate([np.tile(bb, st) for bb, (_, st) in zip(bs, calls, strict=True)])
+        if a.size == 0:
+            return [NewtonMasks(bb, x, x.copy(), x.copy()) for bb, x in zip(bs, as_, strict=True)]
+        sq = a * a + he_products(ch, he, [a if client else U64(2) * a], rng)
+        ab = a * b + he_products(ch, he, [a, b] if client else [b, a], rng)
+        return _split_newton(calls, bs, as_, sq, ab)
 
     def _matmul_triple(self, ch: Channel, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
         *batch, m, k, n = shape
@@ -201,6 +220,10 @@ class InsecureDealer:
             for *batch, m, k, nn in plan.matmuls:
                 A, B = random_ring(g, (*batch, m, k)), random_ring(g, (*batch, k, nn))
                 matmuls.append((split(A), split(B), split(ring_matmul(A, B))))
+            newton = []
+            for nn, st in plan.newton:
+                b, a = random_ring(g, nn), random_ring(g, (st, nn))
+                newton.append(NewtonMasks(split(b), split(a), split(a * a), split(a * b)))
             linears = []
             for spec in plan.linears:
                 r = random_ring(g, (spec.rows, spec.k))
@@ -213,7 +236,20 @@ class InsecureDealer:
                 else:
                     u = ch.recv_array("dealer.linear", (spec.rows, spec.n), U64).copy()
                     linears.append(LinearMask(spec, u, r))
-        return Pool(triples, squares, matmuls, linears)
+        return Pool(triples, squares, matmuls, linears, newton)
+
+
+def _split_newton(
+    calls: list[tuple[int, int]], bs: list[Ring], as_: list[Ring], sq: Ring, ab: Ring
+) -> list[NewtonMasks]:
+    out, pos = [], 0
+    for (n, st), b, a in zip(calls, bs, as_, strict=True):
+        k = n * st
+        out.append(
+            NewtonMasks(b, a, sq[pos : pos + k].reshape(st, n), ab[pos : pos + k].reshape(st, n))
+        )
+        pos += k
+    return out
 
 
 def make_provider(name: str, params: CrtBfvParams | None = None) -> HeProvider | InsecureDealer:

@@ -34,6 +34,54 @@ def test_triples_squares_exact():
     assert tri.rounds == 2 and per < 2 * 400
 
 
+@pytest.mark.parametrize("provider", ["he", "dealer"])
+def test_newton_masks_exact(provider):
+    plan = Plan(newton=[(300, 3), (50, 5)])
+    if provider == "he":
+        (p0, _), (p1, _) = _gen(plan)
+    else:
+
+        def body(ch: Channel):
+            with pytest.warns(InsecureDealerWarning):
+                dealer = InsecureDealer()
+            return dealer.generate(ch, plan)
+
+        p0, p1 = run_local(body)
+    for n, st in plan.newton:
+        m0, m1 = p0.newton(n, st), p1.newton(n, st)
+        a, b = m0.a + m1.a, m0.b + m1.b
+        assert np.array_equal(m0.a2 + m1.a2, a * a)
+        assert np.array_equal(m0.ab + m1.ab, a * b[None, :])
+
+
+def test_newton_session_opens_each_mask_once():
+    """One message per step (plus x's mask with the first); right products."""
+    from common.mpc.engine import Mpc
+    from common.mpc.ring import FixedPoint
+    from common.mpc.runner import run_local_program
+
+    fxp = FixedPoint()
+    x = np.linspace(0.5, 4.0, 64)
+    ys = [np.linspace(1.0, 2.0, 64), np.linspace(-1.0, 1.0, 64)]
+
+    def prog(mpc: Mpc, data):
+        xs = mpc.share(CLIENT, data["x"] if mpc.party == CLIENT else None, (64,))
+        yv = [mpc.share(CLIENT, y if mpc.party == CLIENT else None, (64,)) for y in ys]
+        sess = mpc.newton_session(xs, 2)
+        with mpc.ch.scope(op="t"):
+            out = [sess.products(y) for y in yv]
+        return [mpc.reveal(v, to=CLIENT) for pair in out for v in pair]
+
+    _s, c = run_local_program(prog, None, {"x": x}, provider="insecure_dealer", fxp=fxp)
+    got = c.result
+    for j, y in enumerate(ys):
+        assert np.allclose(got[2 * j], y * y, atol=1e-4)
+        assert np.allclose(got[2 * j + 1], x * y, atol=1e-4)
+    t = c.meter.breakdown(by=("phase", "op"))[("online", "t")]
+    assert t.sent_msgs == 2 and t.rounds == 2
+    assert t.sent_bytes == 8 * 64 * 3  # y−a twice, x−b once
+
+
 def test_matrix_triple_and_linear_mask_exact():
     rng = np.random.default_rng(3)
     w = rng.integers(-(2**20), 2**20, (24, 10))

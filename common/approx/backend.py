@@ -1,0 +1,266 @@
+"""Arithmetic back-ends: one program, three ways to run it.
+
+The non-linear functions (`common.approx.functions`) and the model program
+(`common.protocol.program`) are written once against `Backend`. Three back-ends run
+them:
+
+- `SharedBackend` — the real thing: additive shares over Z_2^64 through `Mpc`.
+- `PlainBackend(frac_bits=None)` — float64 torch: the same arithmetic (Newton steps,
+  polynomials, public constants) with real numbers; predicts the approximation error.
+- `PlainBackend(frac_bits=f)` — fixed-point emulation in int64 torch: every product is
+  truncated by f bits exactly where the protocol truncates (floor; the protocol's
+  local truncation adds at most one more unit in the last place, at random).
+
+Values are opaque to the programs except for `+`, `-`, `.reshape`, `.shape` and basic
+indexing, which numpy uint64 arrays and torch tensors both provide with the same
+meaning (wrap-around for the integer kinds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from common.mpc.engine import Mpc
+from common.mpc.ring import U64
+from common.mpc.roles import CLIENT, SERVER
+
+Value = Any  # numpy uint64 shares (SharedBackend) or a torch tensor (PlainBackend)
+
+
+class Backend(Protocol):
+    """The operations a program may use. Costs are those of `SharedBackend`."""
+
+    frac_bits: int | None
+
+    def input(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Value: ...
+    def output(self, x: Value, to: int | None = CLIENT) -> NDArray[np.float64] | None: ...
+    def add_public(self, x: Value, c: NDArray | float) -> Value: ...
+    def mul_public(self, x: Value, c: NDArray | float) -> Value: ...
+    def mul(self, x: Value, y: Value) -> Value: ...
+    def mul_many(self, pairs: list[tuple[Value, Value]]) -> list[Value]: ...
+    def square(self, x: Value) -> Value: ...
+    def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value: ...
+    def mean(self, x: Value, axis: int, keepdims: bool = False) -> Value: ...
+    def matmul(self, x: Value, y: Value) -> Value: ...
+    def swap(self, x: Value, a: int, b: int) -> Value: ...
+    def broadcast(self, x: Value, shape: tuple[int, ...]) -> Value: ...
+    def linear(
+        self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None
+    ) -> Value: ...
+    def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
+    def client_value(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
+    def newton_session(self, x: Value, steps: int) -> Any: ...
+
+
+# ----------------------------------------------------------------------------------------
+class SharedBackend:
+    """`Backend` over `Mpc` shares. Per-op costs are those documented on `Mpc`."""
+
+    def __init__(self, mpc: Mpc) -> None:
+        self.mpc = mpc
+        self.frac_bits: int | None = mpc.f
+
+    @property
+    def party(self) -> int:
+        return self.mpc.party
+
+    def input(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Value:
+        """Secret-share a real-valued input held by `owner` (owner sends 8n bytes)."""
+        return self.mpc.share(owner, x if self.party == owner else None, shape)
+
+    def output(self, x: Value, to: int | None = CLIENT) -> NDArray[np.float64] | None:
+        """Open `x` to `to` only (None: both). The other party gets None."""
+        return self.mpc.reveal(x, to)
+
+    def add_public(self, x: Value, c: NDArray | float) -> Value:
+        return self.mpc.add_public(x, c)
+
+    def mul_public(self, x: Value, c: NDArray | float) -> Value:
+        c = np.asarray(c, dtype=np.float64)
+        if c.shape and c.shape != x.shape:
+            c = np.broadcast_to(c, np.broadcast_shapes(c.shape, x.shape))
+            x = np.broadcast_to(x, c.shape)
+        return self.mpc.mul_public(x, c)
+
+    def _same(self, x: Value, y: Value) -> tuple[Value, Value]:
+        if x.shape == y.shape:
+            return x, y
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        return np.broadcast_to(x, shape).copy(), np.broadcast_to(y, shape).copy()
+
+    def mul(self, x: Value, y: Value) -> Value:
+        x, y = self._same(x, y)
+        return self.mpc.mul(x, y)
+
+    def mul_many(self, pairs: list[tuple[Value, Value]]) -> list[Value]:
+        fixed = []
+        for x, y in pairs:
+            fixed.append((x, x) if x is y else self._same(x, y))
+        return self.mpc.mul_many(fixed)
+
+    def square(self, x: Value) -> Value:
+        return self.mpc.square(x)
+
+    def newton_session(self, x: Value, steps: int) -> Any:
+        """`.products(y)` → (y², x·y) in one round of 8n bytes (see `NewtonSession`)."""
+        return self.mpc.newton_session(np.ascontiguousarray(x), steps)
+
+    def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value:
+        return self.mpc.sum(x, axis, keepdims)
+
+    def mean(self, x: Value, axis: int, keepdims: bool = False) -> Value:
+        return self.mpc.mean(x, axis, keepdims)
+
+    def matmul(self, x: Value, y: Value) -> Value:
+        return self.mpc.matmul(np.ascontiguousarray(x), np.ascontiguousarray(y))
+
+    def swap(self, x: Value, a: int, b: int) -> Value:
+        return np.ascontiguousarray(np.swapaxes(x, a, b))
+
+    def broadcast(self, x: Value, shape: tuple[int, ...]) -> Value:
+        return np.broadcast_to(x, shape).copy()
+
+    def linear(
+        self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None
+    ) -> Value:
+        return self.mpc.linear(x, key, out, weight, bias)
+
+    def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
+        """A share of a value the server knows (server: its encoding, client: 0). Free."""
+        if self.party == SERVER:
+            if c is None or np.shape(c) != tuple(shape):
+                raise ValueError(f"server must supply a constant of shape {shape}")
+            return self.mpc.fxp.encode(c)
+        return np.zeros(shape, dtype=U64)
+
+    def client_value(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
+        """A share of a value only the client knows (client: its encoding, server: 0).
+
+        Free, and unlike `input` it sends nothing: the value must only ever enter a
+        masked protocol (e.g. `linear`), never be opened."""
+        if self.party == CLIENT:
+            if c is None or np.shape(c) != tuple(shape):
+                raise ValueError(f"client must supply a value of shape {shape}")
+            return self.mpc.fxp.encode(c)
+        return np.zeros(shape, dtype=U64)
+
+
+# ----------------------------------------------------------------------------------------
+class PlainBackend:
+    """`Backend` on plaintext torch tensors: float64, or int64 fixed point with f bits.
+
+    Sees both parties' data (it is an emulation); `input` and `server_constant` take
+    the value directly.
+    """
+
+    def __init__(self, frac_bits: int | None = None) -> None:
+        if frac_bits is not None and not 8 <= frac_bits <= 30:
+            raise ValueError("frac_bits must be in 8..30")
+        self.frac_bits = frac_bits
+
+    @property
+    def fixed(self) -> bool:
+        return self.frac_bits is not None
+
+    def encode(self, x: NDArray | float | torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        if not self.fixed:
+            return t
+        b = self.frac_bits if bits is None else bits
+        return torch.round(t * 2.0**b).to(torch.int64)
+
+    def decode(self, x: torch.Tensor) -> NDArray[np.float64]:
+        if not self.fixed:
+            return x.double().numpy()
+        return (x.double() / 2.0**self.frac_bits).numpy()
+
+    def _trunc(self, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        return x >> (self.frac_bits if bits is None else bits)
+
+    def input(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Value:
+        if x is None or tuple(np.shape(x)) != tuple(shape):
+            raise ValueError(f"input must have shape {shape}")
+        return self.encode(x)
+
+    def output(self, x: Value, to: int | None = CLIENT) -> NDArray[np.float64] | None:
+        return self.decode(x)
+
+    def add_public(self, x: Value, c: NDArray | float) -> Value:
+        return x + self.encode(c)
+
+    def mul_public(self, x: Value, c: NDArray | float) -> Value:
+        if not self.fixed:
+            return x * torch.as_tensor(np.asarray(c, dtype=np.float64))
+        # Same encoding rule as Mpc.mul_public: small constants get extra bits.
+        f = self.frac_bits
+        assert f is not None
+        cmax = float(np.max(np.abs(c))) if np.size(c) else 0.0
+        extra = 0 if cmax == 0 or cmax >= 1 else min(f, math.ceil(-math.log2(cmax)))
+        return self._trunc(x * self.encode(c, f + extra), f + extra)
+
+    def mul(self, x: Value, y: Value) -> Value:
+        return self._trunc(x * y) if self.fixed else x * y
+
+    def mul_many(self, pairs: list[tuple[Value, Value]]) -> list[Value]:
+        return [self.mul(x, y) for x, y in pairs]
+
+    def square(self, x: Value) -> Value:
+        return self.mul(x, x)
+
+    def newton_session(self, x: Value, steps: int) -> Any:
+        return _PlainNewton(self, x)
+
+    def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value:
+        return x.sum(dim=axis, keepdim=keepdims)
+
+    def mean(self, x: Value, axis: int, keepdims: bool = False) -> Value:
+        return self.mul_public(self.sum(x, axis, keepdims), 1.0 / x.shape[axis])
+
+    def matmul(self, x: Value, y: Value) -> Value:
+        return self._trunc(x @ y) if self.fixed else x @ y
+
+    def swap(self, x: Value, a: int, b: int) -> Value:
+        return x.transpose(a, b).contiguous()
+
+    def broadcast(self, x: Value, shape: tuple[int, ...]) -> Value:
+        return x.expand(*shape).contiguous()
+
+    def linear(
+        self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None
+    ) -> Value:
+        if weight is None:
+            raise ValueError(f"plain back-end needs the weight {key!r}")
+        w = self.encode(weight)
+        y = x @ w
+        if bias is not None:
+            f = self.frac_bits
+            y = y + (self.encode(bias, 2 * f) if self.fixed else self.encode(bias))  # type: ignore[operator]
+        return self._trunc(y) if self.fixed else y
+
+    def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
+        if c is None:
+            raise ValueError("plain back-end needs the constant")
+        return self.encode(np.broadcast_to(c, shape))
+
+    def client_value(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
+        return self.server_constant(c, shape)
+
+
+def public_mask_like(x: Value, mask: NDArray) -> NDArray:
+    """Broadcast a public 0/1 mask to x's shape (helper for programs)."""
+    return np.broadcast_to(np.asarray(mask, dtype=np.float64), tuple(x.shape))
+
+
+class _PlainNewton:
+    """Plain counterpart of `NewtonSession`: the same two truncated products."""
+
+    def __init__(self, ops: PlainBackend, x: Value) -> None:
+        self.ops, self.x = ops, x
+
+    def products(self, y: Value) -> tuple[Value, Value]:
+        return self.ops.mul(y, y), self.ops.mul(self.x, y)

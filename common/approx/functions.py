@@ -1,0 +1,315 @@
+"""The non-linear functions, written once against `Backend`.
+
+Everything here is built from additions, public multiplications, products and the
+`rsqrt` of `common.approx.rsqrt_fit` plans — no look-up table, no comparison. Each
+function's cost is given per element of its input, in rounds (sequential message
+exchanges) and products (Beaver triples or square pairs); an `RsqrtPlan` costs
+`plan.rounds()` rounds and `plan.products()` products.
+
+Sites: every call of `rsqrt` is a *site* with its own public plan fitted to the
+range calibrated for it (`common.protocol.calibrate`). Outside that range the
+iteration stays bounded but loses accuracy (see `rsqrt_fit`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.approx.backend import Backend, Value
+from common.approx.rsqrt_fit import RsqrtPlan, plan_rsqrt
+
+
+def poly(ops: Backend, x: Value, coeffs: tuple[float, ...]) -> Value:
+    """Σ coeffs[i]·x^i. Powers by squaring in log depth.
+
+    Cost: degree 1: 0 rounds; 2: 1 round, 1 product; 3–4: 2 rounds; 5–8: 3 rounds
+    (one product per power above 1).
+    """
+    d = len(coeffs) - 1
+    if d < 1 or d > 8:
+        raise ValueError("polynomial degree must be 1..8")
+    powers: dict[int, Value] = {1: x}
+    level = 1
+    while level < d:
+        # All powers in (level, 2·level] from products of powers ≤ level: one round.
+        want = [k for k in range(level + 1, min(2 * level, d) + 1)]
+        pairs = [(powers[level], powers[k - level]) for k in want]
+        pairs = [(a, a) if a is b else (a, b) for a, b in pairs]
+        for k, v in zip(want, ops.mul_many(pairs), strict=True):
+            powers[k] = v
+        level *= 2
+    acc = ops.add_public(ops.mul_public(x, coeffs[1]), coeffs[0])
+    for k in range(2, d + 1):
+        if coeffs[k] != 0.0:
+            acc = acc + ops.mul_public(powers[k], coeffs[k])
+    return acc
+
+
+def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
+    """1/√x for x in the plan's calibrated range [lo, hi].
+
+    x' = c·x (public c), a fitted polynomial start, then Newton steps with per-step
+    public constants y ← y·(a − b·x'·y²), finally a public rescale by √c.
+    Cost: `plan.rounds()` rounds, `plan.products()` products per element.
+    """
+    if isinstance(plan, RsqrtProbe):
+        return plan.apply(ops, x)
+    xs = ops.mul_public(x, plan.in_scale)
+    y = poly(ops, xs, plan.poly)
+    newton = ops.newton_session(xs, len(plan.steps)) if plan.steps else None
+    for a, b in plan.steps:
+        y2, xy = newton.products(y)  # one opening of y's mask gives both
+        t = ops.mul(xy, y2)
+        y = ops.mul_public(y, a) - ops.mul_public(t, b)
+    return ops.mul_public(y, plan.out_scale)
+
+
+class RsqrtProbe:
+    """Stands in for a plan during calibration: records the input of its site and
+    returns the exact 1/√x (plain float back-end only)."""
+
+    def __init__(self, name: str, record: Callable[[str, Value], None]) -> None:
+        self.name = name
+        self.record = record
+
+    def apply(self, ops: Backend, x: Value) -> Value:
+        self.record(self.name, x)
+        return x.clamp_min(1e-30).rsqrt()
+
+
+class SoftmaxProbe:
+    """Stands in for an exp-softmax site during calibration: exact float softmax."""
+
+    def apply(self, ops: Backend, scores: Value, keep: NDArray | None) -> Value:
+        import torch
+
+        if keep is None:
+            return torch.softmax(scores, dim=-1)
+        k = torch.as_tensor(np.broadcast_to(keep, tuple(scores.shape)).copy())
+        return torch.softmax(scores.masked_fill(k == 0, -torch.inf), dim=-1)
+
+
+def reciprocal(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
+    """1/x = rsqrt(x)² for x > 0 in the plan's range. Cost: rsqrt + 1 round, 1 product."""
+    r = rsqrt(ops, x, plan)
+    return ops.square(r)
+
+
+def sqrt(ops: Backend, z: Value, plan: RsqrtPlan) -> Value:
+    """√z = z·rsqrt(z). Cost: rsqrt + 1 round, 1 product."""
+    return ops.mul(z, rsqrt(ops, z, plan))
+
+
+# -- Comet set ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SmuParams:
+    """SMU constants: smu(x) = ((1+α)x + √(((1−α)x)² + μ²))/2 (public, per model)."""
+
+    alpha: float
+    mu: float
+
+
+def smu(ops: Backend, x: Value, p: SmuParams, plan: RsqrtPlan) -> Value:
+    """SMU via one square root. The rsqrt site sees ((1−α)x)² + μ².
+
+    Cost: 1 (square) + rsqrt + 1 (sqrt product) rounds.
+    """
+    u = ops.mul_public(x, 1.0 - p.alpha)
+    z = ops.add_public(ops.square(u), p.mu**2)
+    root = sqrt(ops, z, plan)
+    return ops.mul_public(ops.mul_public(x, 1.0 + p.alpha) + root, 0.5)
+
+
+def relu_softmax(
+    ops: Backend,
+    scores: Value,
+    keep: NDArray | None,
+    mu: float,
+    eps: float,
+    relu_plan: RsqrtPlan,
+    sum_plan: RsqrtPlan,
+) -> Value:
+    """ReLU-softmax over the last axis: r / (Σr + eps), r = smu(scores; 0, μ)·keep.
+
+    `keep` is the public 0/1 padding mask (broadcastable). The division is rsqrt(·)².
+    Cost: smu + rsqrt(sum) + 2 rounds.
+    """
+    r = smu(ops, scores, SmuParams(0.0, mu), relu_plan)
+    if keep is not None:
+        r = ops.mul_public(r, np.broadcast_to(keep, tuple(r.shape)))
+    s = ops.add_public(ops.sum(r, axis=-1, keepdims=True), eps)
+    inv = reciprocal(ops, s, sum_plan)
+    return ops.mul(r, ops.broadcast(inv, tuple(r.shape)))
+
+
+def algebraic_tanh(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
+    """x/√(1+x²) (the Comet form's pooler activation). Cost: rsqrt + 2 rounds."""
+    r = rsqrt(ops, ops.add_public(ops.square(x), 1.0), plan)
+    return ops.mul(x, r)
+
+
+# -- shared by both sets ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerNormSite:
+    """Public constants of one LayerNorm: input pre-scale s (var·s² is centred on 1
+    over the calibrated range, for fixed-point precision), eps, and the rsqrt plan
+    for var·s² + eps·s²."""
+
+    scale: float
+    eps: float
+    plan: RsqrtPlan
+
+
+def layernorm(ops: Backend, x: Value, gamma: Value, beta: Value, site: LayerNormSite) -> Value:
+    """LayerNorm over the last axis with private γ, β (shares; server-held weights).
+
+    LN is invariant to a public pre-scale s except for eps, which becomes eps·s².
+    Cost: 1 round (x'² and x'·γ together) + rsqrt + 1 round; 2d + rows·rsqrt + d
+    products per row of width d.
+    """
+    shape = tuple(x.shape)
+    xc = x - ops.broadcast(ops.mean(x, axis=-1, keepdims=True), shape)
+    xs = ops.mul_public(xc, site.scale)
+    sq, xg = ops.mul_many([(xs, xs), (xs, ops.broadcast(gamma, shape))])
+    var = ops.add_public(ops.mean(sq, axis=-1, keepdims=True), site.eps * site.scale**2)
+    r = rsqrt(ops, var, site.plan)
+    return ops.mul(xg, ops.broadcast(r, shape)) + ops.broadcast(beta, shape)
+
+
+# -- reference set -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OddFormParams:
+    """f(x) = z·q(z²), z = x·rsqrt(x² + p): the reference set's bounded odd functions."""
+
+    p: float
+    q: tuple[float, ...]
+
+
+def odd_form(ops: Backend, x: Value, form: OddFormParams, plan: RsqrtPlan) -> Value:
+    """z·q(z²) with z = x·rsqrt(x²+p). Cost: rsqrt + 2 + (poly in z²) rounds."""
+    z = ops.mul(x, rsqrt(ops, ops.add_public(ops.square(x), form.p), plan))
+    if len(form.q) == 1:
+        return ops.mul_public(z, form.q[0])
+    qz = poly(ops, ops.square(z), form.q)
+    return ops.mul(z, qz)
+
+
+def gelu_reference(ops: Backend, x: Value, form: OddFormParams, plan: RsqrtPlan) -> Value:
+    """GeLU ≈ x/2·(1 + z·q(z²)) for unmodified checkpoints. Cost: odd_form + 1 round."""
+    g = odd_form(ops, x, form, plan)
+    return ops.mul_public(x + ops.mul(x, g), 0.5)
+
+
+@dataclass(frozen=True)
+class ExpSoftmaxSite:
+    """Public constants of the reference softmax at one site (see `exp_softmax_site`)."""
+
+    bound: float  # B ≥ the logits (calibrated)
+    k: int  # K = 2^k: u = exp((x − B)/K), then k normalised squarings
+    m: int  # exp((x−B)/K) as (1 + t + t²/2 + t³/6)^(2^m), t = (x−B)/(K·2^m)
+    pre_scale: float  # σ: lifts the smallest row maximum of u before squaring
+    target: float  # c: every normalisation brings Σv² to ≈ c
+    first_plan: RsqrtPlan  # rough rsqrt of Σ(σu)²
+    stage_plan: RsqrtPlan  # rough rsqrt of Σv² after a squaring
+    final_plan: RsqrtPlan  # accurate rsqrt of the final row sum (≈ c)
+
+
+STAGE_REL_ERR = 0.25  # a normalisation only has to keep the row in range
+STAGE_BAND = (1 - STAGE_REL_ERR) ** 2, (1 + STAGE_REL_ERR) ** 2
+
+
+def exp_softmax_site(
+    bound: float, gap: float, span: float, n_max: int, rel_err: float = 2.0**-12
+) -> ExpSoftmaxSite:
+    """Constants for `exp_softmax` from calibrated logit statistics.
+
+    bound: B; gap: how far below B a row's maximum may lie; span: B − (lowest logit);
+    n_max: longest row. K is the smallest power of two with gap/K ≤ 4.5, so that a
+    row's largest u = exp((x−B)/K) is ≥ e^-4.5 and, scaled by σ, squares without
+    underflow or overflow. Every later range is known analytically.
+    """
+    k = max(1, math.ceil(math.log2(max(gap / 4.5, 1.0))))
+    kk = 2**k
+    m = exp_m_for(span, k)
+    pre = 2.0**-3 * math.exp(gap / kk)
+    target = 8.0
+    lo_u, hi_u = math.exp(-gap / kk), math.exp(2.0 / kk)  # logits may exceed B a little
+    first = plan_rsqrt((pre * lo_u) ** 2 / 2, n_max * (pre * hi_u) ** 2 * 2, STAGE_REL_ERR)
+    lo_b, hi_b = STAGE_BAND
+    stage = plan_rsqrt((lo_b * target) ** 2 / n_max / 2, (hi_b * target) ** 2 * 2, STAGE_REL_ERR)
+    final = plan_rsqrt(lo_b * target / 1.5, hi_b * target * 1.5, rel_err)
+    return ExpSoftmaxSite(bound, k, m, pre, target, first, stage, final)
+
+
+def exp_softmax(ops: Backend, scores: Value, keep: NDArray | None, site: ExpSoftmaxSite) -> Value:
+    """softmax over the last axis without a maximum (no comparison, no look-up table).
+
+    exp(x−B) underflows fixed point when a row's maximum lies far below the public
+    bound, so the exponent is split: u = exp((x−B)/K) keeps resolution; then k times
+    "square, then rescale the row so that Σv² ≈ c" (a rough rsqrt suffices: any row
+    scale cancels in the end), and a final division by the row sum, which is ≈ c and so
+    needs only a narrow, accurate reciprocal. Exact up to the exp error (see
+    `exp_m_for`) and the rsqrt errors.
+    Cost: m + 4 + first + k·(2 + stage) + final + 2 rounds.
+    """
+    if isinstance(site, SoftmaxProbe):
+        return site.apply(ops, scores, keep)
+    shape = tuple(scores.shape)
+    kk = 2**site.k
+    t = ops.mul_public(ops.add_public(scores, -site.bound), 1.0 / (kk * 2**site.m))
+    # Base 1 + t + t²/2 + t³/6: exponent error 2^m·t⁴/24 instead of 2^m·t²/2, so m
+    # stays small and the base's rounding is amplified less by the squarings.
+    t2 = ops.square(t)
+    t3 = ops.mul(t2, t)
+    u = ops.add_public(t + ops.mul_public(t2, 0.5) + ops.mul_public(t3, 1.0 / 6.0), 1.0)
+    for _ in range(site.m):
+        u = ops.square(u)
+    if keep is not None:
+        u = ops.mul_public(u, np.broadcast_to(keep, shape))
+    root_c = math.sqrt(site.target)
+    s = ops.sum(ops.square(ops.mul_public(u, site.pre_scale)), axis=-1, keepdims=True)
+    r = ops.mul_public(rsqrt(ops, s, site.first_plan), site.pre_scale * root_c)
+    v = ops.mul(u, ops.broadcast(r, shape))
+    for j in range(site.k):
+        v = ops.square(v)
+        if j < site.k - 1:
+            s = ops.sum(ops.square(v), axis=-1, keepdims=True)
+            r = ops.mul_public(rsqrt(ops, s, site.stage_plan), root_c)
+            v = ops.mul(v, ops.broadcast(r, shape))
+    den = ops.sum(v, axis=-1, keepdims=True)
+    inv = reciprocal(ops, den, site.final_plan)
+    return ops.mul(v, ops.broadcast(inv, shape))
+
+
+def exp_m_for(span: float, k: int) -> int:
+    """Squarings m for exp(y), y = (x−B)/2^k ≥ −span/2^k, as (1+t+t²/2+t³/6)^(2^m), t = y/2^m.
+
+    |t| ≤ 1/2 keeps the base ≥ 0.6; the error of log u is 2^m·t⁴/24, which the later
+    2^k power multiplies: relative to a neighbour one nat away the error is ≈ |t|³/6
+    (≤ 2% at the far end of the range, ≤ 0.3% for |t| ≤ 1/4). Larger m would amplify
+    the base's fixed-point rounding by 2^m.
+    """
+    return max(3, math.ceil(math.log2(max(span / 2**k, 1.0))) + 1)
+
+
+def crypten_rsqrt(ops: Backend, x: Value, steps: int = 3) -> Value:
+    """CrypTen 0.4's inv_sqrt, for comparison only: y0 = 2.2·exp(−(x/2 + 0.2)) + 0.2 −
+    x/1024 with exp(z) = (1 + z/256)^256, then y ← y·(3 − x·y²)/2.
+
+    Range-agnostic: on wide ranges it is inaccurate or diverges (docs/ACCURACY.md).
+    Cost: 8 + 3·steps rounds.
+    """
+    z = ops.add_public(ops.mul_public(x, -0.5 / 256), 1.0 - 0.2 / 256)
+    for _ in range(8):
+        z = ops.square(z)
+    y = ops.add_public(ops.mul_public(z, 2.2) - ops.mul_public(x, 1.0 / 1024), 0.2)
+    for _ in range(steps):
+        y2 = ops.square(y)
+        xy2 = ops.mul(x, y2)
+        y = ops.mul_public(ops.mul(y, ops.add_public(ops.mul_public(xy2, -1.0), 3.0)), 0.5)
+    return y

@@ -1,0 +1,219 @@
+"""Per-site plans for 1/√x by Newton iteration, with no look-up table and no comparison.
+
+A plan is public and fitted to a site's calibrated range [lo, hi] (ratio R = hi/lo):
+1. Pre-scale: x' = c·x with c = 1/√(lo·hi), so x' ∈ [R^-1/2, R^1/2] and every
+   intermediate stays of order 1 in fixed point (y' = 1/√x' ∈ [R^-1/4, R^1/4]).
+2. Start: a degree-d polynomial p(x') fitted by a linear program that minimises the
+   ratio max/min of e = p(x')·√x' over the range, rescaled so that e is centred
+   (geometrically) on 1.
+3. Newton steps with per-step public constants, y ← y·(α − β·x'·y²). In terms of
+   e = y·√x' a step maps e ↦ α·e·(1 − γe²), γ = β/α. For the current interval [l, u]
+   of e, γ = 1/(l² + lu + u²) makes both ends land on the same value and minimises the
+   ratio of the image; α centres the image on 1. The interval is tracked exactly, so
+   the plan's error bound is a proof over the whole range (checked on a dense grid).
+4. Output: 1/√x = √c · y.
+
+Cost per element: polynomial powers (degree 1: 0 rounds; 2: 1; 3–4: 2; 5–8: 3 — one
+product per power above 1), then 2 rounds and 3 products per step.
+
+Outside [lo, hi]: the start is constrained (in the LP) to keep 0 ≤ e0 ≤ its in-range
+maximum on [lo/5, lo) and (hi, 5·hi], and every step maps [0, u] into [0, u'] (the
+map is increasing there and positive below 1/√γ > u). So for any input in
+[lo/4, 4·hi] the output is ≥ 0 and bounded by the in-range maximum; it converges towards
+1/√x more slowly the further out it lies, and the error is no longer bounded by
+`max_rel_err`. `out_of_range_factor()` measures this on a grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import linprog
+
+_POLY_ROUNDS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3}
+
+
+@dataclass(frozen=True)
+class RsqrtPlan:
+    """A public rsqrt plan for one site (see the module docstring)."""
+
+    lo: float
+    hi: float
+    in_scale: float
+    poly: tuple[float, ...]
+    steps: tuple[tuple[float, float], ...]
+    out_scale: float
+    max_rel_err: float
+
+    def degree(self) -> int:
+        return len(self.poly) - 1
+
+    def rounds(self) -> int:
+        """Online rounds per element: polynomial powers + 2 per Newton step."""
+        return _POLY_ROUNDS[self.degree()] + 2 * len(self.steps)
+
+    def products(self) -> int:
+        """Share×share products per element: d − 1 powers + 3 per step."""
+        return self.degree() - 1 + 3 * len(self.steps)
+
+    def evaluate(self, x: NDArray | float) -> NDArray[np.float64]:
+        """Float64 emulation of exactly the protocol's arithmetic."""
+        xs = np.asarray(x, dtype=np.float64) * self.in_scale
+        y = np.polynomial.polynomial.polyval(xs, self.poly)
+        for a, b in self.steps:
+            y = y * (a - b * xs * y * y)
+        return y * self.out_scale
+
+    def out_of_range_factor(self) -> float:
+        """Largest factor f such that inputs in [lo/f, hi·f] keep a positive first step."""
+        for f in (16.0, 8.0, 4.0, 2.0, 1.5, 1.0):
+            x = np.geomspace(self.lo / f, self.hi * f, 2001)
+            with np.errstate(all="ignore"):
+                y = self.evaluate(x)
+            if np.all(np.isfinite(y)) and np.all(y > 0):
+                return f
+        return 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "lo": self.lo,
+            "hi": self.hi,
+            "in_scale": self.in_scale,
+            "poly": list(self.poly),
+            "steps": [list(s) for s in self.steps],
+            "out_scale": self.out_scale,
+            "max_rel_err": self.max_rel_err,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RsqrtPlan:
+        return cls(
+            float(d["lo"]),
+            float(d["hi"]),
+            float(d["in_scale"]),
+            tuple(float(c) for c in d["poly"]),
+            tuple((float(a), float(b)) for a, b in d["steps"]),
+            float(d["out_scale"]),
+            float(d["max_rel_err"]),
+        )
+
+
+def _fit_start(a: float, b: float, degree: int) -> tuple[np.ndarray, float]:
+    """LP: minimise t subject to 1 ≤ p(x)·√x ≤ t on a log grid of [a, b], and
+    0 ≤ p(x)·√x ≤ t on [a/5, a) and (b, 5b] so that inputs up to 4× outside the range
+    start inside the interval the Newton steps are designed for (see module doc).
+
+    Returns (coefficients rescaled so that e ∈ [1/√t, √t] on the range, t)."""
+    x = np.geomspace(a, b, 400)
+    # Outside the range (4× strictly inside on both sides): no sign flip, no overshoot.
+    xo = np.concatenate([np.geomspace(a / 5, a, 100)[:-1], np.geomspace(b, 5 * b, 100)[1:]])
+    n = degree + 1
+
+    def rows(v: np.ndarray) -> np.ndarray:
+        # basis (x/b)^i for conditioning; coefficients are converted back below
+        return np.vander(v / b, n, increasing=True) * np.sqrt(v)[:, None]
+
+    V, Vo = rows(x), rows(xo)
+    c = np.zeros(n + 1)
+    c[-1] = 1.0  # minimise t
+    ones, zeros = np.ones((len(x), 1)), np.zeros((len(x), 1))
+    ones_o, zeros_o = np.ones((len(xo), 1)), np.zeros((len(xo), 1))
+    A_ub = np.vstack(
+        [
+            np.hstack([V, -ones]),  # e ≤ t
+            np.hstack([-V, zeros]),  # e ≥ 1
+            np.hstack([Vo, -ones_o]),  # outside the range: e ≤ t
+            np.hstack([-Vo, zeros_o]),  # outside: e ≥ 1/64 (strictly positive)
+        ]
+    )
+    b_ub = np.concatenate(
+        [np.zeros(len(x)), -np.ones(len(x)), np.zeros(len(xo)), -np.full(len(xo), 1 / 64)]
+    )
+    res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=[(None, None)] * n + [(1.0, None)])
+    if not res.success:
+        raise ValueError(f"start polynomial fit failed on [{a}, {b}]: {res.message}")
+    coef = res.x[:n]
+    e = V @ coef
+    # The steps are designed for every start value, including those above the range.
+    lo_e, hi_e = float(e.min()), float(max(e.max(), (Vo @ coef).max()))
+    scale = 1.0 / math.sqrt(lo_e * hi_e)
+    return coef * scale / b ** np.arange(n), hi_e / lo_e
+
+
+def _steps_for(l: float, u: float, rel_err: float, max_steps: int) -> list[tuple[float, float]]:
+    """Optimal per-step (α, γ) until the e-interval is within 1 ± rel_err."""
+    steps: list[tuple[float, float]] = []
+    while True:
+        err = (u - l) / (u + l)
+        if err <= rel_err:
+            return steps
+        if len(steps) >= max_steps:
+            raise ValueError("not reachable")
+        g = 1.0 / (l * l + l * u + u * u)
+        top = (2.0 / 3.0) / math.sqrt(3.0 * g)  # image maximum at e* = 1/√(3γ)
+        bot = l * (1.0 - g * l * l)  # = image at both ends
+        alpha = 2.0 / (top + bot)
+        steps.append((alpha, alpha * g))
+        l, u = alpha * bot, alpha * top
+
+
+def plan_rsqrt(
+    lo: float, hi: float, rel_err: float = 2.0**-12, max_degree: int = 4, max_steps: int = 16
+) -> RsqrtPlan:
+    """The cheapest plan (rounds, then products) reaching `rel_err` on [lo, hi]."""
+    if not (lo > 0 and hi > lo and math.isfinite(hi)):
+        raise ValueError(f"rsqrt range must satisfy 0 < lo < hi < inf, got [{lo}, {hi}]")
+    if not 0 < rel_err < 1:
+        raise ValueError("rel_err must be in (0, 1)")
+    c = 1.0 / math.sqrt(lo * hi)
+    a, b = lo * c, hi * c
+    best: RsqrtPlan | None = None
+    for d in range(1, max_degree + 1):
+        try:
+            coef, t = _fit_start(a, b, d)
+            steps = _steps_for(1 / math.sqrt(t), math.sqrt(t), rel_err, max_steps)
+        except ValueError:
+            continue
+        plan = RsqrtPlan(
+            float(lo),
+            float(hi),
+            c,
+            tuple(float(v) for v in coef),
+            tuple((float(al), float(be)) for al, be in steps),
+            math.sqrt(c),
+            0.0,
+        )
+        x = np.geomspace(lo, hi, 20001)
+        err = float(np.max(np.abs(plan.evaluate(x) * np.sqrt(x) - 1)))
+        plan = RsqrtPlan(plan.lo, plan.hi, c, plan.poly, plan.steps, plan.out_scale, err)
+        key = (plan.rounds(), plan.products())
+        if best is None or key < (best.rounds(), best.products()):
+            best = plan
+    if best is None or best.max_rel_err > rel_err * 1.01:
+        raise ValueError(
+            f"no plan reaches relative error {rel_err:g} on [{lo:g}, {hi:g}] within "
+            f"{max_steps} steps (degree ≤ {max_degree})"
+        )
+    return best
+
+
+def crypten_rsqrt(x: NDArray | float, steps: int = 3) -> NDArray[np.float64]:
+    """Float emulation of CrypTen 0.4's inv_sqrt (for comparison): exp-based start
+    y0 = 2.2·exp(−(x/2 + 0.2)) + 0.2 − x/1024, exp(z) = (1 + z/256)^256, then
+    y ← y·(3 − x·y²)/2."""
+    x = np.asarray(x, dtype=np.float64)
+    z = 1.0 - (x / 2 + 0.2) / 256
+    for _ in range(8):
+        z = z * z
+    y = 2.2 * z + 0.2 - x / 1024
+    for _ in range(steps):
+        y = y * (3 - x * y * y) / 2
+    return y
+
+
+def crypten_rsqrt_cost(steps: int = 3) -> tuple[int, int]:
+    """(rounds, products) per element of `crypten_rsqrt`: 8 squarings, 3 per step."""
+    return 8 + 3 * steps, 8 + 3 * steps

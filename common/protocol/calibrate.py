@@ -1,0 +1,209 @@
+"""Compile a checkpoint for private execution: weights, public card, calibrated sites.
+
+Calibration runs the same program on the float back-end over sample texts, with every
+`rsqrt` replaced by a probe that records its input, and fits each site's plan to the
+observed range widened by `MARGIN` on both sides (a public constant: a factor on
+positive quantities). Inputs outside a calibrated range still give a bounded result
+(see `common.approx.rsqrt_fit`) but lose accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.approx.backend import PlainBackend, Value
+from common.approx.functions import (
+    ExpSoftmaxSite,
+    LayerNormSite,
+    OddFormParams,
+    RsqrtProbe,
+    SoftmaxProbe,
+    exp_softmax_site,
+)
+from common.approx.rsqrt_fit import plan_rsqrt
+from common.protocol.card import ApproxConfig, CompiledModel, ModelCard, Sites
+from common.protocol.hf import architecture_of, canonical_weights, load_hf
+from common.protocol.program import ClientInput, SiteSource, Weights, encoder_forward
+
+MARGIN = 2.0  # calibrated ranges are widened to [lo / MARGIN, hi · MARGIN]
+REL_ERR = 2.0**-12  # rsqrt target relative error at every accurate site
+NORM_REL_ERR = 0.25  # the exp-softmax row normaliser only needs a rough scale
+
+
+class _Recorder(SiteSource):
+    """Site source for calibration: probes everywhere, min/max of each site's input."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__(card)
+        self.lo: dict[str, float] = {}
+        self.hi: dict[str, float] = {}
+        self.logit_rows: dict[str, list[float]] = {}
+        self.card = card
+
+    def record(self, name: str, x: Value) -> None:
+        t = x.detach().double()
+        self.lo[name] = min(self.lo.get(name, math.inf), float(t.min()))
+        self.hi[name] = max(self.hi.get(name, -math.inf), float(t.max()))
+
+    def rsqrt(self, name: str) -> RsqrtProbe:  # type: ignore[override]
+        return RsqrtProbe(name, self.record)
+
+    def layernorm(self, name: str, eps: float) -> LayerNormSite:
+        return LayerNormSite(1.0, eps, RsqrtProbe(name, self.record))  # type: ignore[arg-type]
+
+    def softmax(self, name: str) -> ExpSoftmaxSite:
+        # Exact float softmax stands in while the logits are being observed.
+        return SoftmaxProbe()  # type: ignore[return-value]
+
+    def observe(self, name: str, value: Value) -> None:
+        self.record(name, value)
+        if name.endswith(".logits"):
+            # Row maxima of real (unpadded) rows: how far below the bound rows can sit.
+            self.logit_rows.setdefault(name, []).append(float(value.amax(dim=-1).min()))
+
+
+def _run(card: ModelCard, weights: Weights, batches: list[ClientInput], rec: _Recorder) -> None:
+    ops = PlainBackend(None)
+    with torch.no_grad():
+        for b in batches:
+            shape = b.token_ids.shape
+            encoder_forward(
+                ops, card, 0, (shape[0], shape[1]), b.attention_mask, weights, b, sites=rec
+            )
+
+
+def calibrate(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> Sites:
+    """Fit every site's public constants on `batches` (plain float runs)."""
+    rec = _Recorder(card)
+    _run(card, weights, batches, rec)
+    sites = Sites()
+    for name in rec.lo:
+        sites.ranges[name] = (rec.lo[name], rec.hi[name])
+
+    def fit(name: str):
+        lo, hi = rec.lo[name], rec.hi[name]
+        if not lo > 0:
+            raise ValueError(f"site {name}: non-positive rsqrt input {lo} during calibration")
+        return plan_rsqrt(lo / MARGIN, hi * MARGIN, rel_err=REL_ERR)
+
+    a = card.arch
+    ln_names = ["emb.ln"] + [f"L{i}.ln{j}" for i in range(a.layers) for j in (1, 2)]
+    for name in ln_names:
+        lo, hi = rec.lo[name], rec.hi[name]
+        scale = 1.0 / math.sqrt(math.sqrt(lo * hi))  # var·s² centred (geometrically) on 1
+        plan = plan_rsqrt(lo * scale**2 / MARGIN, hi * scale**2 * MARGIN, rel_err=REL_ERR)
+        sites.layernorm[name] = LayerNormSite(scale, a.ln_eps, plan)
+    for name in rec.lo:
+        if name.endswith((".gelu", ".softmax.relu", ".softmax.sum")) or name == "pool.act":
+            sites.rsqrt[name] = fit(name)
+    if card.approx.kind == "reference":
+        for i in range(a.layers):
+            name = f"L{i}.logits"
+            bound = rec.hi[name]
+            span = (bound - rec.lo[name]) * MARGIN
+            gap = (bound - min(rec.logit_rows[name])) * MARGIN
+            sites.softmax[f"L{i}.softmax"] = exp_softmax_site(bound, gap, span, a.max_positions)
+    return sites
+
+
+def read_comet_json(model_dir: Path) -> dict | None:
+    p = Path(model_dir) / "comet.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def approx_for(model_dir: Path, requested: str = "auto") -> ApproxConfig:
+    """The approximation set: `comet` needs an adapted checkpoint (comet.json)."""
+    meta = read_comet_json(model_dir)
+    if requested == "auto":
+        requested = "comet" if meta else "reference"
+    from common.approx.forms import GELU_REF, TANH_REF
+
+    gelu = OddFormParams(float(GELU_REF.p), tuple(float(c) for c in GELU_REF.q))
+    tanh = OddFormParams(float(TANH_REF.p), tuple(float(c) for c in TANH_REF.q))
+    if requested == "reference":
+        return ApproxConfig("reference", gelu_form=gelu, tanh_form=tanh)
+    if requested != "comet":
+        raise ValueError(f"unknown approximation set {requested!r}")
+    if meta is None:
+        raise ValueError(
+            f"{model_dir} is not in Comet form (no comet.json): adapt it with `comet-adapt`, "
+            "or use the reference set"
+        )
+    from common.approx.functions import SmuParams
+
+    return ApproxConfig(
+        "comet",
+        smu=SmuParams(float(meta["gelu"]["alpha"]), float(meta["gelu"]["mu"])),
+        relu_mu=float(meta["softmax"]["mu"]),
+        relu_eps=float(meta["softmax"]["eps"]),
+    )
+
+
+def tokenize_batches(
+    tokenizer, texts: Sequence[str], max_length: int, batch: int = 16
+) -> list[ClientInput]:
+    out = []
+    for i in range(0, len(texts), batch):
+        enc = tokenizer(
+            list(texts[i : i + batch]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        out.append(ClientInput(enc["input_ids"].astype(np.int64), enc["attention_mask"]))
+    return out
+
+
+def compile_loaded(
+    model: object,
+    config: object,
+    approx: ApproxConfig,
+    batches: list[ClientInput],
+    name: str,
+    public_embeddings: bool = False,
+) -> CompiledModel:
+    """Convert and calibrate an already loaded HF model (see `compile_model`)."""
+    arch = architecture_of(model, config)
+    weights = canonical_weights(model, arch)
+    card = ModelCard(name, arch, approx, Sites(), public_embeddings)
+    card.sites = calibrate(card, weights, batches)
+    return CompiledModel(card, weights)
+
+
+def compile_model(
+    model_dir: str | Path,
+    approx: str = "auto",
+    calibration_texts: Sequence[str] | None = None,
+    max_length: int = 128,
+    public_embeddings: bool = False,
+    name: str | None = None,
+) -> tuple[CompiledModel, object]:
+    """Load, convert and calibrate a checkpoint directory. Returns (model, tokenizer).
+
+    approx: "comet" (needs comet.json from `comet-adapt`), "reference", or "auto".
+    Cost: a few plaintext forward passes over the calibration sample.
+    """
+    from transformers import AutoTokenizer
+
+    from common.protocol.calibration_texts import default_calibration_texts
+
+    model_dir = Path(model_dir)
+    model, config = load_hf(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    texts = list(calibration_texts or default_calibration_texts())
+    compiled = compile_loaded(
+        model,
+        config,
+        approx_for(model_dir, approx),
+        tokenize_batches(tokenizer, texts, max_length),
+        name or model_dir.name,
+        public_embeddings,
+    )
+    return compiled, tokenizer

@@ -1,0 +1,125 @@
+"""Run a compiled model privately: one party's whole run over a `Channel`.
+
+`private_forward` is what both the server and the client call (each with its own
+inputs); `local_private_forward` runs both in one process (tests, benchmarks, the
+accuracy study).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from common.approx.backend import PlainBackend, SharedBackend
+from common.mpc.correlations import SegmentedPool, SegmentedRecorder
+from common.mpc.engine import Mpc
+from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider
+from common.mpc.ring import FixedPoint
+from common.mpc.roles import CLIENT, SERVER
+from common.protocol.card import CompiledModel, ModelCard
+from common.protocol.program import ClientInput, Weights, encoder_forward
+from common.transport import Channel, Meter, NullChannel, run_local
+
+
+@dataclass
+class ForwardResult:
+    output: NDArray[np.float64] | None  # the client's opened output; None on the server
+    meter: Meter
+
+
+def private_forward(
+    ch: Channel,
+    card: ModelCard,
+    shape: tuple[int, int],
+    keep: NDArray,
+    weights: Weights | None,
+    client: ClientInput | None,
+    provider: HeProvider | InsecureDealer,
+    fxp: FixedPoint | None = None,
+) -> ForwardResult:
+    """One party's private forward pass: plan, offline phase, online phase.
+
+    The server passes `weights` (and client=None), the client `client` (and
+    weights=None). `shape` (B, L) and `keep` are public and must agree on both sides
+    (the plans are compared before the offline phase). Traffic is labelled by phase,
+    layer and op on `ch.meter`.
+    """
+    party = ch.party
+    if party == SERVER and (weights is None or client is not None):
+        raise ValueError("the server runs with the weights and without client input")
+    if party == CLIENT and (client is None or weights is not None):
+        raise ValueError("the client runs with its input and without the weights")
+    fxp = fxp or FixedPoint()
+
+    def program(mpc: Mpc) -> NDArray[np.float64] | None:
+        return encoder_forward(
+            SharedBackend(mpc),
+            card,
+            party,
+            shape,
+            keep,
+            weights,
+            client,
+            scope=lambda **kw: mpc.ch.scope(**kw),
+        )
+
+    # Plan per layer (the planning channel's layer label), so that the offline phase
+    # is produced — and metered — layer by layer.
+    null = NullChannel(party)
+    rec = SegmentedRecorder(lambda: null.meter.current.layer or "")
+    program(Mpc(null, rec, fxp))
+    provider.setup(ch)
+    pools = {}
+    for layer, seg in rec.recorders.items():
+        with ch.scope(layer=layer):
+            pools[layer] = provider.generate(ch, seg.plan, seg.weights)
+    with ch.scope(phase="online"):
+        pool = SegmentedPool(pools, lambda: ch.meter.current.layer or "")
+        out = program(Mpc(ch, pool, fxp))
+    return ForwardResult(out, ch.meter)
+
+
+def local_private_forward(
+    model: CompiledModel,
+    client: ClientInput,
+    provider: str = "he",
+    fxp: FixedPoint | None = None,
+) -> tuple[ForwardResult, ForwardResult]:
+    """Both parties in one process over an in-process channel pair."""
+    card = model.card
+    shape = tuple(client.token_ids.shape)
+    keep = client.attention_mask
+
+    def body(ch: Channel, role: int) -> ForwardResult:
+        if role == SERVER:
+            return private_forward(
+                ch, card, shape, keep, model.weights, None, make_provider(provider), fxp
+            )
+        return private_forward(ch, card, shape, keep, None, client, make_provider(provider), fxp)
+
+    return run_local(body, (SERVER,), (CLIENT,))
+
+
+def plain_forward(
+    model: CompiledModel, client: ClientInput, frac_bits: int | None = None
+) -> NDArray[np.float64]:
+    """The same program on plaintext: float (frac_bits=None) or fixed-point emulation."""
+    import torch
+
+    if model.weights is None:
+        raise ValueError("plain emulation needs the weights")
+    shape = tuple(client.token_ids.shape)
+    with torch.no_grad():
+        out = encoder_forward(
+            PlainBackend(frac_bits),
+            model.card,
+            SERVER,
+            shape,
+            client.attention_mask,
+            model.weights,
+            client,
+        )
+    assert out is not None
+    return out

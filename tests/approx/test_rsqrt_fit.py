@@ -1,0 +1,59 @@
+"""rsqrt plans: accuracy on real ranges, cost formulas, out-of-range behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.approx.rsqrt_fit import RsqrtPlan, crypten_rsqrt, crypten_rsqrt_cost, plan_rsqrt
+
+# Ranges from all-MiniLM-L6-v2 (with margin): embedding LN, attention LN, FFN LN,
+# SMU/GeLU argument, ReLU-softmax row sums.
+REAL = [(0.00165, 0.058), (0.12, 1.04), (0.052, 261.0), (0.5, 1222.0), (1.0, 5760.0)]
+
+
+@pytest.mark.parametrize("lo,hi", REAL)
+def test_meets_target_on_real_ranges(lo: float, hi: float) -> None:
+    plan = plan_rsqrt(lo, hi)
+    x = np.geomspace(lo, hi, 50001)
+    err = np.abs(plan.evaluate(x) * np.sqrt(x) - 1)
+    assert err.max() <= 2.0**-12
+    assert abs(err.max() - plan.max_rel_err) < 1e-6
+    # CrypTen's start + 3 steps never reaches 2^-12 here (or diverges), with more rounds.
+    with np.errstate(all="ignore"):
+        ce = np.abs(crypten_rsqrt(x) * np.sqrt(x) - 1)
+    assert not np.nanmax(ce) < 2.0**-12
+    assert plan.rounds() < crypten_rsqrt_cost(3)[0]
+
+
+def test_cost_formulas() -> None:
+    plan = RsqrtPlan(1.0, 4.0, 0.5, (1.0, 0.1, 0.2, 0.3), ((1.5, 0.5),) * 4, 1.0, 0.0)
+    assert plan.degree() == 3
+    assert plan.rounds() == 2 + 8
+    assert plan.products() == 2 + 12
+    assert crypten_rsqrt_cost(3) == (17, 17)
+
+
+def test_wider_range_needs_more_rounds() -> None:
+    narrow, wide = plan_rsqrt(0.12, 1.04), plan_rsqrt(0.052, 261.0)
+    assert narrow.rounds() < wide.rounds()
+
+
+def test_round_trip_and_bad_ranges() -> None:
+    plan = plan_rsqrt(0.5, 1222.0)
+    assert RsqrtPlan.from_dict(plan.to_dict()) == plan
+    for lo, hi in [(0.0, 1.0), (2.0, 1.0), (-1.0, 3.0)]:
+        with pytest.raises(ValueError, match="range"):
+            plan_rsqrt(lo, hi)
+    with pytest.raises(ValueError, match="no plan reaches"):
+        plan_rsqrt(1e-6, 1e6, max_steps=3)
+
+
+@pytest.mark.parametrize("lo,hi", REAL)
+def test_outside_the_range_stays_positive_and_bounded(lo: float, hi: float) -> None:
+    plan = plan_rsqrt(lo, hi)
+    x = np.concatenate([np.geomspace(lo / 4, lo, 2000), np.geomspace(hi, 4 * hi, 2000)])
+    e = plan.evaluate(x) * np.sqrt(x)
+    assert np.all(e > 0)
+    assert np.all(e < 1 + 2.0**-12)  # bounded by the in-range maximum
+    assert plan.out_of_range_factor() >= 4

