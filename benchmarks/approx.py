@@ -34,6 +34,7 @@ from common.approx.rsqrt_fit import plan_rsqrt
 from common.mpc.engine import Mpc
 from common.mpc.preprocessing import make_provider, plan_program
 from common.mpc.roles import CLIENT
+from common.protocol.calibrate import SMU_REL_ERR
 from common.transport import Channel, run_local
 
 SEED = 20241124
@@ -52,6 +53,7 @@ class Row:
     offline_s: float
     triples: int
     squares: int
+    newton: int  # Newton-step masks (elements × steps)
     max_abs_err: float
     max_rel_err: float
 
@@ -93,7 +95,7 @@ def _gelu_input(rng, quick):
 def _gelu_comet(rng, quick):
     x = _gelu_input(rng, quick)
     p = SMU_DEFAULT
-    plan = _plan(((1 - p.alpha) * x) ** 2 + p.mu**2)
+    plan = _plan(((1 - p.alpha) * x) ** 2 + p.mu**2, SMU_REL_ERR)
     want = exact.smu(torch.tensor(x), p.alpha, p.mu).numpy()
     return x, (lambda ops, v: F.smu(ops, v, p, plan)), want
 
@@ -116,7 +118,7 @@ def _logits(rng, quick):
 def _softmax_comet(rng, quick):
     x = _logits(rng, quick)
     mu, eps = 0.5, 1.0
-    relu_plan = _plan(x**2 + mu**2)
+    relu_plan = _plan(x**2 + mu**2, SMU_REL_ERR)
     r = exact.smu(torch.tensor(x), 0.0, mu).numpy()
     sum_plan = _plan(r.sum(-1) + eps)
     want = exact.relu_softmax(torch.tensor(x), None, mu, eps).numpy()
@@ -198,6 +200,7 @@ def run_case(case: Case, quick: bool, provider: str, seed: int = SEED) -> Row:
         offline_s=float(max(off[0].seconds, off[1].seconds)),
         triples=plan.triples,
         squares=plan.squares,
+        newton=sum(n * s for n, s in plan.newton),
         max_abs_err=float(err.max()),
         max_rel_err=float((err / np.maximum(np.abs(want), 1e-2)).max()),
     )

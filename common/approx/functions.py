@@ -59,6 +59,12 @@ def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
     """
     if isinstance(plan, RsqrtProbe):
         return plan.apply(ops, x)
+    return ops.mul_public(rsqrt_unscaled(ops, x, plan), plan.out_scale)
+
+
+def rsqrt_unscaled(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
+    """y = rsqrt(x)/√c (of order 1: full fixed-point precision). Callers fold the
+    public √c into another operand instead of rounding a small 1/√x."""
     xs = ops.mul_public(x, plan.in_scale)
     y = poly(ops, xs, plan.poly)
     newton = ops.newton_session(xs, len(plan.steps)) if plan.steps else None
@@ -66,7 +72,7 @@ def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
         y2, xy = newton.products(y)  # one opening of y's mask gives both
         t = ops.mul(xy, y2)
         y = ops.mul_public(y, a) - ops.mul_public(t, b)
-    return ops.mul_public(y, plan.out_scale)
+    return y
 
 
 class RsqrtProbe:
@@ -96,13 +102,18 @@ class SoftmaxProbe:
 
 def reciprocal(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
     """1/x = rsqrt(x)² for x > 0 in the plan's range. Cost: rsqrt + 1 round, 1 product."""
-    r = rsqrt(ops, x, plan)
-    return ops.square(r)
+    if isinstance(plan, RsqrtProbe):
+        return ops.square(plan.apply(ops, x))
+    y = rsqrt_unscaled(ops, x, plan)
+    return ops.mul_public(ops.square(y), plan.out_scale**2)
 
 
 def sqrt(ops: Backend, z: Value, plan: RsqrtPlan) -> Value:
-    """√z = z·rsqrt(z). Cost: rsqrt + 1 round, 1 product."""
-    return ops.mul(z, rsqrt(ops, z, plan))
+    """√z = (z·√c)·y with y = rsqrt_unscaled(z): both factors keep full precision.
+    Cost: rsqrt + 1 round, 1 product."""
+    if isinstance(plan, RsqrtProbe):
+        return ops.mul(z, plan.apply(ops, z))
+    return ops.mul(ops.mul_public(z, plan.out_scale), rsqrt_unscaled(ops, z, plan))
 
 
 # -- Comet set ------------------------------------------------------------------------------

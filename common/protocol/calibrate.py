@@ -33,6 +33,17 @@ from common.protocol.program import ClientInput, SiteSource, Weights, encoder_fo
 
 MARGIN = 2.0  # calibrated ranges are widened to [lo / MARGIN, hi · MARGIN]
 REL_ERR = 2.0**-12  # rsqrt target relative error at every accurate site
+# SMU's √ cancels against x for negative x (smu(−17) ≈ αx + μ²/68), so its absolute
+# error is |x|·rel_err: these sites get a tighter target (about one more step).
+SMU_REL_ERR = 2.0**-15
+
+
+def site_rel_err(name: str, approx_kind: str) -> float:
+    """The rsqrt accuracy target of a site (by its name and the approximation set)."""
+    smu_site = name.endswith(".softmax.relu") or (approx_kind == "comet" and name.endswith(".gelu"))
+    return SMU_REL_ERR if smu_site else REL_ERR
+
+
 NORM_REL_ERR = 0.25  # the exp-softmax row normaliser only needs a rough scale
 
 
@@ -90,7 +101,7 @@ def calibrate(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> 
         lo, hi = rec.lo[name], rec.hi[name]
         if not lo > 0:
             raise ValueError(f"site {name}: non-positive rsqrt input {lo} during calibration")
-        return plan_rsqrt(lo / MARGIN, hi * MARGIN, rel_err=REL_ERR)
+        return plan_rsqrt(lo / MARGIN, hi * MARGIN, rel_err=site_rel_err(name, card.approx.kind))
 
     a = card.arch
     ln_names = ["emb.ln"] + [f"L{i}.ln{j}" for i in range(a.layers) for j in (1, 2)]
