@@ -1,0 +1,1 @@
+"""The server side of Comet: model adaptation (`comet-adapt`) and, later, the service."""
