@@ -286,5 +286,44 @@ def sites_cmd(as_json: bool, model: str, approx: str) -> None:
     _emit(result, as_json, _sites_table(result))
 
 
+@main.command("accuracy")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--n-private", type=click.IntRange(1, 10_000), default=200, show_default=True)
+@click.option(
+    "--provider",
+    type=click.Choice(ops_mod.PROVIDERS),
+    default="insecure_dealer",
+    show_default=True,
+    help="Offline phase of the private runs (the online result does not depend on it).",
+)
+def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
+    """Accuracy of the default model: plaintext, emulation and private, both sets."""
+    import warnings
+
+    from benchmarks import accuracy as acc_mod
+    from common.mpc.preprocessing import InsecureDealerWarning
+
+    err = Console(stderr=True)
+    with warnings.catch_warnings():
+        if provider == "insecure_dealer":
+            err.print("note: offline phase by the insecure test dealer (accuracy study only)")
+            warnings.simplefilter("ignore", InsecureDealerWarning)
+        result = acc_mod.run_accuracy(
+            n_private, provider, progress=lambda m: err.print(m, highlight=False, markup=False)
+        )
+    table = Table(title="comet-bench accuracy (tweets, held-out test split)")
+    for name in ("row", "n", "accuracy", "agreement", "with"):
+        table.add_column(name, justify="left" if name in ("row", "with") else "right")
+    for r in result["rows"]:
+        table.add_row(
+            r["row"],
+            str(r["n"]),
+            f"{r['accuracy']:.4f}",
+            f"{r['agreement']:.4f}" if "agreement" in r else "",
+            r.get("agreement_with", ""),
+        )
+    _emit(result, as_json, table)
+
+
 if __name__ == "__main__":
     main()

@@ -114,7 +114,10 @@ def run_model(
             "compile_s": compile_s,
             "wall_s": wall,
         },
-        "layers": list(layers.values()),
+        # A row with nothing sent (a scope that only computed locally) says nothing.
+        "layers": [
+            r for r in layers.values() if r.get("offline_bytes", 0) or r.get("online_bytes", 0)
+        ],
         "totals": {
             phase: {
                 "bytes": sum(

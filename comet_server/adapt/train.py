@@ -139,7 +139,7 @@ def finetune(
         opt.step()
         sched.step()
         opt.zero_grad()
-        run = float(loss) if run is None else 0.9 * run + 0.1 * float(loss)
+        run = loss.detach().item() if run is None else 0.9 * run + 0.1 * loss.detach().item()
         if progress:
             progress(step, run)
     return model.eval()
@@ -190,7 +190,7 @@ def distil(
         opt.zero_grad()
         with torch.no_grad():
             params.mu.clamp_(min=MU_MIN)
-        run = float(loss) if run is None else 0.9 * run + 0.1 * float(loss)
+        run = loss.detach().item() if run is None else 0.9 * run + 0.1 * loss.detach().item()
         if progress:
             progress(step, run)
     return student.eval(), params

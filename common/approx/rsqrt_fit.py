@@ -136,9 +136,12 @@ def _fit_start(a: float, b: float, degree: int) -> tuple[np.ndarray, float]:
     if not res.success:
         raise ValueError(f"start polynomial fit failed on [{a}, {b}]: {res.message}")
     coef = res.x[:n]
-    e = V @ coef
-    # The steps are designed for every start value, including those above the range.
-    lo_e, hi_e = float(e.min()), float(max(e.max(), (Vo @ coef).max()))
+    # The LP holds on its grid only: the interval the steps are designed for is measured
+    # on a much denser one (between grid points e can dip slightly below 1). It covers
+    # every start value, including those above the range.
+    e = rows(np.geomspace(a, b, 20001)) @ coef
+    eo = rows(np.concatenate([np.geomspace(a / 5, a, 2001), np.geomspace(b, 5 * b, 2001)])) @ coef
+    lo_e, hi_e = float(e.min()), float(max(e.max(), eo.max()))
     scale = 1.0 / math.sqrt(lo_e * hi_e)
     return coef * scale / b ** np.arange(n), hi_e / lo_e
 
@@ -189,10 +192,12 @@ def plan_rsqrt(
         x = np.geomspace(lo, hi, 20001)
         err = float(np.max(np.abs(plan.evaluate(x) * np.sqrt(x) - 1)))
         plan = RsqrtPlan(plan.lo, plan.hi, c, plan.poly, plan.steps, plan.out_scale, err)
+        if err > rel_err * 1.01:
+            continue  # the LP's start was off between its grid points; another degree
         key = (plan.rounds(), plan.products())
         if best is None or key < (best.rounds(), best.products()):
             best = plan
-    if best is None or best.max_rel_err > rel_err * 1.01:
+    if best is None:
         raise ValueError(
             f"no plan reaches relative error {rel_err:g} on [{lo:g}, {hi:g}] within "
             f"{max_steps} steps (degree ≤ {max_degree})"
