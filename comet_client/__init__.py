@@ -1,0 +1,1 @@
+"""The client side of Comet: tokenize locally, run the protocol, hold the output."""

@@ -1,0 +1,147 @@
+"""`comet-client`: private inference of TEXT... on a comet-server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from comet_client.session import CometError, Connection, Result, infer
+from common.protocol.session import InvalidInput
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def cost_table(cost: dict) -> Table:
+    t = Table(title="cost per layer (this client's view; rounds = sequential rounds)")
+    t.add_column("phase")
+    t.add_column("layer")
+    for c in ("sent", "received", "rounds", "seconds"):
+        t.add_column(c, justify="right")
+    for phase in ("offline", "online"):
+        p = cost[phase]
+        for r in p["layers"]:
+            t.add_row(
+                phase, r["name"], _fmt_bytes(r["bytes_sent"]), _fmt_bytes(r["bytes_received"]),
+                str(r["rounds"]), f"{r['seconds']:.2f}",
+            )  # fmt: skip
+        t.add_row(
+            f"[bold]{phase}[/bold]", "[bold]total[/bold]", _fmt_bytes(p["bytes_sent"]),
+            _fmt_bytes(p["bytes_received"]), str(p["rounds"]), f"{p['seconds']:.2f}",
+            end_section=True,
+        )  # fmt: skip
+    return t
+
+
+def result_table(texts: tuple[str, ...], res: Result) -> Table:
+    t = Table(title=f"model {res.model} ({res.card.approx.kind} set), output: {res.output_kind}")
+    t.add_column("text", overflow="fold", max_width=60)
+    if res.labels is not None and res.probabilities is not None:
+        t.add_column("label")
+        names = list(res.card.arch.labels) or [str(i) for i in range(res.output.shape[-1])]
+        t.add_column("probabilities")
+        for text, label, p in zip(texts, res.labels, res.probabilities, strict=True):
+            probs = ", ".join(f"{n} {v:.3f}" for n, v in zip(names, p, strict=True))
+            t.add_row(text, label, probs)
+    else:
+        assert res.pooled is not None
+        t.add_column(f"mean-pooled embedding (first 6 of {res.pooled.shape[-1]})")
+        for text, v in zip(texts, res.pooled, strict=True):
+            t.add_row(text, " ".join(f"{x:+.3f}" for x in v[:6]) + " …")
+    return t
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--server", "target", required=True, help="HOST:PORT of a comet-server.")
+@click.option("--model", default="", help="Model name (default: the server's default).")
+@click.option(
+    "--output",
+    type=click.Choice(["auto", "logits", "hidden"]),
+    default="auto",
+    show_default=True,
+    help="auto: logits for a classifier, last hidden states for a bare encoder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--save-report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--server-name", help="TLS: the name in the server's certificate, if not HOST.")
+@click.option("--insecure", is_flag=True, help="Allow a plaintext channel to a remote host.")
+@click.option(
+    "--allow-insecure-dealer",
+    is_flag=True,
+    help="TESTS ONLY: accept a server whose offline phase is the insecure dealer.",
+)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0)
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def main(
+    texts: tuple[str, ...],
+    target: str,
+    model: str,
+    output: str,
+    as_json: bool,
+    save_report: Path | None,
+    tls_ca: Path | None,
+    server_name: str | None,
+    insecure: bool,
+    allow_insecure_dealer: bool,
+    timeout: float,
+    quiet: bool,
+) -> None:
+    """Classify / embed TEXT privately: the server never sees the text, this client never
+    sees the weights. Only the number of texts and their token counts are revealed."""
+    err = Console(stderr=True)
+    conn = Connection(target, tls_ca, insecure, server_name)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[layer]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
+    )
+    tasks: dict[str, int] = {}
+
+    def on_layer(phase: str, layer: str) -> None:
+        if phase not in ("offline", "online"):
+            return
+        if phase not in tasks:
+            for other in tasks.values():
+                progress.update(other, completed=progress.tasks[other].total)
+            tasks[phase] = progress.add_task(phase, total=None, layer="")
+        progress.update(tasks[phase], advance=1, layer=layer)
+
+    try:
+        with progress:
+            res = infer(conn, texts, model, output, allow_insecure_dealer, timeout, on_layer)
+            for t in tasks.values():
+                progress.update(t, total=progress.tasks[t].completed)
+    except InvalidInput as e:
+        err.print(f"comet-client: error: {e}", highlight=False, markup=False)
+        sys.exit(2)
+    except CometError as e:
+        code = f" [{e.code}]" if e.code else ""
+        err.print(f"comet-client: error{code}: {e}", highlight=False, markup=False)
+        sys.exit(1)
+    report = res.to_json()
+    report["texts"] = len(texts)
+    if save_report:
+        save_report.write_text(json.dumps(report) + "\n")
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    out = Console()
+    out.print(result_table(texts, res))
+    out.print(cost_table(res.cost))

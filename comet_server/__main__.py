@@ -1,0 +1,3 @@
+from comet_server.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""`comet-server`: serve private inference of one or more models."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from comet_server.service import Limits
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="default | original | DIR | NAME=DIR (repeatable; the first is the default). "
+    "Without it: the bundled default model (built on first use).",
+)
+@click.option(
+    "--approx",
+    type=click.Choice(["auto", "comet", "reference"]),
+    default="auto",
+    show_default=True,
+    help="auto: Comet set for adapted checkpoints (comet.json), reference set otherwise.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
+@click.option("--max-sessions", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--session-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds a session may wait for its client before it is closed.",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--insecure", is_flag=True, help="Allow a plaintext channel on a non-loopback host.")
+@click.option(
+    "--allow-insecure-dealer",
+    is_flag=True,
+    help="TESTS ONLY: produce correlations with a shared seed instead of HE (no security).",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def main(
+    models: tuple[str, ...],
+    approx: str,
+    host: str,
+    port: int,
+    max_sessions: int,
+    max_batch: int,
+    session_timeout: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
+    allow_insecure_dealer: bool,
+    verbose: bool,
+) -> None:
+    """Serve two-party private inference over gRPC (the client keeps its text private,
+    the server its weights)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("comet.server")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    from comet_server.registry import load_models
+    from comet_server.server import build_server
+
+    try:
+        served = load_models(list(models) or ["default"], approx)
+        server, service, bound = build_server(
+            served,
+            host,
+            port,
+            provider="insecure_dealer" if allow_insecure_dealer else "he",
+            limits=Limits(max_sessions, session_timeout, max_batch),
+            tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+            insecure=insecure,
+        )
+    except (FileNotFoundError, ValueError, OSError) as e:
+        click.echo(f"comet-server: error: {e}", err=True)
+        sys.exit(2)
+    if allow_insecure_dealer:
+        log.warning("--allow-insecure-dealer: correlations from a shared seed, NO SECURITY")
+    server.start()
+    scheme = "TLS" if tls_cert else "plaintext"
+    # The bound port on its own line (tests and scripts read it with --port 0).
+    click.echo(f"comet-server listening on {host}:{bound} ({scheme}); models: "
+               f"{', '.join(served)}", err=True)  # fmt: skip
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down (%d sessions active)", service.active)
+    server.stop(grace=5).wait()

@@ -1,0 +1,293 @@
+"""The gRPC service: one private inference per `Session` stream, isolated per client.
+
+Each session runs the protocol on its own worker thread (the server's side of
+`common.protocol.run.private_forward`) while the RPC's handler streams the worker's
+messages out. A bounded outbox gives backpressure; a reader thread with a timeout on
+the inbox detects a stalled client; the RPC's termination callback wakes the worker at
+once when a client vanishes. Every failure ends only its own session, with a gRPC
+status a person can read (see docs/PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from comet_server.registry import ServedModel
+from common.mpc.preprocessing import make_provider
+from common.mpc.roles import SERVER
+from common.protocol.run import private_forward
+from common.protocol.session import (
+    PROTOCOL_VERSION,
+    InvalidInput,
+    card_for_output,
+    check_start,
+    resolve_output,
+)
+from common.transport import ChannelClosed, ProtocolMismatch
+from common.transport.stream import (
+    CHUNK_BYTES,
+    MAX_FRAME_BYTES,
+    PeerError,
+    StreamChannel,
+    StreamReader,
+)
+from proto import comet_pb2 as pb
+from proto import comet_pb2_grpc as pb_grpc
+
+log = logging.getLogger("comet.server")
+
+OUTBOX_MESSAGES = 32  # ≤ 32 MiB of chunks waiting for a slow client
+
+
+@dataclass
+class Limits:
+    max_sessions: int = 4
+    session_timeout: float = 600.0  # seconds without a message from the client
+    max_batch: int = 8
+    chunk_bytes: int = CHUNK_BYTES
+    max_frame_bytes: int = MAX_FRAME_BYTES
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_DONE = object()
+
+
+def _unwrap(msg: pb.ClientMessage) -> Any:
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise ProtocolMismatch("malformed message: empty ClientMessage")
+    return getattr(msg, kind)
+
+
+def _expect(inbox: queue.Queue, cls: type, timeout: float) -> Any:
+    try:
+        item = inbox.get(timeout=timeout)
+    except queue.Empty:
+        raise ChannelClosed(f"no {cls.__name__} from the client within {timeout:g} s") from None
+    if isinstance(item, Exception):
+        inbox.put(item)
+        raise item
+    if not isinstance(item, cls):
+        raise ProtocolMismatch(
+            f"out-of-order message: expected {cls.__name__}, got {type(item).__name__}"
+        )
+    return item
+
+
+class CometService(pb_grpc.CometServicer):
+    """Serves `models` (the first is the default) with `provider` ("he" unless testing)."""
+
+    def __init__(
+        self, models: dict[str, ServedModel], provider: str = "he", limits: Limits | None = None
+    ) -> None:
+        if not models:
+            raise ValueError("a server needs at least one model")
+        self.models = models
+        self.default = next(iter(models))
+        self.provider = provider
+        self.limits = limits or Limits()
+        self._slots = threading.BoundedSemaphore(self.limits.max_sessions)
+        self._lock = threading.Lock()
+        self.active = 0
+        self.completed = 0
+
+    # -- RPCs ---------------------------------------------------------------------------
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext):  # noqa: N802
+        infos = []
+        for m in self.models.values():
+            a = m.compiled.card.arch
+            infos.append(
+                pb.ModelInfo(
+                    name=m.name,
+                    approx=m.compiled.card.approx.kind,
+                    head=a.head,
+                    layers=a.layers,
+                    hidden=a.hidden,
+                    max_positions=a.max_positions,
+                    card_digest=m.compiled.card.digest(),
+                )
+            )
+        return pb.ListModelsResponse(protocol_version=PROTOCOL_VERSION, models=infos)
+
+    def Session(  # noqa: N802
+        self, request_iterator: Iterator[pb.ClientMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.ServerMessage]:
+        if not self._slots.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server busy: {self.limits.max_sessions} sessions running (the limit); "
+                "retry later",
+            )
+        sid = uuid.uuid4().hex[:8]
+        reader = StreamReader(request_iterator, _unwrap)
+        outbox: queue.Queue = queue.Queue(maxsize=OUTBOX_MESSAGES)
+        gone = threading.Event()
+
+        def on_done() -> None:
+            gone.set()
+            reader.inbox.put(PeerError("the client went away"))
+
+        context.add_callback(on_done)
+
+        def send(msg: Any) -> None:
+            while not gone.is_set():
+                try:
+                    outbox.put(msg, timeout=0.25)
+                    return
+                except queue.Full:
+                    continue
+            raise PeerError("the client went away")
+
+        worker = threading.Thread(
+            target=self._worker,
+            args=(sid, context.peer(), reader.inbox, send),
+            daemon=True,
+            name=f"comet-session-{sid}",
+        )
+        with self._lock:
+            self.active += 1
+        worker.start()
+        while True:
+            try:
+                item = outbox.get(timeout=0.5)
+            except queue.Empty:
+                # A vanished client: the worker cannot post _DONE, and this handler's
+                # pool thread must not wait for it forever.
+                if gone.is_set() and not worker.is_alive():
+                    return
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, _Abort):
+                context.abort(item.code, item.message)
+            yield item
+
+    # -- one session ----------------------------------------------------------------------
+    def _worker(self, sid: str, peer: str, inbox: queue.Queue, send: Callable[[Any], None]) -> None:
+        t0 = time.perf_counter()
+        outcome = "ok"
+        try:
+            self._session(sid, peer, inbox, send)
+        except _Abort as e:
+            outcome = f"{e.code.name}: {e.message}"
+            self._finish(send, e)
+        except InvalidInput as e:
+            outcome = f"invalid input: {e}"
+            self._finish(send, _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
+        except ProtocolMismatch as e:
+            outcome = f"protocol error: {e}"
+            self._finish(send, _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
+        except PeerError as e:
+            outcome = f"client gone: {e}"
+        except ChannelClosed as e:
+            outcome = f"timed out: {e}"
+            msg = f"session closed: {e}"
+            self._finish(send, _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, msg))
+        except Exception as e:
+            log.exception("session %s: internal error", sid)
+            outcome = f"internal error: {e!r}"
+            self._finish(send, _Abort(grpc.StatusCode.INTERNAL, f"internal server error ({sid})"))
+        finally:
+            self._finish(send, _DONE)
+            with self._lock:
+                self.active -= 1
+                self.completed += 1
+            self._slots.release()
+            log.info(
+                "session %s (%s) ended after %.1f s: %s",
+                sid,
+                peer,
+                time.perf_counter() - t0,
+                outcome,
+            )
+
+    @staticmethod
+    def _finish(send: Callable[[Any], None], item: Any) -> None:
+        with contextlib.suppress(PeerError):  # nobody left to tell
+            send(item)
+
+    def _session(self, sid: str, peer: str, inbox: queue.Queue, send: Callable) -> None:
+        lim = self.limits
+        hello = _expect(inbox, pb.Hello, lim.session_timeout)
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version mismatch: the client speaks {hello.protocol_version}, "
+                f"this server speaks {PROTOCOL_VERSION}; upgrade the older side",
+            )
+        name = hello.model or self.default
+        model = self.models.get(name)
+        if model is None:
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {name!r}; this server serves: {', '.join(self.models)}",
+            )
+        card = model.compiled.card
+        send(
+            pb.ServerMessage(
+                welcome=pb.Welcome(
+                    protocol_version=PROTOCOL_VERSION,
+                    model=name,
+                    card_json=model.card_json,
+                    card_digest=card.digest(),
+                    tokenizer=[
+                        pb.TokenizerFile(name=k, data=v) for k, v in model.tokenizer_files.items()
+                    ],
+                    max_batch=lim.max_batch,
+                    provider=self.provider,
+                    max_frame_bytes=lim.max_frame_bytes,
+                )
+            )
+        )
+        start = _expect(inbox, pb.Start, lim.session_timeout)
+        output = resolve_output(card, start.output or "auto")
+        mask = check_start(
+            card,
+            start.batch,
+            start.seq_len,
+            np.frombuffer(start.attention_mask, dtype=np.uint8),
+            lim.max_batch,
+        )
+        log.info(
+            "session %s (%s): model %s, batch %d × %d tokens, output %s",
+            sid, peer, name, start.batch, start.seq_len, output,
+        )  # fmt: skip
+        ch = StreamChannel(
+            SERVER,
+            inbox,
+            lambda f: send(pb.ServerMessage(frame=f)),
+            timeout=lim.session_timeout,
+            chunk_bytes=lim.chunk_bytes,
+            max_frame_bytes=lim.max_frame_bytes,
+        )
+        private_forward(
+            ch,
+            card_for_output(card, output),
+            (start.batch, start.seq_len),
+            mask,
+            model.compiled.weights,
+            None,
+            make_provider(self.provider),
+        )
+        _expect(inbox, pb.Goodbye, lim.session_timeout)
+        log.info(
+            "session %s: sent %d B, received %d B (payload)", sid, ch.payload_sent,
+            ch.payload_received,
+        )  # fmt: skip
