@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -323,6 +324,28 @@ def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
             r.get("agreement_with", ""),
         )
     _emit(result, as_json, table)
+
+
+@main.command("report")
+@click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write (default: REPORT with the suffix .png).",
+)
+def report_cmd(report: Path, out: Path | None) -> None:
+    """Per-layer bar chart (PNG) of bytes and seconds from a cost report.
+
+    REPORT is the JSON of `comet-client --save-report` or of `comet-bench model --json`.
+    """
+    from benchmarks.report import plot_file
+
+    try:
+        png = plot_file(report, out)
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(png))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.protocol.session import PROTOCOL_VERSION
 from proto import comet_pb2 as pb
 from proto import comet_pb2_grpc as pb_grpc
-from tests.e2e.harness import Forwarder, Server, client, client_json, client_popen
+from tests.e2e.harness import ROOT, Forwarder, Server, client, client_json, client_popen
 from tests.e2e.models import tiny_classifier
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -78,6 +78,23 @@ def test_result_equals_the_in_process_protocol(server, compiled) -> None:
         names = [r["name"] for r in cost["layers"]]
         assert names == ["embed", "layer0", "layer1", "head"]
         assert sum(r["bytes_sent"] for r in cost["layers"]) == cost["bytes_sent"]
+
+
+def test_saved_report_and_its_chart(server, tmp_path) -> None:
+    import json
+    import sys
+
+    report = tmp_path / "report.json"
+    res = client("--server", server.address, DEALER, "--save-report", str(report), TEXTS[0])
+    assert res.returncode == 0, res.stderr
+    assert "offline" in res.stdout and "online" in res.stdout  # the human cost table
+    saved = json.loads(report.read_text())
+    assert saved["label"] and saved["cost"]["online"]["layers"][0]["name"] == "embed"
+    png = tmp_path / "chart.png"
+    cmd = [sys.executable, "-m", "benchmarks.cli", "report", str(report), "-o", str(png)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_metering_equals_the_bytes_on_the_socket(server) -> None:
