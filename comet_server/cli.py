@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -96,9 +97,12 @@ def main(
     # The bound port on its own line (tests and scripts read it with --port 0).
     click.echo(f"comet-server listening on {host}:{bound} ({scheme}); models: "
                f"{', '.join(served)}", err=True)  # fmt: skip
+    # `kill -USR1 <pid>` prints every thread's stack to stderr (diagnosing a stuck server).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down (%d sessions active)", service.active)
     server.stop(grace=5).wait()
+    log.info("stopped")

@@ -57,20 +57,28 @@ class Start(_message.Message):
     def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., attention_mask: _Optional[bytes] = ..., output: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("seq", "tag", "clock", "scope_clock", "data", "more")
+    __slots__ = ("seq", "tag", "clock", "scope_clock", "data", "more", "kind", "shape", "dtype", "label")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     SCOPE_CLOCK_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     seq: int
     tag: str
     clock: int
     scope_clock: int
     data: bytes
     more: bool
-    def __init__(self, seq: _Optional[int] = ..., tag: _Optional[str] = ..., clock: _Optional[int] = ..., scope_clock: _Optional[int] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ...) -> None: ...
+    kind: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    label: str
+    def __init__(self, seq: _Optional[int] = ..., tag: _Optional[str] = ..., clock: _Optional[int] = ..., scope_clock: _Optional[int] = ..., data: _Optional[bytes] = ..., more: _Optional[bool] = ..., kind: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ()

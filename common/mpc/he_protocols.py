@@ -92,7 +92,7 @@ def he_products(
             blobs = [
                 he.encrypt(i, chunk(x, c) % U64(he.primes[i].p)) for i in range(P) for x in operands
             ]
-            ch.send("he.prod.up", pack_blobs(blobs))
+            ch.send("he.prod.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
         basis = he.basis(P)
         out = np.empty(chunks * N, dtype=U64)
         for c in range(chunks):
@@ -116,7 +116,7 @@ def he_products(
             pts = [he.plain(i, chunk(y, c) % p, coeffs=False) for y in operands]
             acc = he.dot_plain(i, cts, pts)
             raws.append(he.seal_result(i, acc, mask_res[i], coeffs=False, flood_bits=flood))
-        ch.send("he.prod.down", pack_blobs(raws))
+        ch.send("he.prod.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
         share[c * N : (c + 1) * N] = -limbs[0]
     return share[:n]
 
@@ -151,7 +151,7 @@ def he_matmul(
             blobs = [
                 he.encrypt(i, enc[a, b] % p, coeffs=True) for a in range(Mb) for b in range(Kb)
             ]
-            ch.send("he.mm.up", pack_blobs(blobs))
+            ch.send("he.mm.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
         res = []
         for i in range(P):
             raws = unpack_blobs(ch.recv("he.mm.down"), Mb * Nb)
@@ -181,5 +181,5 @@ def he_matmul(
                 raws[a * Nb + c] = he.seal_result(
                     i, acc, mask_res[i][a, c], coeffs=True, flood_bits=flood
                 )
-        ch.send("he.mm.down", pack_blobs(raws))
+        ch.send("he.mm.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
     return blk.decode_output(-limbs[0])

@@ -80,7 +80,8 @@ class HeProvider:
         with ch.scope(phase="setup", op="he-keys"):
             if ch.party == CLIENT:
                 client = CrtBfvClient(self.params)
-                ch.send("he.pk", pack_blobs(client.public_keys()))
+                pks = client.public_keys()
+                ch.send("he.pk", pack_blobs(pks), kind="he-keys", shape=(len(pks),))
                 self.he = client
             else:
                 pks = unpack_blobs(ch.recv("he.pk"), self.params.max_primes)

@@ -16,6 +16,10 @@ Every message is a frame ``(seq, tag, clock, payload)``:
   it is the sequential round count). Both parties must open the same scopes around
   communication, which symmetric protocol code does by construction.
 * ``payload`` bytes are what the meter counts, on both sides, under the current label.
+* ``kind``, ``shape``, ``dtype`` type the payload ("ring" tensors of uint64 shares,
+  other "array"s, HE "ciphertexts" batches, or opaque "bytes"); the receiver of an array
+  checks them against the shape and dtype its program expects. ``label`` is the
+  sender's phase/layer/op, so a trace or an error names where in the model it was.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class Frame:
     clock: int
     payload: bytes
     scope_clock: int = 0
+    kind: str = "bytes"  # "ring" | "array" | "ciphertexts" | "he-keys" | "bytes"
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+    label: str = ""  # "phase/layer/op" of the sender
 
 
 class Channel(ABC):
@@ -105,20 +113,32 @@ class Channel(ABC):
             self.meter.exit()
 
     # -- bytes ------------------------------------------------------------------------
-    def send(self, tag: str, payload: bytes) -> None:
+    def send(
+        self,
+        tag: str,
+        payload: bytes,
+        kind: str = "bytes",
+        shape: tuple[int, ...] = (),
+        dtype: str = "",
+    ) -> None:
         """Send one message. Cost: len(payload) bytes, no waiting."""
-        frame = Frame(self._send_seq, tag, self.clock, bytes(payload), self.scope_clock)
+        cur = self.meter.current
+        frame = Frame(
+            self._send_seq, tag, self.clock, bytes(payload), self.scope_clock,
+            kind, tuple(int(d) for d in shape), dtype, f"{cur.phase}/{cur.layer}/{cur.op}",
+        )  # fmt: skip
         self._send_seq += 1
         self._put(frame)
         self.meter.record_send(len(frame.payload))
 
-    def recv(self, tag: str, nbytes: int | None = None) -> bytes:
-        """Receive the next message, which must carry `tag` (and `nbytes` if given)."""
+    def recv_frame(self, tag: str, nbytes: int | None = None) -> Frame:
+        """Receive the next frame, which must carry `tag` (and `nbytes` if given)."""
         frame = self._get(self.timeout)
         if frame.seq != self._recv_seq or frame.tag != tag:
             raise ProtocolMismatch(
                 f"party {self.party} expected message #{self._recv_seq} {tag!r}, "
                 f"got #{frame.seq} {frame.tag!r}"
+                + (f" (from {frame.label})" if frame.label else "")
             )
         if nbytes is not None and len(frame.payload) != nbytes:
             raise ProtocolMismatch(
@@ -129,18 +149,34 @@ class Channel(ABC):
         new_scope = max(self.scope_clock, frame.scope_clock + 1)
         self.meter.record_recv(len(frame.payload), new_scope - self.scope_clock)
         self.scope_clock = new_scope
-        return frame.payload
+        return frame
+
+    def recv(self, tag: str, nbytes: int | None = None) -> bytes:
+        """Receive the next message's payload (see `recv_frame`)."""
+        return self.recv_frame(tag, nbytes).payload
 
     # -- arrays -----------------------------------------------------------------------
     def send_array(self, tag: str, arr: np.ndarray) -> None:
-        """Send a numeric array as raw little-endian bytes; the shape is public."""
-        self.send(tag, np.ascontiguousarray(arr).tobytes())
+        """Send a numeric array as raw little-endian bytes, typed with its shape and dtype.
+
+        uint64 arrays are ring tensors (shares in Z_2^64); the shape is public.
+        """
+        a = np.ascontiguousarray(arr)
+        kind = "ring" if a.dtype == np.uint64 else "array"
+        self.send(tag, a.tobytes(), kind, a.shape, a.dtype.str)
 
     def recv_array(self, tag: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-        """Receive an array of a known shape and dtype (size is checked)."""
+        """Receive an array of a known shape and dtype (size, and type when sent, checked)."""
         dt = np.dtype(dtype)
+        shape = tuple(int(d) for d in shape)
         n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        return np.frombuffer(self.recv(tag, n), dtype=dt).reshape(shape)
+        frame = self.recv_frame(tag, n)
+        if frame.dtype and (frame.shape != shape or frame.dtype != dt.str):
+            raise ProtocolMismatch(
+                f"message {tag!r}: expected a {dt.str} tensor of shape {shape}, got "
+                f"{frame.dtype} {frame.shape}"
+            )
+        return np.frombuffer(frame.payload, dtype=dt).reshape(shape)
 
     def exchange_array(self, tag: str, arr: np.ndarray) -> np.ndarray:
         """Both parties send `arr` and receive the peer's array of the same shape: 1 round."""

@@ -101,6 +101,9 @@ class StreamChannel(Channel):
                 data=data[s : s + self.chunk_bytes],
                 more=s + self.chunk_bytes < n,
             )
+            if s == 0:  # the type and label travel once, with the first chunk
+                msg.kind, msg.dtype, msg.label = frame.kind, frame.dtype, frame.label
+                msg.shape.extend(frame.shape)
             self.wire_sent += msg.ByteSize()
             self._send_message(msg)
         self.payload_sent += n
@@ -144,4 +147,7 @@ class StreamChannel(Channel):
                 )
             parts.append(last.data)
         self.payload_received += size
-        return Frame(first.seq, first.tag, first.clock, b"".join(parts), first.scope_clock)
+        return Frame(
+            first.seq, first.tag, first.clock, b"".join(parts), first.scope_clock,
+            first.kind or "bytes", tuple(first.shape), first.dtype, first.label,
+        )  # fmt: skip

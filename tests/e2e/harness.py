@@ -53,8 +53,10 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGUSR1)  # thread stacks into the log
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait()
         self._f.close()

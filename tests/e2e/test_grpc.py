@@ -218,7 +218,7 @@ def test_killed_client_leaves_the_server_healthy(model_dir, tmp_path) -> None:
         out = client_json("--server", srv.address, TEXTS[1])  # HE, end to end
         assert out["cost"]["offline"]["bytes_sent"] > 1_000_000  # real ciphertexts
         assert "ended after" in srv.text() and srv.text().rstrip().count(": ok") == 1
-        assert srv.stop() == 0
+        assert srv.stop() == 0, srv.text()[-5000:]
 
 
 def test_session_limit_and_stall_deadline(model_dir, tmp_path) -> None:

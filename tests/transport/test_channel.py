@@ -55,6 +55,21 @@ def test_size_mismatch_fails_fast():
         b.recv_array("arr", (4,), np.uint64)
 
 
+def test_tensors_are_typed_and_labelled():
+    a, b = local_pair(timeout=5)
+    with a.scope(phase="online", layer="layer3", op="ffn"):
+        a.send_array("t", np.zeros((2, 6), dtype=np.uint64))
+    f = b.recv_frame("t", 96)
+    assert (f.kind, f.shape, f.dtype, f.label) == ("ring", (2, 6), "<u8", "online/layer3/ffn")
+    # Same byte count, other shape or dtype: refused, not silently reinterpreted.
+    a.send_array("t", np.zeros((3, 4), dtype=np.uint64))
+    with pytest.raises(ProtocolMismatch, match=r"shape \(2, 6\), got <u8 \(3, 4\)"):
+        b.recv_array("t", (2, 6), np.uint64)
+    a.send_array("u", np.zeros(4, dtype=np.int64))
+    with pytest.raises(ProtocolMismatch, match="<u8 tensor"):
+        b.recv_array("u", (4,), np.uint64)
+
+
 def test_peer_failure_propagates():
     def prog(ch):
         if ch.party == 0:
