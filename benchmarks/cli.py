@@ -326,6 +326,90 @@ def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
     _emit(result, as_json, table)
 
 
+@main.command("net")
+@click.option(
+    "--profile",
+    type=click.Choice(["none", "lan", "wan"]),
+    default="none",
+    show_default=True,
+    help="none: loopback; lan: 3 Gbit/s, 0.8 ms RTT; wan: 200 Mbit/s, 40 ms RTT (root).",
+)
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="default | original | bert-tiny | bert-base | a checkpoint directory.",
+)
+@click.option("--seq-len", type=click.IntRange(2, 512), default=32, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--approx",
+    type=click.Choice(["comet", "reference", "both"]),
+    default="comet",
+    show_default=True,
+    help="both: the two sets in the same run, with their ratio.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(ops_mod.PROVIDERS),
+    default="he",
+    show_default=True,
+    help="Offline phase (insecure_dealer: online figures only, no security).",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout, one per row.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also append the JSON lines to this file.",
+)
+def net_cmd(
+    profile: str,
+    model: str,
+    seq_len: int,
+    batch: int,
+    approx: str,
+    provider: str,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """comet-server and comet-client as two processes over a (shaped) network."""
+    from benchmarks.net import run_net
+    from benchmarks.netshape import NetUnavailable
+
+    err = Console(stderr=True)
+    try:
+        rows = run_net(model, profile, seq_len, batch, approx, provider,
+                       say=lambda m: err.print(m, highlight=False, markup=False))  # fmt: skip
+    except NetUnavailable as e:
+        raise click.ClickException(f"cannot shape the network here: {e}") from None
+    lines = [json.dumps(_json_safe(r), ensure_ascii=False) for r in rows]
+    if out is not None:
+        with out.open("a") as f:
+            f.write("\n".join(lines) + "\n")
+    if as_json:
+        click.echo("\n".join(lines))
+        return
+    table = Table(title=f"comet-bench net: {model}, {seq_len} tokens × {batch}, "
+                        f"profile {profile}, provider {provider}")  # fmt: skip
+    cols = ("approx", "phase", "MB", "rounds", "seconds", "lower bound s", "max err", "cosine")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("approx", "phase") else "right")
+    for r in rows:
+        for phase in ("offline", "online"):
+            p = r[phase]
+            if "ratio" in r:
+                table.add_row("ref/comet", phase, f"×{p['bytes']}", f"×{p['rounds']}",
+                              f"×{p['seconds']}", "", "", "")  # fmt: skip
+                continue
+            table.add_row(r["approx"], phase, f"{p['bytes'] / 1e6:.1f}", str(p["rounds"]),
+                          f"{p['seconds']:.2f}", f"{p['lower_bound_s']:.2f}",
+                          f"{r['accuracy']['max_abs_err']:.2e}",
+                          f"{r['accuracy']['cosine']:.5f}")  # fmt: skip
+    m = rows[0]["measured"]
+    _emit({}, False, table)
+    err.print(f"network measured: RTT {m['rtt_ms']} ms, {m['throughput_mbit']} Mbit/s")
+
+
 @main.command("report")
 @click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
