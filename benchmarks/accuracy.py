@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.approx.backend import PlainBackend
+from common.mpc.ring import FRAC_BITS
 from common.protocol.calibrate import compile_model, tokenize_batches
 from common.protocol.card import CompiledModel
 from common.protocol.program import ClientInput
@@ -82,10 +84,14 @@ def run_accuracy(
         "reference": run_all(lambda b: plain_forward(ref, b, None), order),
     }
     say("fixed-point emulation …")
+    # The emulation also yields the expected number of local truncation failures of the
+    # private run on the same texts (Σ |v|/2^64 over every truncated value).
+    emul_backends = {"comet": PlainBackend(FRAC_BITS), "reference": PlainBackend(FRAC_BITS)}
     emul = {
-        "comet": run_all(lambda b: plain_forward(comet, b, 16), order),
-        "reference": run_all(lambda b: plain_forward(ref, b, 16), order),
-    }
+        name: run_all(lambda b, m=m, be=emul_backends[name]: plain_forward(m, b, backend=be),
+                      order)
+        for name, m in (("comet", comet), ("reference", ref))
+    }  # fmt: skip
     private: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for name, model in (("comet", comet), ("reference", ref)):
@@ -142,6 +148,9 @@ def run_accuracy(
                 "agreement": agree(emul[name], plain_ref),
                 "agreement_with": ref_name,
                 "max_abs_logit_err": float(np.abs(emul[name] - plain_ref).max()),
+                "frac_bits": FRAC_BITS,
+                "expected_truncation_failures_per_text": emul_backends[name].truncation_risk
+                / len(y),
             }
         )
         p = private[name]
@@ -155,6 +164,10 @@ def run_accuracy(
                 "agreement_with": ref_name,
                 "max_abs_logit_err": float(np.abs(p - plain_ref[: len(p)]).max()),
                 "max_abs_err_vs_emulation": float(np.abs(p - emul[name][: len(p)]).max()),
+                # A local truncation failure shows as an error of order 2^(64-2f) or more.
+                "texts_off_by_more_than_1": int(
+                    (np.abs(p - emul[name][: len(p)]).max(-1) > 1).sum()
+                ),
                 "seconds": seconds[name],
                 "accuracy_plaintext_same_texts": acc(plain_ref[: len(p)]),
             }

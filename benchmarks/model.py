@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.mpc.ring import FRAC_BITS
 from common.protocol.calibrate import compile_model
 from common.protocol.program import ClientInput
 from common.protocol.run import local_private_forward, plain_forward
@@ -93,7 +94,7 @@ def run_model(
     assert client.output is not None
     got = client.output
     want = plaintext_output(model_dir, compiled.card.approx.kind, inp)
-    emul = plain_forward(compiled, inp, 16)
+    emul = plain_forward(compiled, inp, FRAC_BITS)
     layers: dict[str, dict[str, Any]] = {}
     for m in (server.meter, client.meter):
         for (phase, layer), c in m.breakdown(by=("phase", "layer")).items():

@@ -18,7 +18,6 @@ meaning (wrap-around for the integer kinds).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from numpy.typing import NDArray
 
 from common.mpc.engine import Mpc
-from common.mpc.ring import U64
+from common.mpc.ring import U64, public_const_extra_bits
 from common.mpc.roles import CLIENT, SERVER
 
 Value = Any  # numpy uint64 shares (SharedBackend) or a torch tensor (PlainBackend)
@@ -162,6 +161,10 @@ class PlainBackend:
         if frac_bits is not None and not 8 <= frac_bits <= 30:
             raise ValueError("frac_bits must be in 8..30")
         self.frac_bits = frac_bits
+        # Σ |v| / 2^64 over every truncated value v: the expected number of local
+        # truncation failures the shared run of the same program would suffer.
+        self.truncation_risk = 0.0
+        self.truncations = 0
 
     @property
     def fixed(self) -> bool:
@@ -180,6 +183,8 @@ class PlainBackend:
         return (x.double() / 2.0**self.frac_bits).numpy()
 
     def _trunc(self, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        self.truncation_risk += float(x.abs().sum(dtype=torch.float64)) * 2.0**-64
+        self.truncations += x.numel()
         return x >> (self.frac_bits if bits is None else bits)
 
     def input(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Value:
@@ -199,8 +204,7 @@ class PlainBackend:
         # Same encoding rule as Mpc.mul_public: small constants get extra bits.
         f = self.frac_bits
         assert f is not None
-        cmax = float(np.max(np.abs(c))) if np.size(c) else 0.0
-        extra = 0 if cmax == 0 or cmax >= 1 else min(f, math.ceil(-math.log2(cmax)))
+        extra = public_const_extra_bits(c, f)
         return self._trunc(x * self.encode(c, f + extra), f + extra)
 
     def mul(self, x: Value, y: Value) -> Value:

@@ -24,8 +24,14 @@ from common.approx.backend import Backend, Value
 from common.approx.rsqrt_fit import RsqrtPlan, plan_rsqrt
 
 
-def poly(ops: Backend, x: Value, coeffs: tuple[float, ...]) -> Value:
+def poly(ops: Backend, x: Value, coeffs: tuple[float, ...], norm: float = 1.0) -> Value:
     """Σ coeffs[i]·x^i. Powers by squaring in log depth.
+
+    With `norm` > 1 (a public bound on |x|), the powers are taken of u = x/norm and the
+    coefficients scaled by norm^i: the same polynomial, but every power stays ≤ 1 in
+    range. Why: a share product is truncated locally, which fails (an error of
+    2^(64−f)) with probability |product|·2^(2f−64); x^4 at |x| ≈ 300 would make that
+    likely, while c_i·x^i itself is small (docs/SECURITY.md, "Truncation").
 
     Cost: degree 1: 0 rounds; 2: 1 round, 1 product; 3–4: 2 rounds; 5–8: 3 rounds
     (one product per power above 1).
@@ -33,7 +39,8 @@ def poly(ops: Backend, x: Value, coeffs: tuple[float, ...]) -> Value:
     d = len(coeffs) - 1
     if d < 1 or d > 8:
         raise ValueError("polynomial degree must be 1..8")
-    powers: dict[int, Value] = {1: x}
+    base = ops.mul_public(x, 1.0 / norm) if norm > 1 and d > 1 else x
+    powers: dict[int, Value] = {1: base}
     level = 1
     while level < d:
         # All powers in (level, 2·level] from products of powers ≤ level: one round.
@@ -43,10 +50,12 @@ def poly(ops: Backend, x: Value, coeffs: tuple[float, ...]) -> Value:
         for k, v in zip(want, ops.mul_many(pairs), strict=True):
             powers[k] = v
         level *= 2
+    # The linear term from x itself: full precision where x is small.
     acc = ops.add_public(ops.mul_public(x, coeffs[1]), coeffs[0])
+    scale = norm if base is not x else 1.0
     for k in range(2, d + 1):
         if coeffs[k] != 0.0:
-            acc = acc + ops.mul_public(powers[k], coeffs[k])
+            acc = acc + ops.mul_public(powers[k], coeffs[k] * scale**k)
     return acc
 
 
@@ -66,7 +75,7 @@ def rsqrt_unscaled(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
     """y = rsqrt(x)/√c (of order 1: full fixed-point precision). Callers fold the
     public √c into another operand instead of rounding a small 1/√x."""
     xs = ops.mul_public(x, plan.in_scale)
-    y = poly(ops, xs, plan.poly)
+    y = poly(ops, xs, plan.poly, norm=max(1.0, plan.hi * plan.in_scale))
     newton = ops.newton_session(xs, len(plan.steps)) if plan.steps else None
     for a, b in plan.steps:
         y2, xy = newton.products(y)  # one opening of y's mask gives both

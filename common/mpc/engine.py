@@ -23,6 +23,7 @@ from common.mpc.ring import (
     Ring,
     from_signed,
     new_rng,
+    public_const_extra_bits,
     random_ring,
     ring_matmul,
     ring_matmul_public,
@@ -154,11 +155,11 @@ class Mpc:
     def mul_public(self, x: Ring, c: NDArray | float) -> Ring:
         """x · c for a public real c: encode c, multiply, truncate.
 
-        A small constant (e.g. 1/768 for a mean) gets up to f extra fractional bits so
-        that it keeps ~f significant bits; the truncation removes them again.
+        The constant is encoded with ~f significant bits (`public_const_extra_bits`):
+        small ones get extra fractional bits, large scalars fewer; the truncation by the
+        same number of bits removes them again.
         """
-        cmax = float(np.max(np.abs(c))) if np.size(c) else 0.0
-        extra = 0 if cmax == 0 or cmax >= 1 else min(self.f, math.ceil(-math.log2(cmax)))
+        extra = public_const_extra_bits(c, self.f)
         bits = self.f + extra
         ci = np.rint(np.asarray(c, dtype=np.float64) * 2.0**bits).astype(np.int64)
         return self.trunc(x * from_signed(ci), bits)

@@ -44,6 +44,14 @@ def from_signed(x: NDArray[np.integer]) -> Ring:
     return np.asarray(x, dtype=np.int64).view(U64)
 
 
+# Fractional bits of the fixed-point encoding. 13, not 16: local truncation fails with
+# probability |v|/2^64 for a product v at scale 2^(2f), and a MiniLM forward truncates
+# ~4·10^7 values per text, many of order 10 in the Newton iterations; at f = 16 that
+# was ~2% of texts with a catastrophic error, at f = 13 it is ~3·10^-4, while the
+# logits move by ~1e-2 (docs/ACCURACY.md, "Fixed-point precision").
+FRAC_BITS = 13
+
+
 @dataclass(frozen=True)
 class FixedPoint:
     """Fixed-point encoding with `frac_bits` fractional bits in Z_{2^64}.
@@ -52,7 +60,7 @@ class FixedPoint:
     representative. Encodable range: |v| < 2^(63-f).
     """
 
-    frac_bits: int = 16
+    frac_bits: int = FRAC_BITS
 
     def __post_init__(self) -> None:
         if not 8 <= self.frac_bits <= 30:
@@ -81,6 +89,25 @@ class FixedPoint:
 
     def decode(self, x: Ring) -> NDArray[np.float64]:
         return to_signed(x).astype(np.float64) / self.scale
+
+
+def public_const_extra_bits(c: NDArray | float, f: int) -> int:
+    """Fractional bits beyond f (negative: fewer) for encoding a public constant c.
+
+    A constant below 1 (e.g. 1/768 for a mean) gets up to f extra bits so that it keeps
+    ~f significant bits. A scalar of 2 or more gets fewer, keeping f + 1 significant
+    bits, so that x·c before its truncation is about |x|·2^(2f) rather than
+    |x|·|c|·2^(2f): local truncation fails with probability proportional to that size
+    (see `trunc_share`). Arrays keep f bits (their small entries would lose precision).
+    """
+    cmax = float(np.max(np.abs(c))) if np.size(c) else 0.0
+    if cmax == 0:
+        return 0
+    if cmax < 1:
+        return min(f, math.ceil(-math.log2(cmax)))
+    if np.size(c) == 1 and cmax >= 2:
+        return -min(f, math.floor(math.log2(cmax)))
+    return 0
 
 
 def trunc_share(x: Ring, bits: int, party: int) -> Ring:

@@ -103,9 +103,16 @@ def local_private_forward(
 
 
 def plain_forward(
-    model: CompiledModel, client: ClientInput, frac_bits: int | None = None
+    model: CompiledModel,
+    client: ClientInput,
+    frac_bits: int | None = None,
+    backend: PlainBackend | None = None,
 ) -> NDArray[np.float64]:
-    """The same program on plaintext: float (frac_bits=None) or fixed-point emulation."""
+    """The same program on plaintext: float (frac_bits=None) or fixed-point emulation.
+
+    Pass `backend` to read its `truncation_risk` afterwards: the expected number of
+    local truncation failures of the private run on this input (docs/SECURITY.md).
+    """
     import torch
 
     if model.weights is None:
@@ -113,7 +120,7 @@ def plain_forward(
     shape = tuple(client.token_ids.shape)
     with torch.no_grad():
         out = encoder_forward(
-            PlainBackend(frac_bits),
+            backend or PlainBackend(frac_bits),
             model.card,
             SERVER,
             shape,

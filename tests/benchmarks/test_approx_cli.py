@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from benchmarks.cli import main
 from common.mpc.preprocessing import InsecureDealerWarning
+from common.mpc.ring import FRAC_BITS
 
 FIELDS = {"set", "fn", "shape", "online_bytes", "offline_bytes", "rounds", "max_abs_err"}
 
@@ -32,7 +33,7 @@ def test_approx_rows(approx_json: dict) -> None:
         assert r["online_bytes"] > 0 and r["rounds"] > 0
     by = {(r["set"], r["fn"]): r for r in rows}
     # Our rsqrt meets its target on the SMU range; CrypTen's start does not.
-    assert by[("comet", "rsqrt")]["max_rel_err"] < 2e-3
+    assert by[("comet", "rsqrt")]["max_rel_err"] < 2e-3 * 2.0 ** (16 - FRAC_BITS)
     assert by[("reference", "rsqrt")]["max_rel_err"] > 1e-2
     assert by[("comet", "rsqrt")]["rounds"] < 2 * by[("reference", "rsqrt")]["rounds"]
     assert by[("reference", "gelu")]["max_abs_err"] < 0.02

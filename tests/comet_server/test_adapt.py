@@ -22,6 +22,7 @@ from comet_server.adapt.patch import (
     save_comet_model,
 )
 from comet_server.adapt.train import MU_MIN, Recipe, distil, finetune, gelu_fit_smu
+from common.mpc.ring import FRAC_BITS
 from common.protocol.calibrate import approx_for, compile_loaded, compile_model
 from common.protocol.program import ClientInput
 from common.protocol.run import plain_forward
@@ -81,7 +82,7 @@ def test_patched_model_is_what_the_protocol_computes(tmp_path) -> None:
     for inp in batches(rng, 2):
         want = hf_logits(model, inp)
         assert np.max(np.abs(plain_forward(compiled, inp) - want)) < 2e-3
-        assert np.max(np.abs(plain_forward(compiled, inp, 16) - want)) < 2e-2
+        assert np.max(np.abs(plain_forward(compiled, inp, FRAC_BITS) - want)) < 2e-2
 
 
 def test_padding_does_not_change_the_patched_model() -> None:

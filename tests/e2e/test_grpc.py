@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.mpc.ring import FRAC_BITS
 from common.protocol.session import PROTOCOL_VERSION
 from proto import comet_pb2 as pb
 from proto import comet_pb2_grpc as pb_grpc
@@ -69,7 +70,7 @@ def test_result_equals_the_in_process_protocol(server, compiled) -> None:
     _, local = local_private_forward(model, inp, provider="insecure_dealer")
     # Same program, different random shares: equal up to truncation noise (2^-16 scale).
     np.testing.assert_allclose(got, local.output, atol=2e-3)
-    np.testing.assert_allclose(got, plain_forward(model, inp, 16), atol=2e-3)
+    np.testing.assert_allclose(got, plain_forward(model, inp, FRAC_BITS), atol=2e-3)
     assert out["label"] == [["negative", "positive"][i] for i in got.argmax(-1)]
     assert np.allclose(np.asarray(out["probabilities"]).sum(-1), 1.0)
     for phase in ("offline", "online"):
@@ -129,7 +130,9 @@ def test_two_concurrent_clients(server, compiled) -> None:
         import json
 
         got = np.asarray(json.loads(stdout)["output"])
-        np.testing.assert_allclose(got, plain_forward(model, _inputs(tok, [text]), 16), atol=2e-3)
+        np.testing.assert_allclose(
+            got, plain_forward(model, _inputs(tok, [text]), FRAC_BITS), atol=2e-3
+        )
 
 
 def test_clear_errors_for_bad_requests(server, model_dir) -> None:

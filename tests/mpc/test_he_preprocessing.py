@@ -75,8 +75,8 @@ def test_newton_session_opens_each_mask_once():
     _s, c = run_local_program(prog, None, {"x": x}, provider="insecure_dealer", fxp=fxp)
     got = c.result
     for j, y in enumerate(ys):
-        assert np.allclose(got[2 * j], y * y, atol=1e-4)
-        assert np.allclose(got[2 * j + 1], x * y, atol=1e-4)
+        assert np.allclose(got[2 * j], y * y, atol=8 * 2.0**-fxp.frac_bits)
+        assert np.allclose(got[2 * j + 1], x * y, atol=8 * 2.0**-fxp.frac_bits)
     t = c.meter.breakdown(by=("phase", "op"))[("online", "t")]
     assert t.sent_msgs == 2 and t.rounds == 2
     assert t.sent_bytes == 8 * 64 * 3  # y−a twice, x−b once

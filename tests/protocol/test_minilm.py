@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.mpc.ring import FRAC_BITS
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 TEXTS = [
@@ -58,7 +60,7 @@ def test_private_minilm_reference_set_cosine(minilm, text: str) -> None:
     # Every token's final hidden state, not only the average.
     assert _cos(got, want).min() >= 0.99
     # The protocol computes what the fixed-point emulation predicts.
-    emul = plain_forward(compiled, inp, 16)
+    emul = plain_forward(compiled, inp, FRAC_BITS)
     assert np.max(np.abs(got - emul)) < 0.05
 
 

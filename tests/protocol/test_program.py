@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.mpc.ring import FRAC_BITS
 from common.protocol.calibrate import approx_for, compile_loaded
 from common.protocol.card import ModelCard
 from common.protocol.program import ClientInput
@@ -74,7 +75,7 @@ def test_reference_emulation_matches_transformers(family: str, tmp_path) -> None
     want = hf_logits(model, inp)
     got = plain_forward(compiled, inp)
     assert np.max(np.abs(got - want)) < 0.05
-    fixed = plain_forward(compiled, inp, 16)
+    fixed = plain_forward(compiled, inp, FRAC_BITS)
     assert np.max(np.abs(fixed - want)) < 0.05
 
 
@@ -83,7 +84,7 @@ def test_private_forward_equals_fixed_point_emulation() -> None:
     rng = np.random.default_rng(1)
     compiled = compile_loaded(model, cfg, approx_for(Path(".")), batches(rng), "t")
     inp = batches(rng, 1)[0]
-    emul = plain_forward(compiled, inp, 16)
+    emul = plain_forward(compiled, inp, FRAC_BITS)
     server, client = local_private_forward(compiled, inp, provider="insecure_dealer")
     assert server.output is None
     assert client.output is not None
@@ -103,7 +104,7 @@ def test_private_forward_with_he_preprocessing() -> None:
     rng = np.random.default_rng(2)
     compiled = compile_loaded(model, cfg, approx_for(Path(".")), batches(rng, 2, 6), "t")
     inp = ClientInput(rng.integers(3, 120, (1, 6)), np.ones((1, 6), dtype=np.int64))
-    emul = plain_forward(compiled, inp, 16)
+    emul = plain_forward(compiled, inp, FRAC_BITS)
     _, client = local_private_forward(compiled, inp, provider="he")
     assert np.max(np.abs(client.output - emul)) < 5e-3
     want = hf_logits(model, inp)
