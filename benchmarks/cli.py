@@ -432,5 +432,21 @@ def report_cmd(report: Path, out: Path | None) -> None:
     click.echo(str(png))
 
 
+@main.command("plot-net")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True)  # fmt: skip
+def plot_net_cmd(files: tuple[Path, ...], out_dir: Path) -> None:
+    """PNG charts from `comet-bench net --out` JSON-lines FILES."""
+    from benchmarks.report import load_jsonl, plot_net
+
+    try:
+        for png in plot_net(load_jsonl(list(files)), out_dir):
+            click.echo(str(png))
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 if __name__ == "__main__":
     main()

@@ -91,3 +91,116 @@ def plot_file(path: Path, out: Path | None = None) -> Path:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not JSON ({e})") from None
     return plot(report, out or Path(path).with_suffix(".png"))
+
+
+def load_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
+    """Rows of `comet-bench net --out` files (ratio rows dropped)."""
+    rows = []
+    for p in paths:
+        for n, line in enumerate(Path(p).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{n}: not JSON ({e})") from None
+            if "ratio" not in r:
+                if not {"model", "profile", "offline", "online"} <= set(r):
+                    raise ValueError(f"{p}:{n}: not a `comet-bench net` row")
+                rows.append(r)
+    return rows
+
+
+def plot_net(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """PNG charts of network benchmark rows; returns the files written.
+
+    - net-phases.png: offline and online seconds (bars) with the lower bound (marks),
+      per model / set / profile;
+    - net-layers-<profile>.png: online bytes and seconds per layer, one series per
+      model and set;
+    - net-scaling.png: online seconds and bytes against sequence length and batch
+      (rows of one model, set and profile that differ only there), when present.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not rows:
+        raise ValueError("no rows to plot")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def label(r: dict[str, Any]) -> str:
+        dealer = " (dealer)" if r.get("provider") != "he" else ""
+        return f"{r['model']}/{r['approx']}/{r['profile']}\n{r['seq_len']}×{r['batch']}{dealer}"
+
+    base = [r for r in rows if r["batch"] == 1]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.1 * len(base) + 3), 5))
+    x = np.arange(len(base))
+    for ax, phase in zip(axes, PHASES, strict=True):
+        secs = [r[phase]["seconds"] for r in base]
+        bound = [r[phase]["lower_bound_s"] for r in base]
+        ax.bar(x, secs, 0.6, label="measured")
+        ax.scatter(x, bound, color="black", marker="_", s=300, label="bytes/bw + rounds·RTT/2")
+        ax.set_yscale("log")
+        ax.set_title(f"{phase} seconds")
+        ax.set_xticks(x, [label(r) for r in base], rotation=60, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(out_dir / "net-phases.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    for profile in sorted({r["profile"] for r in base}):
+        sel = [r for r in base if r["profile"] == profile and r["seq_len"] <= 64]
+        if not sel:
+            continue
+        fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=False)
+        for r in sel:
+            layers = r["layers"]["online"]
+            names = [ly["name"] for ly in layers]
+            mb = [(ly["bytes_sent"] + ly["bytes_received"]) / 1e6 for ly in layers]
+            axes[0].plot(names, mb, marker="o", label=label(r).replace("\n", " "))
+            axes[1].plot(names, [ly["seconds"] for ly in layers], marker="o")
+        axes[0].set_ylabel("online MB")
+        axes[1].set_ylabel("online s")
+        axes[0].set_title(f"per layer, profile {profile}")
+        axes[0].legend(fontsize=7)
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        fig.tight_layout()
+        written.append(out_dir / f"net-layers-{profile}.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["approx"], r["profile"], r["provider"]), []).append(r)
+    series = {k: v for k, v in groups.items() if len({(r["seq_len"], r["batch"]) for r in v}) > 1}
+    if series:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        for (model, approx, profile, _), rs in series.items():
+            for batch in sorted({r["batch"] for r in rs}):
+                pts = sorted(((r["seq_len"], r) for r in rs if r["batch"] == batch),
+                             key=lambda p: p[0])  # fmt: skip
+                lens = [p[0] for p in pts]
+                name = f"{model}/{approx}/{profile}, batch {batch}"
+                axes[0].plot(lens, [p[1]["online"]["seconds"] for p in pts], marker="o",
+                             label=name)  # fmt: skip
+                axes[1].plot(lens, [p[1]["online"]["bytes"] / 1e6 for p in pts], marker="o",
+                             label=name)  # fmt: skip
+        axes[0].set_ylabel("online seconds")
+        axes[1].set_ylabel("online MB")
+        for ax in axes:
+            ax.set_xlabel("tokens")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out_dir / "net-scaling.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written

@@ -58,3 +58,28 @@ def test_cli_refuses_what_is_not_a_report(tmp_path, text) -> None:
     res = CliRunner().invoke(main, ["report", str(src)])
     assert res.exit_code == 1
     assert "not JSON" in res.output or "not a cost report" in res.output
+
+
+def _net_row(model, profile, seq_len, batch=1, provider="he"):
+    phase = {"bytes": 10_000_000, "bytes_sent": 6_000_000, "bytes_received": 4_000_000,
+             "rounds": 100, "seconds": 2.0, "lower_bound_s": 0.5}  # fmt: skip
+    layer = {"name": "embed", "bytes_sent": 1, "bytes_received": 2, "rounds": 1, "seconds": 0.1}
+    return {"model": model, "approx": "comet", "profile": profile, "seq_len": seq_len,
+            "batch": batch, "provider": provider, "offline": phase, "online": phase,
+            "layers": {"offline": [layer], "online": [layer]}}  # fmt: skip
+
+
+def test_plot_net_writes_the_charts(tmp_path) -> None:
+    rows = [_net_row("tiny", p, 32) for p in ("none", "lan", "wan")]
+    rows += [_net_row("tiny", "none", n, provider="insecure_dealer") for n in (32, 64)]
+    src = tmp_path / "net.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + json.dumps({"ratio": 1}))
+    res = CliRunner().invoke(main, ["plot-net", str(src), "--out-dir", str(tmp_path / "png")])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.rsplit("/", 1)[-1] for p in res.output.split())
+    assert names == ["net-layers-lan.png", "net-layers-none.png", "net-layers-wan.png",
+                     "net-phases.png", "net-scaling.png"]  # fmt: skip
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"model": 1}\n')
+    res = CliRunner().invoke(main, ["plot-net", str(bad)])
+    assert res.exit_code == 1 and "not a `comet-bench net` row" in res.output
