@@ -58,9 +58,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         nonlocal moved
         while True:
             due, data = await q.get()
+            # The event loop's timers have ~1 ms granularity (epoll): sleep for the bulk
+            # of a long wait, then yield in a tight loop, so that sub-millisecond delays
+            # (LAN: 0.4 ms each way) are kept rather than rounded up to 1 ms.
             wait = due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait > 0.002:
+                await asyncio.sleep(wait - 0.0015)
+            while time.monotonic() < due:
+                await asyncio.sleep(0)
             if not data:
                 with contextlib.suppress(OSError):
                     writer.write_eof()

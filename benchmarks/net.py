@@ -183,22 +183,39 @@ def run_one(
                 probe = bed.spawn(bed.server_ns, [py, "-m", "benchmarks.netprobe", "serve",
                                   "--host", SERVER_IP, "--port", str(PROBE_PORT)],
                                   stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
-                fwd = bed.spawn(bed.client_ns, [py, "-m", "benchmarks.delay_forwarder",
-                                "--map", f"{FWD_COMET}:{SERVER_IP}:{COMET_PORT}",
-                                "--map", f"{FWD_PROBE}:{SERVER_IP}:{PROBE_PORT}",
-                                "--delay-ms", f"{profile.one_way_ms:g}"],
-                                stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
                 _wait_line(probe, "probe ready")
-                _wait_line(fwd, "forwarding ready")
+                bulk = "256" if profile.rate_mbit and profile.rate_mbit > 1000 else "32"
+
+                def forwarder(delay_ms: float) -> subprocess.Popen:
+                    p = bed.spawn(bed.client_ns, [py, "-m", "benchmarks.delay_forwarder",
+                                  "--map", f"{FWD_COMET}:{SERVER_IP}:{COMET_PORT}",
+                                  "--map", f"{FWD_PROBE}:{SERVER_IP}:{PROBE_PORT}",
+                                  "--delay-ms", f"{delay_ms:g}"],
+                                  stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
+                    _wait_line(p, "forwarding ready")
+                    return p
+
+                def probe_path(mb: str) -> dict[str, Any]:
+                    done = subprocess.run(
+                        ["ip", "netns", "exec", bed.client_ns, py, "-m", "benchmarks.netprobe",
+                         "measure", "--target", f"127.0.0.1:{FWD_PROBE}", "--bulk-mb", mb],
+                        capture_output=True, text=True, env=env, cwd=ROOT, check=True,
+                    )  # fmt: skip
+                    return json.loads(done.stdout)
+
+                # The forwarder itself adds some latency (a Python hop): measure it with
+                # no delay and add only what is missing to reach the profile's RTT.
+                say("calibrating the delay forwarder …")
+                fwd = forwarder(0.0)
+                base = probe_path("1")["rtt_ms"]
+                fwd.terminate()
+                fwd.wait()
+                one_way = max(0.0, (profile.rtt_ms - base) / 2)
+                forwarder(one_way)
                 say("measuring the path (RTT, throughput) …")
-                done = subprocess.run(
-                    ["ip", "netns", "exec", bed.client_ns, py, "-m", "benchmarks.netprobe",
-                     "measure", "--target", f"127.0.0.1:{FWD_PROBE}",
-                     "--bulk-mb", "256" if profile.rate_mbit and profile.rate_mbit > 1000
-                     else "32"],
-                    capture_output=True, text=True, env=env, cwd=ROOT, check=True,
-                )  # fmt: skip
-                net = json.loads(done.stdout)
+                net = probe_path(bulk)
+                net["forwarder_base_rtt_ms"] = base
+                net["added_one_way_ms"] = round(one_way, 3)
                 say(f"measured: RTT {net['rtt_ms']} ms, {net['throughput_mbit']} Mbit/s; "
                     "waiting for the server (compiling the model) …")  # fmt: skip
                 _wait_listening(srv, log, 1800)
