@@ -391,7 +391,8 @@ def net_cmd(
         return
     table = Table(title=f"comet-bench net: {model}, {seq_len} tokens × {batch}, "
                         f"profile {profile}, provider {provider}")  # fmt: skip
-    cols = ("approx", "phase", "MB", "rounds", "seconds", "lower bound s", "max err", "cosine")
+    cols = ("approx", "phase", "MB", "rounds", "seconds", "lower bound s", "estimate s", "max err",
+            "cosine")  # fmt: skip
     for c in cols:
         table.add_column(c, justify="left" if c in ("approx", "phase") else "right")
     for r in rows:
@@ -399,10 +400,11 @@ def net_cmd(
             p = r[phase]
             if "ratio" in r:
                 table.add_row("ref/comet", phase, f"×{p['bytes']}", f"×{p['rounds']}",
-                              f"×{p['seconds']}", "", "", "")  # fmt: skip
+                              f"×{p['seconds']}", "", "", "", "")  # fmt: skip
                 continue
             table.add_row(r["approx"], phase, f"{p['bytes'] / 1e6:.1f}", str(p["rounds"]),
                           f"{p['seconds']:.2f}", f"{p['lower_bound_s']:.2f}",
+                          f"{p.get('estimate_s', 0):.2f}",
                           f"{r['accuracy']['max_abs_err']:.2e}",
                           f"{r['accuracy']['cosine']:.5f}")  # fmt: skip
     m = rows[0]["measured"]

@@ -8,10 +8,11 @@ measures the RTT and throughput the client actually gets through the same path; 
 are in the result, beside the nominal profile.
 
 Each result row (one model × approximation set × profile) holds offline and online
-bytes (both directions), rounds and seconds from the client's cost report, a lower
-bound `max(sent, received) / bandwidth + rounds × RTT/2` for the measured network
-(our rounds count one-way message hops — a Lamport clock — so each costs half a round
-trip), per-layer rows, and the accuracy of the private output against the plaintext
+bytes (both directions), rounds and seconds from the client's cost report; for the
+measured network, `estimate_s` = max(sent, received) / bandwidth + rounds × RTT/2 (our
+rounds count one-way message hops — a Lamport clock — so each costs half a round trip)
+and `lower_bound_s` = the larger of the two terms (a pipelined run can beat their sum,
+never their maximum); per-layer rows, and the accuracy of the private output against the plaintext
 model (max abs error, cosine, label agreement).
 """
 
@@ -114,10 +115,26 @@ def _wait_line(proc: subprocess.Popen, marker: str, timeout: float = 30) -> str:
     raise RuntimeError(f"no {marker!r} within {timeout:g} s")
 
 
-def lower_bound(sent: int, received: int, rounds: int, net: dict[str, float]) -> float:
-    """Seconds no implementation can beat on `net`: bytes at the bandwidth + latency."""
+def transfer_and_latency(
+    sent: int, received: int, rounds: int, net: dict[str, float]
+) -> tuple[float, float]:
+    """(bytes at the measured bandwidth, rounds at half the measured RTT), in seconds.
+
+    Each direction has its own bandwidth (tbf on both veth ends), so the transfer term
+    is the larger direction. Our rounds count one-way message hops (Lamport clock), so
+    each costs half a round trip.
+    """
     bw = net["throughput_mbit"] * 1e6 / 8
-    return max(sent, received) / bw + rounds * net["rtt_ms"] / 2e3
+    return max(sent, received) / bw, rounds * net["rtt_ms"] / 2e3
+
+
+def lower_bound(sent: int, received: int, rounds: int, net: dict[str, float]) -> float:
+    """Seconds no implementation can beat on `net`: max(transfer, latency).
+
+    (Their sum, `estimate_s`, is what a protocol that never overlaps sending with
+    waiting would take; a pipelined run can beat it.)
+    """
+    return max(transfer_and_latency(sent, received, rounds, net))
 
 
 def accuracy(model_dir: Path, approx: str, texts: list[str], out: dict[str, Any]) -> dict:
@@ -149,6 +166,7 @@ def _phase_row(cost: dict[str, Any], net: dict[str, float]) -> dict[str, Any]:
         "rounds": cost["rounds"],
         "seconds": cost["seconds"],
         "lower_bound_s": round(lower_bound(s, r, cost["rounds"], net), 3),
+        "estimate_s": round(sum(transfer_and_latency(s, r, cost["rounds"], net)), 3),
     }
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from benchmarks.delay_forwarder import Mapping, serve
-from benchmarks.net import lower_bound
+from benchmarks.net import lower_bound, transfer_and_latency
 from benchmarks.netshape import PROFILES, NetUnavailable, ShapedLink, check_available, tbf_command
 
 
@@ -140,7 +140,9 @@ def test_testbed_cleans_up_on_error() -> None:
 
 def test_lower_bound() -> None:
     net = {"throughput_mbit": 8.0, "rtt_ms": 10.0}  # 1 MB/s, 5 ms per one-way round
-    assert lower_bound(2_000_000, 1_000_000, 4, net) == pytest.approx(2.0 + 0.02)
+    assert transfer_and_latency(2_000_000, 1_000_000, 4, net) == pytest.approx((2.0, 0.02))
+    assert lower_bound(2_000_000, 1_000_000, 4, net) == pytest.approx(2.0)
+    assert lower_bound(1_000, 1_000, 1_000, net) == pytest.approx(5.0)
 
 
 def test_texts_of_exact_length() -> None:
@@ -171,6 +173,7 @@ def test_profile_none_report_is_well_formed(tmp_path) -> None:
         p = row[phase]
         assert p["bytes"] == p["bytes_sent"] + p["bytes_received"] > 0
         assert 0 < p["lower_bound_s"] <= p["seconds"]
+        assert p["lower_bound_s"] <= p["estimate_s"]
         assert sum(r["bytes_sent"] for r in row["layers"][phase]) == p["bytes_sent"]
     assert row["offline"]["bytes"] > 1_000_000  # HE ciphertexts
     assert row["accuracy"]["cosine"] > 0.999 and row["accuracy"]["label_agreement"] == 1.0
