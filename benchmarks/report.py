@@ -143,7 +143,8 @@ def plot_net(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         secs = [r[phase]["seconds"] for r in base]
         bound = [r[phase]["lower_bound_s"] for r in base]
         ax.bar(x, secs, 0.6, label="measured")
-        ax.scatter(x, bound, color="black", marker="_", s=300, label="lower bound max(bytes/bw, rounds·RTT/2)")
+        ax.scatter(x, bound, color="black", marker="_", s=300,
+                   label="lower bound: max(bytes/bw, rounds·RTT/2)")  # fmt: skip
         ax.set_yscale("log")
         ax.set_title(f"{phase} seconds")
         ax.set_xticks(x, [label(r) for r in base], rotation=60, ha="right", fontsize=7)
