@@ -17,6 +17,17 @@ from benchmarks.net import lower_bound, transfer_and_latency
 from benchmarks.netshape import PROFILES, NetUnavailable, ShapedLink, check_available, tbf_command
 
 
+@pytest.fixture(scope="module")
+def comet_home(tmp_path_factory):
+    """The synthetic shapes are built into a scratch cache, not the user's."""
+    return tmp_path_factory.mktemp("comet_home")
+
+
+@pytest.fixture(autouse=True)
+def _scratch_cache(comet_home, monkeypatch) -> None:
+    monkeypatch.setenv("COMET_HOME", str(comet_home))
+
+
 def _echo_server() -> socket.socket:
     srv = socket.create_server(("127.0.0.1", 0))
 
