@@ -146,16 +146,8 @@ def _fit_start(a: float, b: float, degree: int) -> tuple[np.ndarray, float]:
     return coef * scale / b ** np.arange(n), hi_e / lo_e
 
 
-# While the e-interval is wide (u/l > 2), each step is designed for [l, u·(1+margin)]:
-# the optimal γ for [l, u] puts u just below the step's zero (e = 1/√γ), so fixed-point
-# noise of ~1% on y² (y small: a few dozen units of 2^-f) pushed e past it and the
-# value collapsed. With the margin, e up to u·(1+margin) still maps into the tracked
-# image. Narrow intervals keep a wide distance to the zero (√3·u) and need none.
-NOISE_MARGIN = 2.0**-5
-
-
 def _steps_for(l: float, u: float, rel_err: float, max_steps: int) -> list[tuple[float, float]]:
-    """Per-step (α, γ) until the e-interval is within 1 ± rel_err (noise-tolerant)."""
+    """Optimal per-step (α, γ) until the e-interval is within 1 ± rel_err."""
     steps: list[tuple[float, float]] = []
     while True:
         err = (u - l) / (u + l)
@@ -163,8 +155,7 @@ def _steps_for(l: float, u: float, rel_err: float, max_steps: int) -> list[tuple
             return steps
         if len(steps) >= max_steps:
             raise ValueError("not reachable")
-        ue = u * (1 + NOISE_MARGIN) if u > 2 * l else u
-        g = 1.0 / (l * l + l * ue + ue * ue)
+        g = 1.0 / (l * l + l * u + u * u)
         top = (2.0 / 3.0) / math.sqrt(3.0 * g)  # image maximum at e* = 1/√(3γ)
         bot = l * (1.0 - g * l * l)  # = image at both ends
         alpha = 2.0 / (top + bot)
