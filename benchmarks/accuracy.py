@@ -86,7 +86,9 @@ def run_accuracy(
     say("fixed-point emulation …")
     # The emulation also yields the expected number of local truncation failures of the
     # private run on the same texts (Σ |v|/2^64 over every truncated value).
-    emul_backends = {"comet": PlainBackend(FRAC_BITS), "reference": PlainBackend(FRAC_BITS)}
+    emul_backends = {
+        name: PlainBackend(FRAC_BITS, track_risk=True) for name in ("comet", "reference")
+    }
     emul = {
         name: run_all(lambda b, m=m, be=emul_backends[name]: plain_forward(m, b, backend=be),
                       order)

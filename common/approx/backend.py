@@ -157,12 +157,14 @@ class PlainBackend:
     the value directly.
     """
 
-    def __init__(self, frac_bits: int | None = None) -> None:
+    def __init__(self, frac_bits: int | None = None, track_risk: bool = False) -> None:
         if frac_bits is not None and not 8 <= frac_bits <= 30:
             raise ValueError("frac_bits must be in 8..30")
         self.frac_bits = frac_bits
-        # Σ |v| / 2^64 over every truncated value v: the expected number of local
-        # truncation failures the shared run of the same program would suffer.
+        # With `track_risk`: Σ |v| / 2^64 over every truncated value v, the expected
+        # number of local truncation failures the shared run of the same program would
+        # suffer (off by default: it costs a pass over every truncated tensor).
+        self.track_risk = track_risk
         self.truncation_risk = 0.0
         self.truncations = 0
 
@@ -183,8 +185,9 @@ class PlainBackend:
         return (x.double() / 2.0**self.frac_bits).numpy()
 
     def _trunc(self, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
-        self.truncation_risk += float(x.abs().sum(dtype=torch.float64)) * 2.0**-64
-        self.truncations += x.numel()
+        if self.track_risk:
+            self.truncation_risk += float(x.abs().sum(dtype=torch.float64)) * 2.0**-64
+            self.truncations += x.numel()
         return x >> (self.frac_bits if bits is None else bits)
 
     def input(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Value:

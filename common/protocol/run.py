@@ -110,8 +110,9 @@ def plain_forward(
 ) -> NDArray[np.float64]:
     """The same program on plaintext: float (frac_bits=None) or fixed-point emulation.
 
-    Pass `backend` to read its `truncation_risk` afterwards: the expected number of
-    local truncation failures of the private run on this input (docs/SECURITY.md).
+    Pass `backend=PlainBackend(f, track_risk=True)` to read its `truncation_risk`
+    afterwards: the expected number of local truncation failures of the private run on
+    this input (docs/SECURITY.md).
     """
     import torch
 

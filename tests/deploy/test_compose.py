@@ -89,7 +89,7 @@ def test_dockerfile_installs_the_project() -> None:
 @pytest.mark.slow
 def test_healthcheck_command_against_a_real_server(compose, tmp_path) -> None:
     from tests.e2e.harness import Server
-    from tests.e2e.models import tiny_classifier
+    from tests.models import tiny_classifier
 
     test = compose["services"]["server"]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "python"]

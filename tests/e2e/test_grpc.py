@@ -18,7 +18,7 @@ from common.protocol.session import PROTOCOL_VERSION
 from proto import comet_pb2 as pb
 from proto import comet_pb2_grpc as pb_grpc
 from tests.e2e.harness import ROOT, Forwarder, Server, client, client_json, client_popen
-from tests.e2e.models import tiny_classifier
+from tests.models import tiny_classifier
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
