@@ -184,7 +184,7 @@ def run_one(
     texts = texts_of_length(_tokenizer(model_dir), seq_len, batch)
     dealer = ["--allow-insecure-dealer"] if provider == "insecure_dealer" else []
     srv_args = ["--model", f"{model}={model_dir}", "--approx", approx, "--max-batch",
-                str(max(batch, 8)), *dealer]  # fmt: skip
+                str(max(batch, 8)), "--session-timeout", "3600", *dealer]  # fmt: skip
     env = _env()
     with tempfile.TemporaryDirectory(prefix="comet-net-") as tmp:
         log = Path(tmp) / "server.log"
