@@ -35,7 +35,13 @@ from common.protocol.session import (
 )
 from common.transport import Meter
 from common.transport.meter import Label
-from common.transport.stream import MAX_FRAME_BYTES, PeerError, StreamChannel, StreamReader
+from common.transport.stream import (
+    KEEPALIVE_MS,
+    MAX_FRAME_BYTES,
+    PeerError,
+    StreamChannel,
+    StreamReader,
+)
 from proto import comet_pb2 as pb
 from proto import comet_pb2_grpc as pb_grpc
 
@@ -61,7 +67,7 @@ class Connection:
         opts = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ]
         if self.tls_ca is not None:
             if self.server_name:

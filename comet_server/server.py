@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from comet_server.registry import ServedModel
 from comet_server.service import CometService, Limits
-from common.transport.stream import CHUNK_BYTES
+from common.transport.stream import CHUNK_BYTES, KEEPALIVE_MS
 from proto import comet_pb2_grpc as pb_grpc
 
 log = logging.getLogger("comet.server")
@@ -38,6 +38,11 @@ def grpc_options() -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # The client pings every 30 s through long silent stretches of the offline phase
+        # (minutes of HE work at BERT-base size); gRPC's default server policy (one ping
+        # per 5 min, 2 strikes) would end the session with GOAWAY "too_many_pings".
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 3),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 

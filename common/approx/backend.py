@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from common.mpc.engine import Mpc
+from common.mpc.correlations import GroupSpec
+from common.mpc.engine import Mpc, OpenedGroup
 from common.mpc.ring import U64, public_const_extra_bits
 from common.mpc.roles import CLIENT, SERVER
 
@@ -53,7 +54,16 @@ class Backend(Protocol):
     ) -> Value: ...
     def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
     def client_value(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
-    def newton_session(self, x: Value, steps: int) -> Any: ...
+    def group(self, shapes: list[tuple[int, ...]], pairs: list[tuple[int, int]]) -> Group: ...
+
+
+class Group(Protocol):
+    """Values opened once and multiplied many times (`common.mpc.engine.OpenedGroup`):
+    `open({i: x_i, …})` costs one round and 8 bytes per element; `mul(i, j)` is the
+    truncated product x_i·x_j of two open values (planned in `pairs`), free."""
+
+    def open(self, values: dict[int, Value]) -> None: ...
+    def mul(self, i: int, j: int) -> Value: ...
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,9 +115,9 @@ class SharedBackend:
     def square(self, x: Value) -> Value:
         return self.mpc.square(x)
 
-    def newton_session(self, x: Value, steps: int) -> Any:
-        """`.products(y)` → (y², x·y) in one round of 8n bytes (see `NewtonSession`)."""
-        return self.mpc.newton_session(np.ascontiguousarray(x), steps)
+    def group(self, shapes: list[tuple[int, ...]], pairs: list[tuple[int, int]]) -> Group:
+        """See `Group`; shares are made contiguous on opening."""
+        return _SharedGroup(self.mpc.group(GroupSpec(tuple(map(tuple, shapes)), tuple(pairs))))
 
     def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value:
         return self.mpc.sum(x, axis, keepdims)
@@ -219,8 +229,8 @@ class PlainBackend:
     def square(self, x: Value) -> Value:
         return self.mul(x, x)
 
-    def newton_session(self, x: Value, steps: int) -> Any:
-        return _PlainNewton(self, x)
+    def group(self, shapes: list[tuple[int, ...]], pairs: list[tuple[int, int]]) -> Group:
+        return _PlainGroup(self, GroupSpec(tuple(map(tuple, shapes)), tuple(pairs)))
 
     def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value:
         return x.sum(dim=axis, keepdim=keepdims)
@@ -263,11 +273,36 @@ def public_mask_like(x: Value, mask: NDArray) -> NDArray:
     return np.broadcast_to(np.asarray(mask, dtype=np.float64), tuple(x.shape))
 
 
-class _PlainNewton:
-    """Plain counterpart of `NewtonSession`: the same two truncated products."""
+class _SharedGroup:
+    def __init__(self, g: OpenedGroup) -> None:
+        self.g = g
 
-    def __init__(self, ops: PlainBackend, x: Value) -> None:
-        self.ops, self.x = ops, x
+    def open(self, values: dict[int, Value]) -> None:
+        self.g.open({i: np.ascontiguousarray(v) for i, v in values.items()})
 
-    def products(self, y: Value) -> tuple[Value, Value]:
-        return self.ops.mul(y, y), self.ops.mul(self.x, y)
+    def mul(self, i: int, j: int) -> Value:
+        return self.g.product(i, j)
+
+
+class _PlainGroup:
+    """Plain counterpart of `OpenedGroup`: the same truncated products, with the same
+    checks (planned shapes and pairs, values open)."""
+
+    def __init__(self, ops: PlainBackend, spec: GroupSpec) -> None:
+        self.ops, self.spec = ops, spec
+        self.values: dict[int, Value] = {}
+
+    def open(self, values: dict[int, Value]) -> None:
+        for i, v in values.items():
+            if i in self.values:
+                raise ValueError(f"value {i} of this group is already open")
+            if tuple(v.shape) != self.spec.shapes[i]:
+                want = self.spec.shapes[i]
+                raise ValueError(f"value {i}: shape {tuple(v.shape)}, planned {want}")
+            self.values[i] = v
+
+    def mul(self, i: int, j: int) -> Value:
+        i, j = min(i, j), max(i, j)
+        if (i, j) not in self.spec.pairs:
+            raise ValueError(f"product {(i, j)} was not planned")
+        return self.ops.mul(self.values[i], self.values[j])

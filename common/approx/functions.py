@@ -20,12 +20,89 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from common.approx.backend import Backend, Value
+from common.approx.backend import Backend, Group, Value
 from common.approx.rsqrt_fit import RsqrtPlan, plan_rsqrt
 
 
+class _Layout:
+    """Named masks and products of one `Group` (see `Backend.group`)."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.shapes: list[tuple[int, ...]] = []
+        self.pairs: list[tuple[int, int]] = []
+
+    def mask(self, name: str, shape: tuple[int, ...]) -> None:
+        self.index[name] = len(self.shapes)
+        self.shapes.append(tuple(shape))
+
+    def pair(self, a: str, b: str) -> None:
+        i, j = sorted((self.index[a], self.index[b]))
+        self.pairs.append((i, j))
+
+    def build(self, ops: Backend) -> _Named:
+        return _Named(ops.group(self.shapes, self.pairs), self.index)
+
+
+class _Named:
+    def __init__(self, g: Group, index: dict[str, int]) -> None:
+        self.g, self.index = g, index
+
+    def open(self, **values: Value) -> None:
+        self.g.open({self.index[k]: v for k, v in values.items()})
+
+    def mul(self, a: str, b: str) -> Value:
+        return self.g.mul(self.index[a], self.index[b])
+
+
+# Powers u^k from the opened values u, u², u⁴ (and u³ for degree 7–8): k → the pair.
+_POWER_PAIRS = {2: ("u", "u"), 3: ("u", "u2"), 4: ("u2", "u2"), 5: ("u", "u4"),
+                6: ("u2", "u4"), 7: ("u3", "u4"), 8: ("u4", "u4")}  # fmt: skip
+
+
+def _power_masks(lay: _Layout, d: int, shape: tuple[int, ...]) -> None:
+    for name, need in (("u", d >= 2), ("u2", d >= 3), ("u4", d >= 5), ("u3", d >= 7)):
+        if need:
+            lay.mask(name, shape)
+    for k in range(2, d + 1):
+        lay.pair(*_POWER_PAIRS[k])
+
+
+def _powers(g: _Named | None, u: Value, d: int) -> dict[int, Value]:
+    """u^1..u^d: open u (d ≥ 2), u² (d ≥ 3), u⁴ [and u³] (d ≥ 5); every power is then
+    a local product of two open values. Rounds: 0, 1, 2, 2, 3, 3, 3, 3 for d = 1…8;
+    openings (8 bytes each per element): 0, 1, 2, 2, 3, 3, 4, 4."""
+    p = {1: u}
+    if d < 2:
+        return p
+    assert g is not None
+    g.open(u=u)
+    p[2] = g.mul("u", "u")
+    if d >= 3:
+        g.open(u2=p[2])
+        p[3] = g.mul("u", "u2")
+        if d >= 4:
+            p[4] = g.mul("u2", "u2")
+    if d >= 5:
+        g.open(u4=p[4], **({"u3": p[3]} if d >= 7 else {}))
+        for k in range(5, d + 1):
+            p[k] = g.mul(*_POWER_PAIRS[k])
+    return p
+
+
+def _poly_sum(
+    ops: Backend, x: Value, p: dict[int, Value], coeffs: tuple[float, ...], scale: float
+) -> Value:
+    # The linear term from x itself: full precision where x is small.
+    acc = ops.add_public(ops.mul_public(x, coeffs[1]), coeffs[0])
+    for k in range(2, len(coeffs)):
+        if coeffs[k] != 0.0:
+            acc = acc + ops.mul_public(p[k], coeffs[k] * scale**k)
+    return acc
+
+
 def poly(ops: Backend, x: Value, coeffs: tuple[float, ...], norm: float = 1.0) -> Value:
-    """Σ coeffs[i]·x^i. Powers by squaring in log depth.
+    """Σ coeffs[i]·x^i. Powers from opened values in log depth (`_powers`).
 
     With `norm` > 1 (a public bound on |x|), the powers are taken of u = x/norm and the
     coefficients scaled by norm^i: the same polynomial, but every power stays ≤ 1 in
@@ -33,30 +110,18 @@ def poly(ops: Backend, x: Value, coeffs: tuple[float, ...], norm: float = 1.0) -
     2^(64−f)) with probability |product|·2^(2f−64); x^4 at |x| ≈ 300 would make that
     likely, while c_i·x^i itself is small (docs/SECURITY.md, "Truncation").
 
-    Cost: degree 1: 0 rounds; 2: 1 round, 1 product; 3–4: 2 rounds; 5–8: 3 rounds
-    (one product per power above 1).
+    Cost: degree 1: 0 rounds; 2: 1 round; 3–4: 2; 5–8: 3; 8 bytes per element per
+    opened power (see `_powers`).
     """
     d = len(coeffs) - 1
     if d < 1 or d > 8:
         raise ValueError("polynomial degree must be 1..8")
     base = ops.mul_public(x, 1.0 / norm) if norm > 1 and d > 1 else x
-    powers: dict[int, Value] = {1: base}
-    level = 1
-    while level < d:
-        # All powers in (level, 2·level] from products of powers ≤ level: one round.
-        want = [k for k in range(level + 1, min(2 * level, d) + 1)]
-        pairs = [(powers[level], powers[k - level]) for k in want]
-        pairs = [(a, a) if a is b else (a, b) for a, b in pairs]
-        for k, v in zip(want, ops.mul_many(pairs), strict=True):
-            powers[k] = v
-        level *= 2
-    # The linear term from x itself: full precision where x is small.
-    acc = ops.add_public(ops.mul_public(x, coeffs[1]), coeffs[0])
-    scale = norm if base is not x else 1.0
-    for k in range(2, d + 1):
-        if coeffs[k] != 0.0:
-            acc = acc + ops.mul_public(powers[k], coeffs[k] * scale**k)
-    return acc
+    lay = _Layout()
+    _power_masks(lay, d, tuple(x.shape))
+    g = lay.build(ops) if d >= 2 else None
+    p = _powers(g, base, d)
+    return _poly_sum(ops, x, p, coeffs, norm if base is not x else 1.0)
 
 
 def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
@@ -64,7 +129,7 @@ def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
 
     x' = c·x (public c), a fitted polynomial start, then Newton steps with per-step
     public constants y ← y·(a − b·x'·y²), finally a public rescale by √c.
-    Cost: `plan.rounds()` rounds, `plan.products()` products per element.
+    Cost: `plan.rounds()` rounds, 8·`plan.openings()` bytes per element and party.
     """
     if isinstance(plan, RsqrtProbe):
         return plan.apply(ops, x)
@@ -74,14 +139,52 @@ def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
 def rsqrt_unscaled(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
     """y = rsqrt(x)/√c (of order 1: full fixed-point precision). Callers fold the
     public √c into another operand instead of rounding a small 1/√x."""
+    return _rsqrt_core(ops, x, plan, None)
+
+
+def _rsqrt_core(ops: Backend, x: Value, plan: RsqrtPlan, finish: str | None) -> Value:
+    """The plan's iteration on x' = c·x, in one `Group`; returns y ≈ 1/√x', or with
+    `finish` = "square" y², with "sqrt" x'·y = √x' (one more opening: y's).
+
+    Each Newton step opens y (→ y² and x'·y, x' itself opened with the first step),
+    then x'·y and y² (→ t = x'·y³): 3 openings and 2 rounds per step."""
     xs = ops.mul_public(x, plan.in_scale)
-    y = poly(ops, xs, plan.poly, norm=max(1.0, plan.hi * plan.in_scale))
-    newton = ops.newton_session(xs, len(plan.steps)) if plan.steps else None
-    for a, b in plan.steps:
-        y2, xy = newton.products(y)  # one opening of y's mask gives both
-        t = ops.mul(xy, y2)
+    shape = tuple(xs.shape)
+    d, steps = plan.degree(), plan.steps
+    norm = max(1.0, plan.hi * plan.in_scale)
+    base = ops.mul_public(xs, 1.0 / norm) if norm > 1 and d > 1 else xs
+    lay = _Layout()
+    _power_masks(lay, d, shape)
+    # x' needs its own mask unless the powers were taken of x' itself.
+    xname = "u" if d >= 2 and base is xs else "x"
+    need_x = bool(steps) or finish == "sqrt"
+    if need_x and xname == "x":
+        lay.mask("x", shape)
+    for j in range(len(steps)):
+        for name in (f"y{j}", f"h{j}", f"k{j}"):
+            lay.mask(name, shape)
+        lay.pair(f"y{j}", f"y{j}")
+        lay.pair(xname, f"y{j}")
+        lay.pair(f"h{j}", f"k{j}")
+    if finish is not None:
+        lay.mask("f", shape)
+        lay.pair(xname, "f") if finish == "sqrt" else lay.pair("f", "f")
+    g = lay.build(ops) if lay.shapes else None
+    y = _poly_sum(ops, xs, _powers(g, base, d), plan.poly, norm if base is not xs else 1.0)
+    x_open = xname == "u" and d >= 2
+    for j, (a, b) in enumerate(steps):
+        assert g is not None
+        g.open(**{f"y{j}": y}, **({} if x_open else {xname: xs}))
+        x_open = True
+        y2, xy = g.mul(f"y{j}", f"y{j}"), g.mul(xname, f"y{j}")
+        g.open(**{f"h{j}": xy, f"k{j}": y2})
+        t = g.mul(f"h{j}", f"k{j}")
         y = ops.mul_public(y, a) - ops.mul_public(t, b)
-    return y
+    if finish is None:
+        return y
+    assert g is not None
+    g.open(f=y, **({} if x_open or finish != "sqrt" else {xname: xs}))
+    return g.mul(xname, "f") if finish == "sqrt" else g.mul("f", "f")
 
 
 class RsqrtProbe:
@@ -110,19 +213,19 @@ class SoftmaxProbe:
 
 
 def reciprocal(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
-    """1/x = rsqrt(x)² for x > 0 in the plan's range. Cost: rsqrt + 1 round, 1 product."""
+    """1/x = rsqrt(x)² for x > 0 in the plan's range. Cost: rsqrt + 1 round, 1 opening."""
     if isinstance(plan, RsqrtProbe):
         return ops.square(plan.apply(ops, x))
-    y = rsqrt_unscaled(ops, x, plan)
-    return ops.mul_public(ops.square(y), plan.out_scale**2)
+    return ops.mul_public(_rsqrt_core(ops, x, plan, "square"), plan.out_scale**2)
 
 
 def sqrt(ops: Backend, z: Value, plan: RsqrtPlan) -> Value:
-    """√z = (z·√c)·y with y = rsqrt_unscaled(z): both factors keep full precision.
-    Cost: rsqrt + 1 round, 1 product."""
+    """√z = √(z')/√c with √(z') = z'·y, z' = c·z: the product comes from z' and y
+    already open in the iteration (z' of order 1: full precision).
+    Cost: rsqrt + 1 round, 1 opening."""
     if isinstance(plan, RsqrtProbe):
         return ops.mul(z, plan.apply(ops, z))
-    return ops.mul(ops.mul_public(z, plan.out_scale), rsqrt_unscaled(ops, z, plan))
+    return ops.mul_public(_rsqrt_core(ops, z, plan, "sqrt"), 1.0 / plan.out_scale)
 
 
 # -- Comet set ------------------------------------------------------------------------------
@@ -137,7 +240,7 @@ class SmuParams:
 def smu(ops: Backend, x: Value, p: SmuParams, plan: RsqrtPlan) -> Value:
     """SMU via one square root. The rsqrt site sees ((1−α)x)² + μ².
 
-    Cost: 1 (square) + rsqrt + 1 (sqrt product) rounds.
+    Cost: 1 (square) + rsqrt + 1 (sqrt product) rounds; openings: 1 + plan's + 1.
     """
     u = ops.mul_public(x, 1.0 - p.alpha)
     z = ops.add_public(ops.square(u), p.mu**2)
@@ -157,14 +260,38 @@ def relu_softmax(
     """ReLU-softmax over the last axis: r / (Σr + eps), r = smu(scores; 0, μ)·keep.
 
     `keep` is the public 0/1 padding mask (broadcastable). The division is rsqrt(·)².
-    Cost: smu + rsqrt(sum) + 2 rounds.
+    Cost: smu + rsqrt(sum) + 2 rounds; the final product opens r and the per-row
+    1/Σ (8 bytes per score, not 16).
     """
+    r, inv = relu_softmax_parts(ops, scores, keep, mu, eps, relu_plan, sum_plan)
+    return mul_broadcast(ops, r, inv)
+
+
+def relu_softmax_parts(
+    ops: Backend,
+    scores: Value,
+    keep: NDArray | None,
+    mu: float,
+    eps: float,
+    relu_plan: RsqrtPlan,
+    sum_plan: RsqrtPlan,
+) -> tuple[Value, Value]:
+    """(r, 1/(Σr + eps)) of `relu_softmax` without the final product: attention
+    multiplies the per-row factor into (r·V), which has dh columns instead of L."""
     r = smu(ops, scores, SmuParams(0.0, mu), relu_plan)
     if keep is not None:
         r = ops.mul_public(r, np.broadcast_to(keep, tuple(r.shape)))
     s = ops.add_public(ops.sum(r, axis=-1, keepdims=True), eps)
-    inv = reciprocal(ops, s, sum_plan)
-    return ops.mul(r, ops.broadcast(inv, tuple(r.shape)))
+    return r, reciprocal(ops, s, sum_plan)
+
+
+def mul_broadcast(ops: Backend, x: Value, y: Value) -> Value:
+    """x·y where y broadcasts against x (a per-row factor, a weight vector): both are
+    opened once with their own shapes, so y's elements are sent once, not once per
+    element of x. Cost: 1 round; 8·(|x| + |y|) bytes per party."""
+    g = ops.group([tuple(x.shape), tuple(y.shape)], [(0, 1)])
+    g.open({0: x, 1: y})
+    return g.mul(0, 1)
 
 
 def algebraic_tanh(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
@@ -189,16 +316,19 @@ def layernorm(ops: Backend, x: Value, gamma: Value, beta: Value, site: LayerNorm
     """LayerNorm over the last axis with private γ, β (shares; server-held weights).
 
     LN is invariant to a public pre-scale s except for eps, which becomes eps·s².
-    Cost: 1 round (x'² and x'·γ together) + rsqrt + 1 round; 2d + rows·rsqrt + d
-    products per row of width d.
+    Cost: 1 round (x' and γ opened once give x'² and x'·γ) + rsqrt + 1 round (x'·γ
+    and the per-row 1/σ opened); 8 bytes per element and party for each of the two
+    openings, plus the rows' rsqrt.
     """
     shape = tuple(x.shape)
     xc = x - ops.broadcast(ops.mean(x, axis=-1, keepdims=True), shape)
     xs = ops.mul_public(xc, site.scale)
-    sq, xg = ops.mul_many([(xs, xs), (xs, ops.broadcast(gamma, shape))])
+    g = ops.group([shape, tuple(gamma.shape)], [(0, 0), (0, 1)])
+    g.open({0: xs, 1: gamma})
+    sq, xg = g.mul(0, 0), g.mul(0, 1)
     var = ops.add_public(ops.mean(sq, axis=-1, keepdims=True), site.eps * site.scale**2)
     r = rsqrt(ops, var, site.plan)
-    return ops.mul(xg, ops.broadcast(r, shape)) + ops.broadcast(beta, shape)
+    return mul_broadcast(ops, xg, r) + ops.broadcast(beta, shape)
 
 
 # -- reference set -------------------------------------------------------------------------
@@ -279,6 +409,14 @@ def exp_softmax(ops: Backend, scores: Value, keep: NDArray | None, site: ExpSoft
     """
     if isinstance(site, SoftmaxProbe):
         return site.apply(ops, scores, keep)
+    v, inv = exp_softmax_parts(ops, scores, keep, site)
+    return mul_broadcast(ops, v, inv)
+
+
+def exp_softmax_parts(
+    ops: Backend, scores: Value, keep: NDArray | None, site: ExpSoftmaxSite
+) -> tuple[Value, Value]:
+    """(v, 1/Σv) of `exp_softmax` without the final product (see `relu_softmax_parts`)."""
     shape = tuple(scores.shape)
     kk = 2**site.k
     t = ops.mul_public(ops.add_public(scores, -site.bound), 1.0 / (kk * 2**site.m))
@@ -294,16 +432,15 @@ def exp_softmax(ops: Backend, scores: Value, keep: NDArray | None, site: ExpSoft
     root_c = math.sqrt(site.target)
     s = ops.sum(ops.square(ops.mul_public(u, site.pre_scale)), axis=-1, keepdims=True)
     r = ops.mul_public(rsqrt(ops, s, site.first_plan), site.pre_scale * root_c)
-    v = ops.mul(u, ops.broadcast(r, shape))
+    v = mul_broadcast(ops, u, r)
     for j in range(site.k):
         v = ops.square(v)
         if j < site.k - 1:
             s = ops.sum(ops.square(v), axis=-1, keepdims=True)
             r = ops.mul_public(rsqrt(ops, s, site.stage_plan), root_c)
-            v = ops.mul(v, ops.broadcast(r, shape))
+            v = mul_broadcast(ops, v, r)
     den = ops.sum(v, axis=-1, keepdims=True)
-    inv = reciprocal(ops, den, site.final_plan)
-    return ops.mul(v, ops.broadcast(inv, shape))
+    return v, reciprocal(ops, den, site.final_plan)
 
 
 def exp_m_for(span: float, k: int) -> int:

@@ -13,8 +13,11 @@ A plan is public and fitted to a site's calibrated range [lo, hi] (ratio R = hi/
    the plan's error bound is a proof over the whole range (checked on a dense grid).
 4. Output: 1/√x = √c · y.
 
-Cost per element: polynomial powers (degree 1: 0 rounds; 2: 1; 3–4: 2; 5–8: 3 — one
-product per power above 1), then 2 rounds and 3 products per step.
+Cost per element: polynomial powers (degree 1: 0 rounds; 2: 1; 3–4: 2; 5–8: 3), then 2
+rounds per step. Bytes follow the openings (8 bytes per element and party each, see
+`common.approx.functions._rsqrt_core`): 0/1/2/2/3/3/4/4 for the powers of degree 1…8,
+one for x' itself, 3 per step. Plans are chosen for the fewest openings (bytes
+dominate every network profile at transformer sizes), then the fewest rounds.
 
 Outside [lo, hi]: the start is constrained (in the LP) to keep 0 ≤ e0 ≤ its in-range
 maximum on [lo/5, lo) and (hi, 5·hi], and every step maps [0, u] into [0, u'] (the
@@ -34,6 +37,7 @@ from numpy.typing import NDArray
 from scipy.optimize import linprog
 
 _POLY_ROUNDS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3}
+_POLY_OPENINGS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4}
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,12 @@ class RsqrtPlan:
     def products(self) -> int:
         """Share×share products per element: d − 1 powers + 3 per step."""
         return self.degree() - 1 + 3 * len(self.steps)
+
+    def openings(self) -> int:
+        """Values opened per element (8 bytes each per party): the powers', x'
+        (when there are steps) and 3 per step."""
+        s = len(self.steps)
+        return _POLY_OPENINGS[self.degree()] + (1 if s else 0) + 3 * s
 
     def evaluate(self, x: NDArray | float) -> NDArray[np.float64]:
         """Float64 emulation of exactly the protocol's arithmetic."""
@@ -166,7 +176,7 @@ def _steps_for(l: float, u: float, rel_err: float, max_steps: int) -> list[tuple
 def plan_rsqrt(
     lo: float, hi: float, rel_err: float = 2.0**-12, max_degree: int = 4, max_steps: int = 16
 ) -> RsqrtPlan:
-    """The cheapest plan (rounds, then products) reaching `rel_err` on [lo, hi]."""
+    """The cheapest plan (openings, then rounds) reaching `rel_err` on [lo, hi]."""
     if not (lo > 0 and hi > lo and math.isfinite(hi)):
         raise ValueError(f"rsqrt range must satisfy 0 < lo < hi < inf, got [{lo}, {hi}]")
     if not 0 < rel_err < 1:
@@ -194,8 +204,8 @@ def plan_rsqrt(
         plan = RsqrtPlan(plan.lo, plan.hi, c, plan.poly, plan.steps, plan.out_scale, err)
         if err > rel_err * 1.01:
             continue  # the LP's start was off between its grid points; another degree
-        key = (plan.rounds(), plan.products())
-        if best is None or key < (best.rounds(), best.products()):
+        key = (plan.openings(), plan.rounds())
+        if best is None or key < (best.openings(), best.rounds()):
             best = plan
     if best is None:
         raise ValueError(

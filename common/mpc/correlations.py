@@ -42,7 +42,7 @@ class Plan:
     squares: int = 0
     matmuls: list[tuple[int, ...]] = field(default_factory=list)  # (*batch, m, k, n)
     linears: list[LinearSpec] = field(default_factory=list)
-    newton: list[tuple[int, int]] = field(default_factory=list)  # (elements, steps)
+    groups: list[GroupSpec] = field(default_factory=list)
 
     def describe(self) -> dict:
         return {
@@ -50,7 +50,7 @@ class Plan:
             "squares": self.squares,
             "matmuls": [list(s) for s in self.matmuls],
             "linears": [[s.key, s.rows, s.k, s.n] for s in self.linears],
-            "newton": [list(t) for t in self.newton],
+            "groups": [g.describe() for g in self.groups],
         }
 
     def digest(self) -> bytes:
@@ -67,18 +67,55 @@ class LinearMask:
     r: Ring | None = None
 
 
-@dataclass
-class NewtonMasks:
-    """Shares of the masks of one Newton iteration over n elements with s steps.
+@dataclass(frozen=True)
+class GroupSpec:
+    """Masks for values that are opened once and then multiplied with each other.
 
-    b masks the (fixed) iterate input x and is opened once; a[j] masks y at step j, and
-    a2[j] = a[j]², ab[j] = a[j]·b let one opening of y − a[j] give both y² and x·y.
+    `shapes[i]` is the shape of mask i (the value it will mask); `pairs` lists the
+    products (i, j), i ≤ j, whose mask products are preprocessed. A pair's product has
+    the broadcast shape of its two masks (a per-row value times a matrix, say).
     """
 
-    b: Ring  # (n,)
-    a: Ring  # (s, n)
-    a2: Ring  # (s, n)
-    ab: Ring  # (s, n)
+    shapes: tuple[tuple[int, ...], ...]
+    pairs: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        k = len(self.shapes)
+        for i, j in self.pairs:
+            if not 0 <= i <= j < k:
+                raise ValueError(f"bad pair {(i, j)} for {k} masks")
+            np.broadcast_shapes(self.shapes[i], self.shapes[j])
+        if len(set(self.pairs)) != len(self.pairs):
+            raise ValueError("duplicate pair")
+
+    def pair_shape(self, i: int, j: int) -> tuple[int, ...]:
+        return tuple(np.broadcast_shapes(self.shapes[i], self.shapes[j]))
+
+    def elements(self) -> tuple[int, int, int]:
+        """(mask elements, square elements, cross-product elements)."""
+        sq = sum(int(np.prod(self.pair_shape(i, j))) for i, j in self.pairs if i == j)
+        cross = sum(int(np.prod(self.pair_shape(i, j))) for i, j in self.pairs if i != j)
+        return sum(int(np.prod(s)) for s in self.shapes), sq, cross
+
+    def describe(self) -> list:
+        return [[list(s) for s in self.shapes], [list(p) for p in self.pairs]]
+
+
+@dataclass
+class MaskGroup:
+    """One party's shares of a group's masks and of their planned products."""
+
+    spec: GroupSpec
+    masks: list[Ring]
+    products: dict[tuple[int, int], Ring]
+
+    @classmethod
+    def zeros(cls, spec: GroupSpec) -> MaskGroup:
+        return cls(
+            spec,
+            [np.zeros(s, U64) for s in spec.shapes],
+            {p: np.zeros(spec.pair_shape(*p), U64) for p in spec.pairs},
+        )
 
 
 class _Flat:
@@ -106,9 +143,9 @@ class Pool:
         squares: tuple[Ring, Ring],
         matmuls: list[tuple[Ring, Ring, Ring]],
         linears: list[LinearMask],
-        newton: list[NewtonMasks] | None = None,
+        groups: list[MaskGroup] | None = None,
     ) -> None:
-        self._newton = deque(newton or [])
+        self._groups = deque(groups or [])
         self._triples = _Flat(triples)
         self._squares = _Flat(squares)
         self._matmuls = deque(matmuls)
@@ -137,13 +174,13 @@ class Pool:
             raise PreprocessingError(f"linear mask mismatch: want {spec}, have {mask.spec}")
         return mask
 
-    def newton(self, n: int, steps: int) -> NewtonMasks:
-        if not self._newton:
-            raise PreprocessingError("out of Newton masks")
-        m = self._newton.popleft()
-        if m.a.shape != (steps, n):
-            raise PreprocessingError(f"Newton mask mismatch: want {(steps, n)}, have {m.a.shape}")
-        return m
+    def group(self, spec: GroupSpec) -> MaskGroup:
+        if not self._groups:
+            raise PreprocessingError("out of mask groups")
+        g = self._groups.popleft()
+        if g.spec != spec:
+            raise PreprocessingError(f"mask group mismatch: want {spec}, have {g.spec}")
+        return g
 
     def remaining(self) -> dict[str, int]:
         return {
@@ -151,7 +188,7 @@ class Pool:
             "squares": self._squares.arrays[0].size - self._squares.pos,
             "matmuls": len(self._matmuls),
             "linears": len(self._linears),
-            "newton": len(self._newton),
+            "groups": len(self._groups),
         }
 
 
@@ -181,10 +218,9 @@ class PlanRecorder:
             np.zeros((*batch, m, n), U64),
         )
 
-    def newton(self, n: int, steps: int) -> NewtonMasks:
-        self.plan.newton.append((n, steps))
-        z = np.zeros((steps, n), U64)
-        return NewtonMasks(np.zeros(n, U64), z, z, z)
+    def group(self, spec: GroupSpec) -> MaskGroup:
+        self.plan.groups.append(spec)
+        return MaskGroup.zeros(spec)
 
     def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
         self.plan.linears.append(spec)
@@ -219,8 +255,8 @@ class SegmentedRecorder:
     def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
         return self._rec().linear_mask(spec, weight)
 
-    def newton(self, n: int, steps: int) -> NewtonMasks:
-        return self._rec().newton(n, steps)
+    def group(self, spec: GroupSpec) -> MaskGroup:
+        return self._rec().group(spec)
 
 
 class SegmentedPool:
@@ -248,5 +284,5 @@ class SegmentedPool:
     def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
         return self._pool().linear_mask(spec, weight)
 
-    def newton(self, n: int, steps: int) -> NewtonMasks:
-        return self._pool().newton(n, steps)
+    def group(self, spec: GroupSpec) -> MaskGroup:
+        return self._pool().group(spec)

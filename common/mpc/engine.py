@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from common.mpc.correlations import LinearMask, LinearSpec, NewtonMasks, PreprocessingError
+from common.mpc.correlations import GroupSpec, LinearMask, LinearSpec, MaskGroup
 from common.mpc.ring import (
     U64,
     FixedPoint,
@@ -40,47 +40,62 @@ class CorrelationSource(Protocol):
     def linear_mask(
         self, spec: LinearSpec, weight: NDArray[np.int64] | None = None
     ) -> LinearMask: ...
-    def newton(self, n: int, steps: int) -> NewtonMasks: ...
+    def group(self, spec: GroupSpec) -> MaskGroup: ...
 
 
-class NewtonSession:
-    """y² and x·y for successive iterates y of a Newton iteration on a fixed x.
+class OpenedGroup:
+    """Values opened once, multiplied many times ("open once, multiply many").
 
-    x − b is opened once (with the first step), and each step opens only y − a_j: its
-    mask a_j has a precomputed square and product with b, so one opening yields both
-    products. Cost per step: 8n bytes sent (16n on the first), 1 round — instead of
-    24n for a square pair plus a Beaver triple.
+    Each value x_i is opened as d_i = x_i − A_i with its own preprocessed mask A_i;
+    every planned product then follows locally from the public d's, the mask shares and
+    the preprocessed mask products: x_i·x_j = d_i·d_j + d_i·A_j + d_j·A_i + A_i·A_j.
+    A value that takes part in k products is sent once instead of k times (a Beaver
+    triple sends both factors for every product).
+
+    Cost: `open` sends 8 bytes per opened element (both parties), 1 round per call;
+    `product` is local.
     """
 
-    def __init__(self, mpc: Mpc, x: Ring, masks: NewtonMasks) -> None:
-        self.mpc, self.x, self.m = mpc, x, masks
-        self.step = 0
-        self.eps: Ring | None = None
+    def __init__(self, mpc: Mpc, masks: MaskGroup) -> None:
+        self.mpc, self.m = mpc, masks
+        self.opened: dict[int, Ring] = {}
 
-    def products(self, y: Ring) -> tuple[Ring, Ring]:
-        """(y², x·y), truncated. Raises if called more often than planned."""
-        j, m, mpc = self.step, self.m, self.mpc
-        if j >= m.a.shape[0]:
-            raise PreprocessingError("more Newton steps than planned")
-        shape = y.shape
-        a, a2, ab = m.a[j].reshape(shape), m.a2[j].reshape(shape), m.ab[j].reshape(shape)
-        b = m.b.reshape(shape)
-        parts = [(y - a).ravel()]
-        if self.eps is None:
-            parts.append((self.x - b).ravel())
-        mine = np.concatenate(parts)
-        opened = mine + mpc.ch.exchange_array("newton", mine)
-        d = opened[: y.size].reshape(shape)
-        if self.eps is None:
-            self.eps = opened[y.size :].reshape(shape)
-        e = self.eps
-        y2 = U64(2) * d * a + a2
-        xy = e * a + d * b + ab
-        if mpc.party == SERVER:
-            y2 += d * d
-            xy += e * d
-        self.step += 1
-        return mpc.trunc(y2), mpc.trunc(xy)
+    def open(self, values: dict[int, Ring], tag: str = "open") -> None:
+        """Open several values (one message, 1 round). Each mask is used once."""
+        parts = []
+        for i, x in values.items():
+            if i in self.opened:
+                raise ValueError(f"value {i} of this group is already open")
+            shape = self.m.spec.shapes[i]
+            if tuple(x.shape) != shape:
+                raise ValueError(f"value {i}: shape {tuple(x.shape)}, planned {shape}")
+            parts.append((x - self.m.masks[i]).ravel())
+        mine = np.concatenate(parts) if parts else np.zeros(0, U64)
+        opened = mine + self.mpc.ch.exchange_array(tag, mine)
+        pos = 0
+        for i, x in values.items():
+            shape = self.m.spec.shapes[i]
+            n = x.size
+            self.opened[i] = opened[pos : pos + n].reshape(shape)
+            pos += n
+
+    def product_ring(self, i: int, j: int) -> Ring:
+        """Share of x_i·x_j (broadcast shape), not truncated. Local."""
+        i, j = min(i, j), max(i, j)
+        if (i, j) not in self.m.products:
+            raise ValueError(f"product {(i, j)} was not planned")
+        if i not in self.opened or j not in self.opened:
+            raise ValueError(f"product {(i, j)} needs both values open")
+        di, dj = self.opened[i], self.opened[j]
+        ai, aj = self.m.masks[i], self.m.masks[j]
+        z = self.m.products[(i, j)] + di * aj + dj * ai
+        if self.mpc.party == SERVER:
+            z = z + di * dj
+        return z
+
+    def product(self, i: int, j: int) -> Ring:
+        """`product_ring` truncated by f."""
+        return self.mpc.trunc(self.product_ring(i, j))
 
 
 class Mpc:
@@ -247,9 +262,9 @@ class Mpc:
             out.append(z)
         return out
 
-    def newton_session(self, x: Ring, steps: int) -> NewtonSession:
-        """Products for `steps` Newton steps on a fixed input x: see `NewtonSession`."""
-        return NewtonSession(self, x, self.source.newton(x.size, steps))
+    def group(self, spec: GroupSpec) -> OpenedGroup:
+        """A fresh group of masks for `OpenedGroup` (planned: shapes and products)."""
+        return OpenedGroup(self, self.source.group(spec))
 
     def mul_many(self, pairs: list[tuple[Ring, Ring]]) -> list[Ring]:
         """`mul_many_ring` followed by truncation of each product (1 round)."""

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
-from common.mpc.correlations import LinearMask, NewtonMasks, Plan, PlanRecorder, Pool
+from common.mpc.correlations import GroupSpec, LinearMask, MaskGroup, Plan, PlanRecorder, Pool
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import he_matmul, he_products, pack_blobs, unpack_blobs
 from common.mpc.ring import (
@@ -114,8 +114,8 @@ class HeProvider:
                 a = random_ring(rng, n)
                 v = he_products(ch, he, [a if client else U64(2) * a], rng) if n else a[:0]
                 squares = (a, a * a + v)
-            with ch.scope(op="newton-masks"):
-                newton = self._newton(ch, plan.newton)
+            with ch.scope(op="mask-groups"):
+                groups = self._groups(ch, plan.groups)
             with ch.scope(op="matmul-triples"):
                 matmuls = [self._matmul_triple(ch, shape) for shape in plan.matmuls]
             with ch.scope(op="linear-masks"):
@@ -136,24 +136,25 @@ class HeProvider:
                             )
                         share = he_matmul(ch, he, w, shape, self.weight_bits, rng)
                         linears.append(LinearMask(spec, share))
-        return Pool(triples, squares, matmuls, linears, newton)
+        return Pool(triples, squares, matmuls, linears, groups)
 
-    def _newton(self, ch: Channel, calls: list[tuple[int, int]]) -> list[NewtonMasks]:
-        """a², a·b for every step of every call: one SIMD square batch and one product
-        batch (2 + 2 rounds), the same HE protocols as square pairs and triples."""
-        if not calls:
+    def _groups(self, ch: Channel, specs: list[GroupSpec]) -> list[MaskGroup]:
+        """Every group's masks at random; their planned products with one SIMD square
+        batch and one product batch over all groups (2 + 2 rounds), the same HE
+        protocols as square pairs and triples."""
+        if not specs:
             return []
         rng, he = self.rng, self.he
         client = ch.party == CLIENT
-        bs = [random_ring(rng, n) for n, _ in calls]
-        as_ = [random_ring(rng, (st, n)) for n, st in calls]
-        a = np.concatenate([x.ravel() for x in as_])
-        b = np.concatenate([np.tile(bb, st) for bb, (_, st) in zip(bs, calls, strict=True)])
-        if a.size == 0:
-            return [NewtonMasks(bb, x, x.copy(), x.copy()) for bb, x in zip(bs, as_, strict=True)]
-        sq = a * a + he_products(ch, he, [a if client else U64(2) * a], rng)
-        ab = a * b + he_products(ch, he, [a, b] if client else [b, a], rng)
-        return _split_newton(calls, bs, as_, sq, ab)
+        masks = [[random_ring(rng, shp) for shp in spec.shapes] for spec in specs]
+        sq_in, left, right = _pair_operands(specs, masks)
+        sq = sq_in * sq_in
+        if sq.size:
+            sq += he_products(ch, he, [sq_in if client else U64(2) * sq_in], rng)
+        cross = left * right
+        if cross.size:
+            cross += he_products(ch, he, [left, right] if client else [right, left], rng)
+        return _assemble_groups(specs, masks, sq, cross)
 
     def _matmul_triple(self, ch: Channel, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
         *batch, m, k, n = shape
@@ -221,10 +222,14 @@ class InsecureDealer:
             for *batch, m, k, nn in plan.matmuls:
                 A, B = random_ring(g, (*batch, m, k)), random_ring(g, (*batch, k, nn))
                 matmuls.append((split(A), split(B), split(ring_matmul(A, B))))
-            newton = []
-            for nn, st in plan.newton:
-                b, a = random_ring(g, nn), random_ring(g, (st, nn))
-                newton.append(NewtonMasks(split(b), split(a), split(a * a), split(a * b)))
+            full = [[random_ring(g, shp) for shp in spec.shapes] for spec in plan.groups]
+            sq_in, left, right = _pair_operands(plan.groups, full)
+            groups = _assemble_groups(
+                plan.groups,
+                [[split(m) for m in ms] for ms in full],
+                split(sq_in * sq_in),
+                split(left * right),
+            )
             linears = []
             for spec in plan.linears:
                 r = random_ring(g, (spec.rows, spec.k))
@@ -237,19 +242,45 @@ class InsecureDealer:
                 else:
                     u = ch.recv_array("dealer.linear", (spec.rows, spec.n), U64).copy()
                     linears.append(LinearMask(spec, u, r))
-        return Pool(triples, squares, matmuls, linears, newton)
+        return Pool(triples, squares, matmuls, linears, groups)
 
 
-def _split_newton(
-    calls: list[tuple[int, int]], bs: list[Ring], as_: list[Ring], sq: Ring, ab: Ring
-) -> list[NewtonMasks]:
-    out, pos = [], 0
-    for (n, st), b, a in zip(calls, bs, as_, strict=True):
-        k = n * st
-        out.append(
-            NewtonMasks(b, a, sq[pos : pos + k].reshape(st, n), ab[pos : pos + k].reshape(st, n))
-        )
-        pos += k
+def _pair_operands(specs: list[GroupSpec], masks: list[list[Ring]]) -> tuple[Ring, Ring, Ring]:
+    """Flat operands of every group's planned products, in plan order: the masks to
+    square, and the left and right factors of the cross products (broadcast to the
+    product's shape)."""
+    sq: list[Ring] = []
+    left: list[Ring] = []
+    right: list[Ring] = []
+    for spec, ms in zip(specs, masks, strict=True):
+        for i, j in spec.pairs:
+            shape = spec.pair_shape(i, j)
+            if i == j:
+                sq.append(np.broadcast_to(ms[i], shape).ravel())
+            else:
+                left.append(np.broadcast_to(ms[i], shape).ravel())
+                right.append(np.broadcast_to(ms[j], shape).ravel())
+    cat = lambda v: np.concatenate(v) if v else np.zeros(0, U64)  # noqa: E731
+    return cat(sq), cat(left), cat(right)
+
+
+def _assemble_groups(
+    specs: list[GroupSpec], masks: list[list[Ring]], sq: Ring, cross: Ring
+) -> list[MaskGroup]:
+    """Split the flat product shares of `_pair_operands` back into groups."""
+    out, ps, pc = [], 0, 0
+    for spec, ms in zip(specs, masks, strict=True):
+        prods: dict[tuple[int, int], Ring] = {}
+        for i, j in spec.pairs:
+            shape = spec.pair_shape(i, j)
+            n = int(np.prod(shape))
+            if i == j:
+                prods[(i, j)] = sq[ps : ps + n].reshape(shape)
+                ps += n
+            else:
+                prods[(i, j)] = cross[pc : pc + n].reshape(shape)
+                pc += n
+        out.append(MaskGroup(spec, ms, prods))
     return out
 
 

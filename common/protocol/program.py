@@ -105,6 +105,17 @@ def encoder_forward(
         with scope(op="linear"):
             return ops.linear(x, name, out, w(name + ".w"), w(name + ".b"))
 
+    def linear_cat(x: Value, key: str, names: list[str], out: int) -> Value:
+        """Several linear layers of the same input as one: its masked input is sent
+        once (the weights are concatenated along the output axis)."""
+        if is_server:
+            wt = np.concatenate([w(n + ".w") for n in names], axis=1)  # type: ignore[misc]
+            bs = np.concatenate([w(n + ".b") for n in names])  # type: ignore[misc]
+        else:
+            wt = bs = None
+        with scope(op="linear"):
+            return ops.linear(x, key, out * len(names), wt, bs)
+
     def ln(x: Value, name: str) -> Value:
         site = sites.layernorm(name, a.ln_eps)
         with scope(op="layernorm"):
@@ -127,16 +138,19 @@ def encoder_forward(
     for i in range(a.layers):
         p = f"L{i}"
         with scope(layer=f"layer{i}"):
-            q = _heads(ops, linear(h, f"{p}.q", d), B, L, H, dh)
-            k = _heads(ops, linear(h, f"{p}.k", d), B, L, H, dh)
-            v = _heads(ops, linear(h, f"{p}.v", d), B, L, H, dh)
+            qkv = linear_cat(h, f"{p}.qkv", [f"{p}.{n}" for n in "qkv"], d)
+            q, k, v = (_heads(ops, qkv[..., j * d : (j + 1) * d], B, L, H, dh) for j in range(3))
             with scope(op="matmul"):
                 scores = ops.matmul(q, ops.swap(k, -1, -2))  # (B, H, L, L)
             sites.observe(f"{p}.logits", scores)
             with scope(op="softmax"):
-                probs = _softmax(ops, card, scores, keep4, sites, p)
+                num, inv = _softmax(ops, card, scores, keep4, sites, p)
             with scope(op="matmul"):
-                ctx = ops.matmul(probs, v)  # (B, H, L, dh)
+                ctx = ops.matmul(num, v)  # (B, H, L, dh)
+            if inv is not None:
+                with scope(op="softmax"):
+                    # softmax·V = diag(1/Σ)·(num·V): the row factor meets dh columns, not L
+                    ctx = F.mul_broadcast(ops, ctx, inv)
             ctx = ops.swap(ctx, 1, 2).reshape(B, L, d)
             h = ln(h + linear(ctx, f"{p}.o", d), f"{p}.ln1")
             ff = linear(h, f"{p}.ff1", a.ffn)
@@ -166,9 +180,11 @@ def encoder_forward(
 
 def _softmax(
     ops: Backend, card: ModelCard, scores: Value, keep4: NDArray, sites: SiteSource, p: str
-) -> Value:
+) -> tuple[Value, Value | None]:
+    """(numerator, per-row 1/Σ) of the attention softmax; 1/Σ is None when the
+    numerator is already normalised (the exact softmax during calibration)."""
     if card.approx.kind == "comet":
-        return F.relu_softmax(
+        return F.relu_softmax_parts(
             ops,
             scores,
             keep4,
@@ -177,7 +193,10 @@ def _softmax(
             sites.rsqrt(f"{p}.softmax.relu"),
             sites.rsqrt(f"{p}.softmax.sum"),
         )
-    return F.exp_softmax(ops, scores, keep4, sites.softmax(f"{p}.softmax"))
+    site = sites.softmax(f"{p}.softmax")
+    if isinstance(site, F.SoftmaxProbe):
+        return site.apply(ops, scores, keep4), None
+    return F.exp_softmax_parts(ops, scores, keep4, site)
 
 
 def _pooler_act(ops: Backend, card: ModelCard, x: Value, sites: SiteSource) -> Value:

@@ -24,6 +24,7 @@ from proto import comet_pb2 as pb
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of payload per gRPC message
 MAX_FRAME_BYTES = 1 << 31  # one channel message (the largest are HE ciphertext batches)
+KEEPALIVE_MS = 30_000  # the client's HTTP/2 keepalive ping interval (the server must allow it)
 
 
 class PeerError(ChannelClosed):

@@ -73,6 +73,8 @@ def test_rsqrt_three_backends(lo: float, hi: float) -> None:
     online = meter.totals(phase="online")
     # + opening the output, + sharing the input unless the first op overlaps with it
     assert plan.rounds() + 1 <= online.rounds <= plan.rounds() + 2
+    # Bytes: the client shares x (8n), then 8n per opening the plan counts.
+    assert online.sent_bytes == 8 * x.size * (1 + plan.openings())
 
 
 def test_smu_and_relu_softmax_match_exact() -> None:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.mpc.correlations import LinearSpec, Plan
+from common.mpc.correlations import GroupSpec, LinearSpec, Plan, PreprocessingError
 from common.mpc.he_protocols import he_products, unpack_blobs
 from common.mpc.preprocessing import HeProvider, InsecureDealer, InsecureDealerWarning
 from common.mpc.ring import ring_matmul, ring_matmul_public
@@ -34,9 +34,16 @@ def test_triples_squares_exact():
     assert tri.rounds == 2 and per < 2 * 400
 
 
+GROUPS = [
+    # a per-row factor times a matrix, a square and a cross product of equal shapes
+    GroupSpec(((300,), (300,), (300,)), ((0, 0), (0, 1), (1, 2))),
+    GroupSpec(((5, 40), (5, 1), (40,)), ((0, 1), (1, 1), (0, 2))),
+]
+
+
 @pytest.mark.parametrize("provider", ["he", "dealer"])
-def test_newton_masks_exact(provider):
-    plan = Plan(newton=[(300, 3), (50, 5)])
+def test_mask_group_products_exact(provider):
+    plan = Plan(groups=list(GROUPS))
     if provider == "he":
         (p0, _), (p1, _) = _gen(plan)
     else:
@@ -47,39 +54,63 @@ def test_newton_masks_exact(provider):
             return dealer.generate(ch, plan)
 
         p0, p1 = run_local(body)
-    for n, st in plan.newton:
-        m0, m1 = p0.newton(n, st), p1.newton(n, st)
-        a, b = m0.a + m1.a, m0.b + m1.b
-        assert np.array_equal(m0.a2 + m1.a2, a * a)
-        assert np.array_equal(m0.ab + m1.ab, a * b[None, :])
+    for spec in GROUPS:
+        g0, g1 = p0.group(spec), p1.group(spec)
+        masks = [a + b for a, b in zip(g0.masks, g1.masks, strict=True)]
+        for shape, m in zip(spec.shapes, masks, strict=True):
+            assert m.shape == shape
+        for i, j in spec.pairs:
+            assert np.array_equal(g0.products[(i, j)] + g1.products[(i, j)], masks[i] * masks[j])
+    with pytest.raises(PreprocessingError, match="out of mask groups"):
+        p0.group(GROUPS[0])
 
 
-def test_newton_session_opens_each_mask_once():
-    """One message per step (plus x's mask with the first); right products."""
+def test_group_mismatch_is_a_clear_error():
+    (p0, _), _ = _gen(Plan(groups=[GROUPS[0]]))
+    with pytest.raises(PreprocessingError, match="mask group mismatch"):
+        p0.group(GROUPS[1])
+
+
+def test_group_spec_rejects_bad_pairs():
+    with pytest.raises(ValueError, match="bad pair"):
+        GroupSpec(((3,),), ((0, 1),))
+    with pytest.raises(ValueError):
+        GroupSpec(((3,), (4,)), ((0, 1),))  # shapes that do not broadcast
+
+
+def test_opened_group_sends_each_value_once():
+    """x opened once serves x², x·y and x·w; the per-row w is sent once per row."""
     from common.mpc.engine import Mpc
     from common.mpc.ring import FixedPoint
     from common.mpc.runner import run_local_program
 
     fxp = FixedPoint()
-    x = np.linspace(0.5, 4.0, 64)
-    ys = [np.linspace(1.0, 2.0, 64), np.linspace(-1.0, 1.0, 64)]
+    rng = np.random.default_rng(5)
+    x, y, w = rng.uniform(-3, 3, (8, 16)), rng.uniform(-3, 3, (8, 16)), rng.uniform(-3, 3, (8, 1))
+    spec = GroupSpec(((8, 16), (8, 16), (8, 1)), ((0, 0), (0, 1), (0, 2)))
 
     def prog(mpc: Mpc, data):
-        xs = mpc.share(CLIENT, data["x"] if mpc.party == CLIENT else None, (64,))
-        yv = [mpc.share(CLIENT, y if mpc.party == CLIENT else None, (64,)) for y in ys]
-        sess = mpc.newton_session(xs, 2)
-        with mpc.ch.scope(op="t"):
-            out = [sess.products(y) for y in yv]
-        return [mpc.reveal(v, to=CLIENT) for pair in out for v in pair]
+        def inp(v):
+            return mpc.share(CLIENT, v if mpc.party == CLIENT else None, v.shape)
 
-    _s, c = run_local_program(prog, None, {"x": x}, provider="insecure_dealer", fxp=fxp)
-    got = c.result
-    for j, y in enumerate(ys):
-        assert np.allclose(got[2 * j], y * y, atol=8 * 2.0**-fxp.frac_bits)
-        assert np.allclose(got[2 * j + 1], x * y, atol=8 * 2.0**-fxp.frac_bits)
+        xs, ys, ws = inp(x), inp(y), inp(w)
+        with mpc.ch.scope(op="t"):
+            g = mpc.group(spec)
+            g.open({0: xs, 1: ys, 2: ws})
+            out = [g.product(0, 0), g.product(0, 1), g.product(0, 2)]
+        with pytest.raises(ValueError, match="already open"):
+            g.open({0: xs})
+        with pytest.raises(ValueError, match="not planned"):
+            g.product(1, 2)
+        return [mpc.reveal(v, to=CLIENT) for v in out]
+
+    _s, c = run_local_program(prog, None, {}, provider="insecure_dealer", fxp=fxp)
+    tol = 4 * 2.0**-fxp.frac_bits
+    for got, want in zip(c.result, (x * x, x * y, x * w), strict=True):
+        assert np.allclose(got, want, atol=tol)
     t = c.meter.breakdown(by=("phase", "op"))[("online", "t")]
-    assert t.sent_msgs == 2 and t.rounds == 2
-    assert t.sent_bytes == 8 * 64 * 3  # y−a twice, x−b once
+    assert t.sent_msgs == 1 and t.rounds == 1
+    assert t.sent_bytes == 8 * (128 + 128 + 8)
 
 
 def test_matrix_triple_and_linear_mask_exact():
