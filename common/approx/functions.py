@@ -389,10 +389,16 @@ def exp_softmax_site(
     pre = 2.0**-3 * math.exp(gap / kk)
     target = 8.0
     lo_u, hi_u = math.exp(-gap / kk), math.exp(2.0 / kk)  # logits may exceed B a little
-    first = plan_rsqrt((pre * lo_u) ** 2 / 2, n_max * (pre * hi_u) ** 2 * 2, STAGE_REL_ERR)
+    # One value per row at all three: the fewest rounds.
+    r = "rounds"
+    first = plan_rsqrt(
+        (pre * lo_u) ** 2 / 2, n_max * (pre * hi_u) ** 2 * 2, STAGE_REL_ERR, prefer=r
+    )
     lo_b, hi_b = STAGE_BAND
-    stage = plan_rsqrt((lo_b * target) ** 2 / n_max / 2, (hi_b * target) ** 2 * 2, STAGE_REL_ERR)
-    final = plan_rsqrt(lo_b * target / 1.5, hi_b * target * 1.5, rel_err)
+    stage = plan_rsqrt(
+        (lo_b * target) ** 2 / n_max / 2, (hi_b * target) ** 2 * 2, STAGE_REL_ERR, prefer=r
+    )
+    final = plan_rsqrt(lo_b * target / 1.5, hi_b * target * 1.5, rel_err, prefer=r)
     return ExpSoftmaxSite(bound, k, m, pre, target, first, stage, final)
 
 

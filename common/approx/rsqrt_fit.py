@@ -16,8 +16,9 @@ A plan is public and fitted to a site's calibrated range [lo, hi] (ratio R = hi/
 Cost per element: polynomial powers (degree 1: 0 rounds; 2: 1; 3–4: 2; 5–8: 3), then 2
 rounds per step. Bytes follow the openings (8 bytes per element and party each, see
 `common.approx.functions._rsqrt_core`): 0/1/2/2/3/3/4/4 for the powers of degree 1…8,
-one for x' itself, 3 per step. Plans are chosen for the fewest openings (bytes
-dominate every network profile at transformer sizes), then the fewest rounds.
+one for x' itself, 3 per step. Element-wise sites take the plan with the fewest
+openings (bytes dominate every network profile at transformer sizes), then rounds;
+per-row sites (one value per row: bytes are small) the fewest rounds, then openings.
 
 Outside [lo, hi]: the start is constrained (in the LP) to keep 0 ≤ e0 ≤ its in-range
 maximum on [lo/5, lo) and (hi, 5·hi], and every step maps [0, u] into [0, u'] (the
@@ -174,9 +175,18 @@ def _steps_for(l: float, u: float, rel_err: float, max_steps: int) -> list[tuple
 
 
 def plan_rsqrt(
-    lo: float, hi: float, rel_err: float = 2.0**-12, max_degree: int = 4, max_steps: int = 16
+    lo: float,
+    hi: float,
+    rel_err: float = 2.0**-12,
+    max_degree: int = 4,
+    max_steps: int = 16,
+    prefer: str = "bytes",
 ) -> RsqrtPlan:
-    """The cheapest plan (openings, then rounds) reaching `rel_err` on [lo, hi]."""
+    """The cheapest plan reaching `rel_err` on [lo, hi]: fewest openings, then rounds
+    (`prefer="bytes"`, for element-wise sites), or fewest rounds, then openings
+    (`prefer="rounds"`, for sites with one value per row, whose bytes are small)."""
+    if prefer not in ("bytes", "rounds"):
+        raise ValueError("prefer must be 'bytes' or 'rounds'")
     if not (lo > 0 and hi > lo and math.isfinite(hi)):
         raise ValueError(f"rsqrt range must satisfy 0 < lo < hi < inf, got [{lo}, {hi}]")
     if not 0 < rel_err < 1:
@@ -204,8 +214,7 @@ def plan_rsqrt(
         plan = RsqrtPlan(plan.lo, plan.hi, c, plan.poly, plan.steps, plan.out_scale, err)
         if err > rel_err * 1.01:
             continue  # the LP's start was off between its grid points; another degree
-        key = (plan.openings(), plan.rounds())
-        if best is None or key < (best.openings(), best.rounds()):
+        if best is None or _cost(plan, prefer) < _cost(best, prefer):
             best = plan
     if best is None:
         raise ValueError(
@@ -213,6 +222,11 @@ def plan_rsqrt(
             f"{max_steps} steps (degree ≤ {max_degree})"
         )
     return best
+
+
+def _cost(plan: RsqrtPlan, prefer: str) -> tuple[int, int]:
+    o, r = plan.openings(), plan.rounds()
+    return (o, r) if prefer == "bytes" else (r, o)
 
 
 def crypten_rsqrt(x: NDArray | float, steps: int = 3) -> NDArray[np.float64]:

@@ -101,14 +101,23 @@ def calibrate(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> 
         lo, hi = rec.lo[name], rec.hi[name]
         if not lo > 0:
             raise ValueError(f"site {name}: non-positive rsqrt input {lo} during calibration")
-        return plan_rsqrt(lo / MARGIN, hi * MARGIN, rel_err=site_rel_err(name, card.approx.kind))
+        # Element-wise sites (a value per activation) save bytes; per-row ones rounds.
+        per_row = name.endswith(".softmax.sum") or name == "pool.act"
+        return plan_rsqrt(
+            lo / MARGIN,
+            hi * MARGIN,
+            rel_err=site_rel_err(name, card.approx.kind),
+            prefer="rounds" if per_row else "bytes",
+        )
 
     a = card.arch
     ln_names = ["emb.ln"] + [f"L{i}.ln{j}" for i in range(a.layers) for j in (1, 2)]
     for name in ln_names:
         lo, hi = rec.lo[name], rec.hi[name]
         scale = 1.0 / math.sqrt(math.sqrt(lo * hi))  # var·s² centred (geometrically) on 1
-        plan = plan_rsqrt(lo * scale**2 / MARGIN, hi * scale**2 * MARGIN, rel_err=REL_ERR)
+        plan = plan_rsqrt(
+            lo * scale**2 / MARGIN, hi * scale**2 * MARGIN, rel_err=REL_ERR, prefer="rounds"
+        )
         sites.layernorm[name] = LayerNormSite(scale, a.ln_eps, plan)
     for name in rec.lo:
         if name.endswith((".gelu", ".softmax.relu", ".softmax.sum")) or name == "pool.act":
