@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from common.mpc.correlations import GroupSpec
+from common.mpc.correlations import Bind, GroupSpec
 from common.mpc.engine import Mpc, OpenedGroup
 from common.mpc.ring import U64, public_const_extra_bits
 from common.mpc.roles import CLIENT, SERVER
@@ -46,7 +46,7 @@ class Backend(Protocol):
     def square(self, x: Value) -> Value: ...
     def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value: ...
     def mean(self, x: Value, axis: int, keepdims: bool = False) -> Value: ...
-    def matmul(self, x: Value, y: Value) -> Value: ...
+    def matmul(self, x: Value, y: Value, binds: tuple[Bind | None, Bind | None] = ...) -> Value: ...
     def swap(self, x: Value, a: int, b: int) -> Value: ...
     def broadcast(self, x: Value, shape: tuple[int, ...]) -> Value: ...
     def linear(
@@ -54,7 +54,12 @@ class Backend(Protocol):
     ) -> Value: ...
     def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
     def client_value(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
-    def group(self, shapes: list[tuple[int, ...]], pairs: list[tuple[int, int]]) -> Group: ...
+    def group(
+        self,
+        shapes: list[tuple[int, ...]],
+        pairs: list[tuple[int, int]],
+        binds: list[Bind | None] | None = None,
+    ) -> Group: ...
 
 
 class Group(Protocol):
@@ -115,9 +120,17 @@ class SharedBackend:
     def square(self, x: Value) -> Value:
         return self.mpc.square(x)
 
-    def group(self, shapes: list[tuple[int, ...]], pairs: list[tuple[int, int]]) -> Group:
-        """See `Group`; shares are made contiguous on opening."""
-        return _SharedGroup(self.mpc.group(GroupSpec(tuple(map(tuple, shapes)), tuple(pairs))))
+    def group(
+        self,
+        shapes: list[tuple[int, ...]],
+        pairs: list[tuple[int, int]],
+        binds: list[Bind | None] | None = None,
+    ) -> Group:
+        """See `Group`; shares are made contiguous on opening. A value whose mask has a
+        `Bind` (a linear layer's output, laid out as the bind says) is sent by the
+        server only."""
+        spec = GroupSpec(tuple(map(tuple, shapes)), tuple(pairs), tuple(binds or ()))
+        return _SharedGroup(self.mpc.group(spec))
 
     def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value:
         return self.mpc.sum(x, axis, keepdims)
@@ -125,8 +138,10 @@ class SharedBackend:
     def mean(self, x: Value, axis: int, keepdims: bool = False) -> Value:
         return self.mpc.mean(x, axis, keepdims)
 
-    def matmul(self, x: Value, y: Value) -> Value:
-        return self.mpc.matmul(np.ascontiguousarray(x), np.ascontiguousarray(y))
+    def matmul(
+        self, x: Value, y: Value, binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> Value:
+        return self.mpc.matmul(np.ascontiguousarray(x), np.ascontiguousarray(y), binds)
 
     def swap(self, x: Value, a: int, b: int) -> Value:
         return np.ascontiguousarray(np.swapaxes(x, a, b))
@@ -229,7 +244,13 @@ class PlainBackend:
     def square(self, x: Value) -> Value:
         return self.mul(x, x)
 
-    def group(self, shapes: list[tuple[int, ...]], pairs: list[tuple[int, int]]) -> Group:
+    def group(
+        self,
+        shapes: list[tuple[int, ...]],
+        pairs: list[tuple[int, int]],
+        binds: list[Bind | None] | None = None,
+    ) -> Group:
+        # Binds only change who sends; the values are the same.
         return _PlainGroup(self, GroupSpec(tuple(map(tuple, shapes)), tuple(pairs)))
 
     def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value:
@@ -238,7 +259,9 @@ class PlainBackend:
     def mean(self, x: Value, axis: int, keepdims: bool = False) -> Value:
         return self.mul_public(self.sum(x, axis, keepdims), 1.0 / x.shape[axis])
 
-    def matmul(self, x: Value, y: Value) -> Value:
+    def matmul(
+        self, x: Value, y: Value, binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> Value:
         return self._trunc(x @ y) if self.fixed else x @ y
 
     def swap(self, x: Value, a: int, b: int) -> Value:

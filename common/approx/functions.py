@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from common.approx.backend import Backend, Group, Value
 from common.approx.rsqrt_fit import RsqrtPlan, plan_rsqrt
+from common.mpc.correlations import Bind
 
 
 class _Layout:
@@ -237,13 +238,14 @@ class SmuParams:
     mu: float
 
 
-def smu(ops: Backend, x: Value, p: SmuParams, plan: RsqrtPlan) -> Value:
+def smu(ops: Backend, x: Value, p: SmuParams, plan: RsqrtPlan, bind: Bind | None = None) -> Value:
     """SMU via one square root. The rsqrt site sees ((1−α)x)² + μ².
 
+    `bind`: x is a linear layer's output laid out as the bind says; then only the
+    server sends for the square's opening.
     Cost: 1 (square) + rsqrt + 1 (sqrt product) rounds; openings: 1 + plan's + 1.
     """
-    u = ops.mul_public(x, 1.0 - p.alpha)
-    z = ops.add_public(ops.square(u), p.mu**2)
+    z = ops.add_public(ops.mul_public(square(ops, x, bind), (1.0 - p.alpha) ** 2), p.mu**2)
     root = sqrt(ops, z, plan)
     return ops.mul_public(ops.mul_public(x, 1.0 + p.alpha) + root, 0.5)
 
@@ -283,6 +285,13 @@ def relu_softmax_parts(
         r = ops.mul_public(r, np.broadcast_to(keep, tuple(r.shape)))
     s = ops.add_public(ops.sum(r, axis=-1, keepdims=True), eps)
     return r, reciprocal(ops, s, sum_plan)
+
+
+def square(ops: Backend, x: Value, bind: Bind | None = None) -> Value:
+    """x² from one opening of x (sent by the server only if x is bound). 1 round."""
+    g = ops.group([tuple(x.shape)], [(0, 0)], [bind])
+    g.open({0: x})
+    return g.mul(0, 0)
 
 
 def mul_broadcast(ops: Backend, x: Value, y: Value) -> Value:
@@ -342,17 +351,35 @@ class OddFormParams:
 
 def odd_form(ops: Backend, x: Value, form: OddFormParams, plan: RsqrtPlan) -> Value:
     """z·q(z²) with z = x·rsqrt(x²+p). Cost: rsqrt + 2 + (poly in z²) rounds."""
-    z = ops.mul(x, rsqrt(ops, ops.add_public(ops.square(x), form.p), plan))
+    g = ops.group([tuple(x.shape)] * 2, [(0, 0), (0, 1)])
+    g.open({0: x})
+    return _odd_form_open(ops, g, form, plan)
+
+
+def _odd_form_open(ops: Backend, g: Group, form: OddFormParams, plan: RsqrtPlan) -> Value:
+    """`odd_form` of value 0 of `g` (open; products (0, 0) and (0, 1) planned): the
+    rsqrt is opened as value 1. z is opened once for z² and z·q(z²)."""
+    r = rsqrt(ops, ops.add_public(g.mul(0, 0), form.p), plan)
+    g.open({1: r})
+    z = g.mul(0, 1)
     if len(form.q) == 1:
         return ops.mul_public(z, form.q[0])
-    qz = poly(ops, ops.square(z), form.q)
-    return ops.mul(z, qz)
+    gz = ops.group([tuple(z.shape)] * 2, [(0, 0), (0, 1)])
+    gz.open({0: z})
+    gz.open({1: poly(ops, gz.mul(0, 0), form.q)})
+    return gz.mul(0, 1)
 
 
-def gelu_reference(ops: Backend, x: Value, form: OddFormParams, plan: RsqrtPlan) -> Value:
-    """GeLU ≈ x/2·(1 + z·q(z²)) for unmodified checkpoints. Cost: odd_form + 1 round."""
-    g = odd_form(ops, x, form, plan)
-    return ops.mul_public(x + ops.mul(x, g), 0.5)
+def gelu_reference(
+    ops: Backend, x: Value, form: OddFormParams, plan: RsqrtPlan, bind: Bind | None = None
+) -> Value:
+    """GeLU ≈ x/2·(1 + z·q(z²)) for unmodified checkpoints. x is opened once (by the
+    server alone when bound) for x², x·rsqrt and x·(z·q(z²)).
+    Cost: odd_form + 1 round."""
+    g = ops.group([tuple(x.shape)] * 3, [(0, 0), (0, 1), (0, 2)], [bind, None, None])
+    g.open({0: x})
+    g.open({2: _odd_form_open(ops, g, form, plan)})
+    return ops.mul_public(x + g.mul(0, 2), 0.5)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from common.mpc.ring import U64, Ring
+from common.mpc.ring import U64, Ring, trunc_share
+from common.mpc.roles import CLIENT
 
 
 class PreprocessingError(RuntimeError):
@@ -41,6 +42,7 @@ class Plan:
     triples: int = 0
     squares: int = 0
     matmuls: list[tuple[int, ...]] = field(default_factory=list)  # (*batch, m, k, n)
+    matmul_binds: list[tuple[Bind | None, Bind | None]] = field(default_factory=list)
     linears: list[LinearSpec] = field(default_factory=list)
     groups: list[GroupSpec] = field(default_factory=list)
 
@@ -49,9 +51,16 @@ class Plan:
             "triples": self.triples,
             "squares": self.squares,
             "matmuls": [list(s) for s in self.matmuls],
+            "matmul_binds": [[_desc(a), _desc(b)] for a, b in self.matmul_binds],
             "linears": [[s.key, s.rows, s.k, s.n] for s in self.linears],
             "groups": [g.describe() for g in self.groups],
         }
+
+    def matmul_specs(self) -> list[tuple[tuple[int, ...], tuple[Bind | None, Bind | None]]]:
+        binds = self.matmul_binds or [(None, None)] * len(self.matmuls)
+        if len(binds) != len(self.matmuls):
+            raise ValueError("matmul_binds must match matmuls")
+        return list(zip(self.matmuls, binds, strict=True))
 
     def digest(self) -> bytes:
         """SHA-256 of the plan; the parties compare it before the offline phase."""
@@ -68,6 +77,44 @@ class LinearMask:
 
 
 @dataclass(frozen=True)
+class Bind:
+    """A mask whose client share is the client's own share of a linear layer's output.
+
+    After `Mpc.linear`, the client's share of the output is data-independent (it comes
+    from the offline phase). A mask whose client share is that very share makes the
+    client's part of the opening, x_c − A_c, zero: only the server sends (x_s − A_s,
+    uniform to the client because A_s is). The mask's client share is the output share
+    of linear `key` (rows × n), truncated by `bits` like `Mpc.linear` does, reshaped to
+    `shape`, columns `cols` of the last axis, reshaped to `view`, axes permuted `perm`
+    — the same layout steps the program applies to the output.
+    """
+
+    key: str
+    bits: int
+    shape: tuple[int, ...]
+    cols: tuple[int, int]
+    view: tuple[int, ...]
+    perm: tuple[int, ...]
+
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.view[i] for i in self.perm)
+
+    def apply(self, raw: Ring) -> Ring:
+        """The mask's client share from the client's raw (untruncated) output share."""
+        t = trunc_share(raw, self.bits, CLIENT).reshape(self.shape)
+        t = t[..., self.cols[0] : self.cols[1]].reshape(self.view)
+        return np.ascontiguousarray(np.transpose(t, self.perm))
+
+    def describe(self) -> list:
+        return [self.key, self.bits, list(self.shape), list(self.cols), list(self.view),
+                list(self.perm)]  # fmt: skip
+
+
+def _desc(b: Bind | None) -> list | None:
+    return None if b is None else b.describe()
+
+
+@dataclass(frozen=True)
 class GroupSpec:
     """Masks for values that are opened once and then multiplied with each other.
 
@@ -78,9 +125,16 @@ class GroupSpec:
 
     shapes: tuple[tuple[int, ...], ...]
     pairs: tuple[tuple[int, int], ...]
+    binds: tuple[Bind | None, ...] = ()  # per mask (empty: none bound); see `Bind`
 
     def __post_init__(self) -> None:
         k = len(self.shapes)
+        if self.binds:
+            if len(self.binds) != k:
+                raise ValueError("binds must have one entry per mask")
+            for shape, b in zip(self.shapes, self.binds, strict=True):
+                if b is not None and b.out_shape() != shape:
+                    raise ValueError(f"bound view {b.out_shape()} does not match mask {shape}")
         for i, j in self.pairs:
             if not 0 <= i <= j < k:
                 raise ValueError(f"bad pair {(i, j)} for {k} masks")
@@ -97,8 +151,12 @@ class GroupSpec:
         cross = sum(int(np.prod(self.pair_shape(i, j))) for i, j in self.pairs if i != j)
         return sum(int(np.prod(s)) for s in self.shapes), sq, cross
 
+    def bind(self, i: int) -> Bind | None:
+        return self.binds[i] if self.binds else None
+
     def describe(self) -> list:
-        return [[list(s) for s in self.shapes], [list(p) for p in self.pairs]]
+        return [[list(s) for s in self.shapes], [list(p) for p in self.pairs],
+                [_desc(b) for b in self.binds]]  # fmt: skip
 
 
 @dataclass
@@ -157,7 +215,9 @@ class Pool:
     def squares(self, n: int) -> tuple[Ring, Ring]:
         return self._squares.take(n, "square pairs")  # type: ignore[return-value]
 
-    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+    def matmul_triple(
+        self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> tuple[Ring, Ring, Ring]:
         if not self._matmuls:
             raise PreprocessingError("out of matrix triples")
         a, b, c = self._matmuls.popleft()
@@ -209,8 +269,11 @@ class PlanRecorder:
         z = np.zeros(n, dtype=U64)
         return z, z
 
-    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+    def matmul_triple(
+        self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> tuple[Ring, Ring, Ring]:
         self.plan.matmuls.append(tuple(shape))
+        self.plan.matmul_binds.append(binds)
         *batch, m, k, n = shape
         return (
             np.zeros((*batch, m, k), U64),
@@ -249,8 +312,10 @@ class SegmentedRecorder:
     def squares(self, n: int) -> tuple[Ring, Ring]:
         return self._rec().squares(n)
 
-    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
-        return self._rec().matmul_triple(shape)
+    def matmul_triple(
+        self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> tuple[Ring, Ring, Ring]:
+        return self._rec().matmul_triple(shape, binds)
 
     def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
         return self._rec().linear_mask(spec, weight)
@@ -278,8 +343,10 @@ class SegmentedPool:
     def squares(self, n: int) -> tuple[Ring, Ring]:
         return self._pool().squares(n)
 
-    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
-        return self._pool().matmul_triple(shape)
+    def matmul_triple(
+        self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> tuple[Ring, Ring, Ring]:
+        return self._pool().matmul_triple(shape, binds)
 
     def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
         return self._pool().linear_mask(spec, weight)

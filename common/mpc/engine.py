@@ -16,7 +16,14 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from common.mpc.correlations import GroupSpec, LinearMask, LinearSpec, MaskGroup
+from common.mpc.correlations import (
+    Bind,
+    GroupSpec,
+    LinearMask,
+    LinearSpec,
+    MaskGroup,
+    PreprocessingError,
+)
 from common.mpc.ring import (
     U64,
     FixedPoint,
@@ -36,7 +43,9 @@ from common.transport import Channel
 class CorrelationSource(Protocol):
     def triples(self, n: int) -> tuple[Ring, Ring, Ring]: ...
     def squares(self, n: int) -> tuple[Ring, Ring]: ...
-    def matmul_triple(self, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]: ...
+    def matmul_triple(
+        self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = ...
+    ) -> tuple[Ring, Ring, Ring]: ...
     def linear_mask(
         self, spec: LinearSpec, weight: NDArray[np.int64] | None = None
     ) -> LinearMask: ...
@@ -61,23 +70,18 @@ class OpenedGroup:
         self.opened: dict[int, Ring] = {}
 
     def open(self, values: dict[int, Ring], tag: str = "open") -> None:
-        """Open several values (one message, 1 round). Each mask is used once."""
-        parts = []
+        """Open several values (one message each way, 1 round). Each mask is used once;
+        values with a bound mask (`Bind`) are sent by the server only."""
+        items = []
         for i, x in values.items():
             if i in self.opened:
                 raise ValueError(f"value {i} of this group is already open")
             shape = self.m.spec.shapes[i]
             if tuple(x.shape) != shape:
                 raise ValueError(f"value {i}: shape {tuple(x.shape)}, planned {shape}")
-            parts.append((x - self.m.masks[i]).ravel())
-        mine = np.concatenate(parts) if parts else np.zeros(0, U64)
-        opened = mine + self.mpc.ch.exchange_array(tag, mine)
-        pos = 0
-        for i, x in values.items():
-            shape = self.m.spec.shapes[i]
-            n = x.size
-            self.opened[i] = opened[pos : pos + n].reshape(shape)
-            pos += n
+            items.append((x - self.m.masks[i], self.m.spec.bind(i) is not None))
+        for i, d in zip(values, self.mpc.open_masked(tag, items), strict=True):
+            self.opened[i] = d
 
     def product_ring(self, i: int, j: int) -> Ring:
         """Share of x_i·x_j (broadcast shape), not truncated. Local."""
@@ -284,25 +288,64 @@ class Mpc:
     def square(self, x: Ring) -> Ring:
         return self.trunc(self.square_ring(x))
 
-    def matmul_ring(self, x: Ring, y: Ring) -> Ring:
+    def matmul_ring(
+        self, x: Ring, y: Ring, binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> Ring:
         """Shared (…, m, k) @ shared (…, k, n), no truncation (matrix triple).
 
-        Cost: 8(mk + kn) bytes sent per batch entry, 1 round.
+        An operand with a `Bind` (a linear layer's output, laid out as the bind says)
+        is opened by the server alone.
+        Cost: 8(mk + kn) bytes sent per batch entry (the client: only unbound
+        operands), 1 round.
         """
         if x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-2]:
             raise ValueError(f"matmul shape mismatch {x.shape} @ {y.shape}")
-        a, b, c = self.source.matmul_triple(x.shape + y.shape[-1:])
-        mine = np.concatenate([(x - a).ravel(), (y - b).ravel()])
-        opened = mine + self.ch.exchange_array("matmul", mine)
-        d = opened[: x.size].reshape(x.shape)
-        e = opened[x.size :].reshape(y.shape)
+        a, b, c = self.source.matmul_triple(x.shape + y.shape[-1:], binds)
+        d, e = self.open_masked(
+            "matmul", [(x - a, binds[0] is not None), (y - b, binds[1] is not None)]
+        )
         z = c + ring_matmul(d, b) + ring_matmul(a, e)
         if self.party == SERVER:
             z += ring_matmul(d, e)
         return z
 
-    def matmul(self, x: Ring, y: Ring) -> Ring:
-        return self.trunc(self.matmul_ring(x, y))
+    def matmul(
+        self, x: Ring, y: Ring, binds: tuple[Bind | None, Bind | None] = (None, None)
+    ) -> Ring:
+        return self.trunc(self.matmul_ring(x, y, binds))
+
+    def open_masked(self, tag: str, items: list[tuple[Ring, bool]]) -> list[Ring]:
+        """Open masked differences x − A (each party passes its share of each).
+
+        Unbound items: both parties send their share (8 bytes per element each way).
+        Bound items (the client's share is 0 by construction, see `Bind`): only the
+        server sends. One message each way at most; 1 round.
+        """
+        client = self.party == CLIENT
+        if client:
+            for diff, bound in items:
+                if bound and diff.any():
+                    raise PreprocessingError(
+                        "a bound mask does not match the client's share of the linear output"
+                    )
+        send = [diff.ravel() for diff, bound in items if not (bound and client)]
+        expect = sum(diff.size for diff, bound in items if not (bound and not client))
+        cat = np.concatenate(send) if send else np.zeros(0, U64)
+        if cat.size:
+            self.ch.send_array(tag, cat)
+        theirs = self.ch.recv_array(tag, (expect,), U64) if expect else np.zeros(0, U64)
+        out, pm, pt = [], 0, 0
+        for diff, bound in items:
+            n = diff.size
+            v = np.zeros(n, U64)
+            if not (bound and client):
+                v += cat[pm : pm + n]
+                pm += n
+            if not (bound and not client):
+                v += theirs[pt : pt + n]
+                pt += n
+            out.append(v.reshape(diff.shape))
+        return out
 
     def linear(
         self,

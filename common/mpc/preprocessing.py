@@ -17,7 +17,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
-from common.mpc.correlations import GroupSpec, LinearMask, MaskGroup, Plan, PlanRecorder, Pool
+from common.mpc.correlations import (
+    Bind,
+    GroupSpec,
+    LinearMask,
+    MaskGroup,
+    Plan,
+    PlanRecorder,
+    Pool,
+    PreprocessingError,
+)
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import he_matmul, he_products, pack_blobs, unpack_blobs
 from common.mpc.ring import (
@@ -101,6 +110,27 @@ class HeProvider:
         rng = self.rng
         with ch.scope(phase="offline"):
             _agree(ch, plan)
+            # Linear masks first: bound masks (`Bind`) take the client's output shares.
+            outputs: dict[str, Ring] = {}
+            with ch.scope(op="linear-masks"):
+                linears = []
+                for spec in plan.linears:
+                    shape = (spec.rows, spec.k, spec.n)
+                    if client:
+                        r = random_ring(rng, (spec.rows, spec.k))
+                        share = he_matmul(ch, he, r, shape, self.weight_bits, rng)
+                        linears.append(LinearMask(spec, share, r))
+                        outputs[spec.key] = share
+                    else:
+                        if weights is None or spec.key not in weights:
+                            raise KeyError(f"server has no weight {spec.key!r}")
+                        w = weights[spec.key]
+                        if w.size and int(np.abs(w).max()) >= 1 << self.weight_bits:
+                            raise ValueError(
+                                f"weight {spec.key!r} exceeds the public bound 2^{self.weight_bits}"
+                            )
+                        share = he_matmul(ch, he, w, shape, self.weight_bits, rng)
+                        linears.append(LinearMask(spec, share))
             with ch.scope(op="triples"):
                 n = plan.triples
                 a, b = random_ring(rng, n), random_ring(rng, n)
@@ -115,38 +145,29 @@ class HeProvider:
                 v = he_products(ch, he, [a if client else U64(2) * a], rng) if n else a[:0]
                 squares = (a, a * a + v)
             with ch.scope(op="mask-groups"):
-                groups = self._groups(ch, plan.groups)
+                groups = self._groups(ch, plan.groups, outputs)
             with ch.scope(op="matmul-triples"):
-                matmuls = [self._matmul_triple(ch, shape) for shape in plan.matmuls]
-            with ch.scope(op="linear-masks"):
-                linears = []
-                for spec in plan.linears:
-                    shape = (spec.rows, spec.k, spec.n)
-                    if client:
-                        r = random_ring(rng, (spec.rows, spec.k))
-                        share = he_matmul(ch, he, r, shape, self.weight_bits, rng)
-                        linears.append(LinearMask(spec, share, r))
-                    else:
-                        if weights is None or spec.key not in weights:
-                            raise KeyError(f"server has no weight {spec.key!r}")
-                        w = weights[spec.key]
-                        if w.size and int(np.abs(w).max()) >= 1 << self.weight_bits:
-                            raise ValueError(
-                                f"weight {spec.key!r} exceeds the public bound 2^{self.weight_bits}"
-                            )
-                        share = he_matmul(ch, he, w, shape, self.weight_bits, rng)
-                        linears.append(LinearMask(spec, share))
+                matmuls = [
+                    self._matmul_triple(ch, shape, binds, outputs)
+                    for shape, binds in plan.matmul_specs()
+                ]
         return Pool(triples, squares, matmuls, linears, groups)
 
-    def _groups(self, ch: Channel, specs: list[GroupSpec]) -> list[MaskGroup]:
-        """Every group's masks at random; their planned products with one SIMD square
+    def _groups(
+        self, ch: Channel, specs: list[GroupSpec], outputs: Mapping[str, Ring]
+    ) -> list[MaskGroup]:
+        """Every group's masks at random (a bound mask's client share: the client's
+        linear output share, see `Bind`); their planned products with one SIMD square
         batch and one product batch over all groups (2 + 2 rounds), the same HE
         protocols as square pairs and triples."""
         if not specs:
             return []
         rng, he = self.rng, self.he
         client = ch.party == CLIENT
-        masks = [[random_ring(rng, shp) for shp in spec.shapes] for spec in specs]
+        masks = [
+            [_mask_share(rng, shp, spec.bind(i), outputs, client) for i, shp in enumerate(sh)]
+            for spec, sh in ((sp, sp.shapes) for sp in specs)
+        ]
         sq_in, left, right = _pair_operands(specs, masks)
         sq = sq_in * sq_in
         if sq.size:
@@ -156,13 +177,19 @@ class HeProvider:
             cross += he_products(ch, he, [left, right] if client else [right, left], rng)
         return _assemble_groups(specs, masks, sq, cross)
 
-    def _matmul_triple(self, ch: Channel, shape: tuple[int, ...]) -> tuple[Ring, Ring, Ring]:
+    def _matmul_triple(
+        self,
+        ch: Channel,
+        shape: tuple[int, ...],
+        binds: tuple[Bind | None, Bind | None],
+        outputs: Mapping[str, Ring],
+    ) -> tuple[Ring, Ring, Ring]:
         *batch, m, k, n = shape
         rng, he = self.rng, self.he
-        a = random_ring(rng, (*batch, m, k))
-        b = random_ring(rng, (*batch, k, n))
-        c = np.empty((*batch, m, n), U64)
         client = ch.party == CLIENT
+        a = _mask_share(rng, (*batch, m, k), binds[0], outputs, client)
+        b = _mask_share(rng, (*batch, k, n), binds[1], outputs, client)
+        c = np.empty((*batch, m, n), U64)
         for idx in np.ndindex(*batch):
             ai, bi = a[idx], b[idx]
             # cross terms a_c·b_s and (b_c^T·a_s^T)^T, the client's matrix always on the left
@@ -213,36 +240,70 @@ class InsecureDealer:
                 s0 = random_ring(g, v.shape)
                 return s0 if me == SERVER else v - s0
 
-            n = plan.triples
-            a, b = random_ring(g, n), random_ring(g, n)
-            triples = (split(a), split(b), split(a * b))
-            a = random_ring(g, plan.squares)
-            squares = (split(a), split(a * a))
-            matmuls = []
-            for *batch, m, k, nn in plan.matmuls:
-                A, B = random_ring(g, (*batch, m, k)), random_ring(g, (*batch, k, nn))
-                matmuls.append((split(A), split(B), split(ring_matmul(A, B))))
-            full = [[random_ring(g, shp) for shp in spec.shapes] for spec in plan.groups]
-            sq_in, left, right = _pair_operands(plan.groups, full)
-            groups = _assemble_groups(
-                plan.groups,
-                [[split(m) for m in ms] for ms in full],
-                split(sq_in * sq_in),
-                split(left * right),
-            )
+            # Linear masks first: bound masks (`Bind`) take the client's output shares,
+            # which both parties can compute here (u is sent in the clear).
             linears = []
+            outputs: dict[str, Ring] = {}
             for spec in plan.linears:
                 r = random_ring(g, (spec.rows, spec.k))
                 s = random_ring(g, (spec.rows, spec.n))
                 if me == SERVER:
                     if weights is None or spec.key not in weights:
                         raise KeyError(f"server has no weight {spec.key!r}")
-                    ch.send_array("dealer.linear", ring_matmul_public(r, weights[spec.key]) - s)
+                    u = ring_matmul_public(r, weights[spec.key]) - s
+                    ch.send_array("dealer.linear", u)
                     linears.append(LinearMask(spec, s))
                 else:
                     u = ch.recv_array("dealer.linear", (spec.rows, spec.n), U64).copy()
                     linears.append(LinearMask(spec, u, r))
+                outputs[spec.key] = u
+
+            def mask(shape: tuple[int, ...], bind: Bind | None) -> tuple[Ring, Ring]:
+                """(the full mask, this party's share)."""
+                if bind is None:
+                    v = random_ring(g, shape)
+                    return v, split(v)
+                srv = random_ring(g, shape)
+                cli = _mask_share(g, shape, bind, outputs, client=True)
+                return srv + cli, srv if me == SERVER else cli
+
+            n = plan.triples
+            a, b = random_ring(g, n), random_ring(g, n)
+            triples = (split(a), split(b), split(a * b))
+            a = random_ring(g, plan.squares)
+            squares = (split(a), split(a * a))
+            matmuls = []
+            for (*batch, m, k, nn), (ba, bb) in plan.matmul_specs():
+                A, a_me = mask((*batch, m, k), ba)
+                B, b_me = mask((*batch, k, nn), bb)
+                matmuls.append((a_me, b_me, split(ring_matmul(A, B))))
+            full, mine = [], []
+            for spec in plan.groups:
+                pairs = [mask(shp, spec.bind(i)) for i, shp in enumerate(spec.shapes)]
+                full.append([p[0] for p in pairs])
+                mine.append([p[1] for p in pairs])
+            sq_in, left, right = _pair_operands(plan.groups, full)
+            groups = _assemble_groups(plan.groups, mine, split(sq_in * sq_in), split(left * right))
         return Pool(triples, squares, matmuls, linears, groups)
+
+
+def _mask_share(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    bind: Bind | None,
+    outputs: Mapping[str, Ring],
+    client: bool,
+) -> Ring:
+    """This party's share of a fresh mask: uniform, except the client's share of a
+    bound mask, which is its share of the linear output the bind names."""
+    if bind is None or not client:
+        return random_ring(rng, shape)
+    if bind.key not in outputs:
+        raise PreprocessingError(f"bound mask refers to linear {bind.key!r} outside this plan")
+    share = bind.apply(outputs[bind.key])
+    if share.shape != tuple(shape):
+        raise PreprocessingError(f"bound view {share.shape} does not match mask {shape}")
+    return share
 
 
 def _pair_operands(specs: list[GroupSpec], masks: list[list[Ring]]) -> tuple[Ring, Ring, Ring]:

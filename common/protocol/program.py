@@ -26,6 +26,7 @@ from common.approx import functions as F
 from common.approx.backend import Backend, Value
 from common.approx.functions import ExpSoftmaxSite, LayerNormSite, RsqrtProbe
 from common.approx.rsqrt_fit import RsqrtPlan
+from common.mpc.correlations import Bind
 from common.mpc.roles import CLIENT, SERVER
 from common.protocol.card import ModelCard
 
@@ -90,6 +91,7 @@ def encoder_forward(
     is_client = plain or party == CLIENT
     B, L = shape
     d, H, dh = a.hidden, a.heads, a.head_dim
+    f_bits = ops.frac_bits or 0  # binds matter to the shared back-end only
     keep4 = np.asarray(keep, dtype=np.float64).reshape(B, 1, 1, L)
 
     def w(name: str) -> NDArray[np.float64] | None:
@@ -140,13 +142,21 @@ def encoder_forward(
         with scope(layer=f"layer{i}"):
             qkv = linear_cat(h, f"{p}.qkv", [f"{p}.{n}" for n in "qkv"], d)
             q, k, v = (_heads(ops, qkv[..., j * d : (j + 1) * d], B, L, H, dh) for j in range(3))
+
+            def head_bind(j: int, perm: tuple[int, ...], key: str = f"{p}.qkv") -> Bind:
+                # Q, K, V are opened straight from the linear output: server-sent only
+                cols = (j * d, (j + 1) * d)
+                return Bind(key, f_bits, (B, L, 3 * d), cols, (B, L, H, dh), perm)
+
             with scope(op="matmul"):
-                scores = ops.matmul(q, ops.swap(k, -1, -2))  # (B, H, L, L)
+                kt = ops.swap(k, -1, -2)
+                binds = (head_bind(0, (0, 2, 1, 3)), head_bind(1, (0, 2, 3, 1)))
+                scores = ops.matmul(q, kt, binds)  # (B, H, L, L)
             sites.observe(f"{p}.logits", scores)
             with scope(op="softmax"):
                 num, inv = _softmax(ops, card, scores, keep4, sites, p)
             with scope(op="matmul"):
-                ctx = ops.matmul(num, v)  # (B, H, L, dh)
+                ctx = ops.matmul(num, v, (None, head_bind(2, (0, 2, 1, 3))))  # (B, H, L, dh)
             if inv is not None:
                 with scope(op="softmax"):
                     # softmax·V = diag(1/Σ)·(num·V): the row factor meets dh columns, not L
@@ -155,13 +165,15 @@ def encoder_forward(
             h = ln(h + linear(ctx, f"{p}.o", d), f"{p}.ln1")
             ff = linear(h, f"{p}.ff1", a.ffn)
             sites.observe(f"{p}.gelu.in", ff)
+            ff_bind = Bind(f"{p}.ff1", f_bits, (B, L, a.ffn), (0, a.ffn), (B, L, a.ffn), (0, 1, 2))
             with scope(op="gelu"):
+                site = sites.rsqrt(f"{p}.gelu")
                 if card.approx.kind == "comet":
                     assert card.approx.smu is not None
-                    ff = F.smu(ops, ff, card.approx.smu, sites.rsqrt(f"{p}.gelu"))
+                    ff = F.smu(ops, ff, card.approx.smu, site, ff_bind)
                 else:
                     assert card.approx.gelu_form is not None
-                    ff = F.gelu_reference(ops, ff, card.approx.gelu_form, sites.rsqrt(f"{p}.gelu"))
+                    ff = F.gelu_reference(ops, ff, card.approx.gelu_form, site, ff_bind)
             h = ln(h + linear(ff, f"{p}.ff2", d), f"{p}.ln2")
 
     with scope(layer="head"):

@@ -232,3 +232,65 @@ def test_beaver_messages_uniform():
 def test_truncated_batch_rejected():
     with pytest.raises(ValueError):
         unpack_blobs(b"\x02\x00\x00\x00\x05\x00\x00\x00ab", 2)
+
+
+@pytest.mark.parametrize("provider", ["he", "insecure_dealer"])
+def test_bound_masks_open_linear_outputs_from_the_server_alone(provider):
+    """A linear output opened into a group and into a matrix product: the client sends
+    nothing for it (its share is the mask's), the server 8 bytes per element; results
+    equal numpy's."""
+    from common.mpc.correlations import Bind
+    from common.mpc.engine import Mpc
+    from common.mpc.ring import FixedPoint
+    from common.mpc.runner import run_local_program
+
+    fxp = FixedPoint()
+    f = fxp.frac_bits
+    rng = np.random.default_rng(8)
+    x, w = rng.uniform(-1, 1, (6, 8)), rng.uniform(-0.5, 0.5, (8, 12))
+    y = x @ w  # (6, 12): columns 0–5 are "a" (6×6), 6–11 "b"
+    lin = Bind("w", f, (6, 12), (0, 12), (6, 12), (0, 1))
+    a_bind = Bind("w", f, (6, 12), (0, 6), (6, 6), (0, 1))
+    bt_bind = Bind("w", f, (6, 12), (6, 12), (6, 6), (1, 0))  # b transposed
+
+    def prog(mpc: Mpc, data):
+        xs = mpc.share(CLIENT, data, (6, 8))
+        out = mpc.linear(xs, "w", 12, w if mpc.party == SERVER else None)
+        with mpc.ch.scope(op="bound"):
+            g = mpc.group(GroupSpec(((6, 12),), ((0, 0),), (lin,)))
+            g.open({0: out})
+            sq = g.product(0, 0)
+            prod = mpc.matmul(out[:, :6].copy(), out[:, 6:].T.copy(), (a_bind, bt_bind))
+        return [mpc.reveal(sq, to=CLIENT), mpc.reveal(prod, to=CLIENT)]
+
+    s, c = run_local_program(prog, None, x, provider=provider, fxp=fxp)
+    tol = 1e-2
+    assert np.allclose(c.result[0], y * y, atol=tol)
+    assert np.allclose(c.result[1], y[:, :6] @ y[:, 6:].T, atol=tol)
+    sent_c = c.meter.breakdown(by=("phase", "op"))[("online", "bound")]
+    sent_s = s.meter.breakdown(by=("phase", "op"))[("online", "bound")]
+    assert sent_c.sent_bytes == 0
+    assert sent_s.sent_bytes == 8 * (72 + 36 + 36)
+
+
+def test_bound_mask_that_does_not_match_is_a_clear_error():
+    """The client checks that its share is the mask's (a layout bug would otherwise
+    silently give wrong products)."""
+    from common.mpc.correlations import Bind
+    from common.mpc.engine import Mpc
+    from common.mpc.ring import FixedPoint
+    from common.mpc.runner import run_local_program
+
+    fxp = FixedPoint()
+    w = np.eye(4)
+    wrong = Bind("w", fxp.frac_bits, (2, 4), (0, 4), (2, 4), (0, 1))
+
+    def prog(mpc: Mpc, data):
+        xs = mpc.share(CLIENT, data, (2, 4))
+        out = mpc.linear(xs, "w", 4, w if mpc.party == SERVER else None)
+        g = mpc.group(GroupSpec(((2, 4),), ((0, 0),), (wrong,)))
+        g.open({0: mpc.add_public(out, 1.0) + out})  # not the linear output itself
+        return None
+
+    with pytest.raises(Exception, match="bound mask does not match"):
+        run_local_program(prog, None, np.ones((2, 4)), provider="insecure_dealer", fxp=fxp)
