@@ -52,6 +52,10 @@ class Backend(Protocol):
     def linear(
         self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None
     ) -> Value: ...
+    def lookup(
+        self, onehot: NDArray | None, shape: tuple[int, ...], key: str, out: int,
+        table: NDArray | None,
+    ) -> Value: ...  # fmt: skip
     def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
     def client_value(self, c: NDArray | None, shape: tuple[int, ...]) -> Value: ...
     def group(
@@ -153,6 +157,17 @@ class SharedBackend:
         self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None
     ) -> Value:
         return self.mpc.linear(x, key, out, weight, bias)
+
+    def lookup(
+        self,
+        onehot: NDArray | None,
+        shape: tuple[int, ...],
+        key: str,
+        out: int,
+        table: NDArray | None,
+    ) -> Value:
+        """Client one-hot rows × server table (`Mpc.lookup`: 6 bytes per entry)."""
+        return self.mpc.lookup(onehot if self.party == CLIENT else None, shape, key, out, table)
 
     def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
         """A share of a value the server knows (server: its encoding, client: 0). Free."""
@@ -281,6 +296,22 @@ class PlainBackend:
             f = self.frac_bits
             y = y + (self.encode(bias, 2 * f) if self.fixed else self.encode(bias))  # type: ignore[operator]
         return self._trunc(y) if self.fixed else y
+
+    def lookup(
+        self,
+        onehot: NDArray | None,
+        shape: tuple[int, ...],
+        key: str,
+        out: int,
+        table: NDArray | None,
+    ) -> Value:
+        if onehot is None or table is None:
+            raise ValueError(f"plain back-end needs the one-hot rows and the table {key!r}")
+        # The one-hot is an integer: the product is the table at its own scale.
+        oh = torch.as_tensor(np.asarray(onehot, dtype=np.float64))
+        if self.fixed:
+            oh = oh.to(torch.int64)
+        return oh @ self.encode(table)
 
     def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
         if c is None:

@@ -102,6 +102,20 @@ class OpenedGroup:
         return self.mpc.trunc(self.product_ring(i, j))
 
 
+LOOKUP_BITS = 48  # the ring of `Mpc.lookup` (one-hot rows times a server table)
+
+
+def _pack48(z: Ring) -> NDArray[np.uint8]:
+    """Values below 2^48 as 6 little-endian bytes each: (n, 6) uint8."""
+    return np.ascontiguousarray(z.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :6])
+
+
+def _unpack48(b: NDArray[np.uint8], shape: tuple[int, ...]) -> Ring:
+    full = np.zeros((b.shape[0], 8), np.uint8)
+    full[:, :6] = b
+    return full.view("<u8").reshape(shape).astype(U64)
+
+
 class Mpc:
     """Secret-shared arithmetic for one party. Not thread-safe."""
 
@@ -346,6 +360,48 @@ class Mpc:
                 pt += n
             out.append(v.reshape(diff.shape))
         return out
+
+    def lookup(
+        self,
+        onehot: NDArray | None,
+        shape: tuple[int, ...],
+        key: str,
+        out: int,
+        table: NDArray | None = None,
+    ) -> Ring:
+        """Rows of the server's table (V × out) picked by the client's one-hot vectors
+        (`shape` = (…, V), integer 0/1, client only), as fixed-point shares (…, out).
+
+        A linear layer in the ring Z_2^48 (`LOOKUP_BITS`): the client sends its one-hot
+        minus the offline mask r, mod 2^48, packed in 6 bytes per entry (a quarter less
+        than 8); the one-hot is an integer, so the product is already at scale 2^f and
+        needs no truncation. Each party then lifts its Z_2^48 share to Z_2^64 locally
+        (the server subtracts 2^48), which is wrong with probability |v|/2^48 per
+        output v (< 2^-34 for table entries below 2; docs/SECURITY.md).
+        Cost: the client sends 6·rows·V bytes, 1 round; the server one exact GEMM.
+        """
+        lead, k = tuple(shape[:-1]), shape[-1]
+        rows = math.prod(lead)
+        w_int = None
+        if self.party == SERVER:
+            if table is None or table.shape != (k, out):
+                raise ValueError(f"server must supply table {key!r} of shape {(k, out)}")
+            w_int = self.fxp.encode_int(table)
+            if w_int.size and int(np.abs(w_int).max()) >= 1 << (LOOKUP_BITS - 8):
+                raise ValueError(f"table {key!r} too large for the Z_2^{LOOKUP_BITS} lookup")
+        mask = self.source.linear_mask(LinearSpec(key, rows, k, out), w_int)
+        low = U64((1 << LOOKUP_BITS) - 1)
+        if self.party == CLIENT:
+            assert mask.r is not None
+            if onehot is None or tuple(np.shape(onehot)) != tuple(shape):
+                raise ValueError(f"client must supply one-hot rows of shape {shape}")
+            z = (np.asarray(onehot, dtype=np.int64).reshape(rows, k).view(U64) - mask.r) & low
+            self.ch.send_array("lookup", _pack48(z))
+            y = mask.share & low
+        else:
+            z = _unpack48(self.ch.recv_array("lookup", (rows * k, 6), np.uint8), (rows, k))
+            y = ((ring_matmul_public(z, w_int) + mask.share) & low) - U64(1 << LOOKUP_BITS)
+        return y.reshape(*lead, out)
 
     def linear(
         self,

@@ -238,8 +238,9 @@ def _embed(
     """Token embeddings as shares.
 
     Private (default): the client's one-hot rows times the server's table, as a linear
-    layer whose input the client holds entirely — the client sends its masked one-hot
-    (8·B·L·V bytes, 1 round) and the offline phase makes the mask r·E under HE.
+    layer whose input the client holds entirely (`Mpc.lookup`) — the client sends its
+    masked one-hot in Z_2^48 (6·B·L·V bytes, 1 round) and the offline phase makes the
+    mask r·E under HE.
     Public embeddings: the client looks the rows up itself (the table was given to it).
     """
     a = card.arch
@@ -263,6 +264,5 @@ def _embed(
             raise ValueError(f"token ids must lie in [0, {V})")
         onehot = np.zeros((B, L, V))
         np.put_along_axis(onehot, ids[..., None], 1.0, axis=-1)
-    x = ops.client_value(onehot, (B, L, V))
     table = weights["emb.word"] if is_server and weights is not None else None
-    return ops.linear(x, "emb.word", d, table, None)
+    return ops.lookup(onehot, (B, L, V), "emb.word", d, table)
