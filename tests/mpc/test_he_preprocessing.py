@@ -229,6 +229,51 @@ def test_beaver_messages_uniform():
         assert chi2_uniform_bytes(view) < CHI2_LIMIT
 
 
+def test_bound_openings_and_lookup_messages_uniform():
+    """The server-only opening of a bound linear output (client's view, HE offline
+    phase) and the client's masked one-hot (server's view) are uniform whatever the
+    data are."""
+    from common.mpc.correlations import Bind
+    from common.mpc.ring import FixedPoint
+    from common.mpc.runner import run_local_program
+
+    fxp = FixedPoint()
+    seen: dict[str, list] = {"open": [], "lookup": []}
+    V = 4096
+    bind = Bind("w", fxp.frac_bits, (8, 1024), (0, 1024), (8, 1024), (0, 1))
+
+    def prog(m, data):
+        data = data or {}
+        if not isinstance(m.ch, NullChannel):
+            orig = m.ch.recv_array
+
+            def spy(tag, shape, dtype):
+                arr = orig(tag, shape, dtype)
+                if tag in seen:
+                    seen[tag].append(arr.copy())
+                return arr
+
+            m.ch.recv_array = spy
+        x = m.share(CLIENT, data.get("x") if m.party == CLIENT else None, (8, 4))
+        y = m.linear(x, "w", 1024, weight=data.get("w"))
+        g = m.group(GroupSpec(((8, 1024),), ((0, 0),), (bind,)))
+        g.open({0: y})
+        m.lookup(data.get("oh"), (1, V), "t", 2, data.get("t"))
+
+    for val in (0.0, 50.0):
+        oh = np.zeros((1, V), dtype=np.int64)
+        oh[0, 0 if val == 0 else V - 1] = 1
+        server = {"w": np.full((4, 1024), 2.0), "t": np.full((V, 2), val)}
+        run_local_program(
+            prog, server, {"x": np.full((8, 4), val), "oh": oh}, provider="he", fxp=fxp
+        )
+    assert len(seen["open"]) == 2 and len(seen["lookup"]) == 2
+    for view in seen["open"]:
+        assert chi2_uniform_bytes(view) < CHI2_LIMIT
+    for packed in seen["lookup"]:  # 6-byte values: their top byte is byte 5
+        assert chi2_uniform_bytes(packed[:, 5].astype(np.uint64) << np.uint64(56)) < CHI2_LIMIT
+
+
 def test_truncated_batch_rejected():
     with pytest.raises(ValueError):
         unpack_blobs(b"\x02\x00\x00\x00\x05\x00\x00\x00ab", 2)
