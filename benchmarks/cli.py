@@ -450,5 +450,18 @@ def plot_net_cmd(files: tuple[Path, ...], out_dir: Path) -> None:
         raise click.ClickException(str(e)) from None
 
 
+@main.command("net-table")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
+def net_table_cmd(files: tuple[Path, ...]) -> None:
+    """The markdown table of docs/BENCHMARKS.md from `comet-bench net --out` FILES."""
+    from benchmarks.report import load_jsonl, net_table
+
+    try:
+        click.echo(net_table(load_jsonl(list(files), ratios=True)))
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 if __name__ == "__main__":
     main()

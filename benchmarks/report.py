@@ -93,8 +93,8 @@ def plot_file(path: Path, out: Path | None = None) -> Path:
     return plot(report, out or Path(path).with_suffix(".png"))
 
 
-def load_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
-    """Rows of `comet-bench net --out` files (ratio rows dropped)."""
+def load_jsonl(paths: list[Path], ratios: bool = False) -> list[dict[str, Any]]:
+    """Rows of `comet-bench net --out` files (ratio rows dropped unless `ratios`)."""
     rows = []
     for p in paths:
         for n, line in enumerate(Path(p).read_text().splitlines(), 1):
@@ -104,11 +104,54 @@ def load_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}:{n}: not JSON ({e})") from None
-            if "ratio" not in r:
-                if not {"model", "profile", "offline", "online"} <= set(r):
-                    raise ValueError(f"{p}:{n}: not a `comet-bench net` row")
-                rows.append(r)
+            if "ratio" in r:
+                if ratios:
+                    rows.append(r)
+                continue
+            if not {"model", "profile", "offline", "online"} <= set(r):
+                raise ValueError(f"{p}:{n}: not a `comet-bench net` row")
+            rows.append(r)
     return rows
+
+
+NET_HEADER = (
+    "| model | set | profile (measured RTT, Mbit/s) | tokens | offline MB | offline rounds "
+    "| offline s (bound / estimate) | online MB | online rounds | online s (bound / estimate) "
+    "| client sent MB online | max abs err | cosine | labels |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def net_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of docs/BENCHMARKS.md from `comet-bench net` JSON lines
+    (including their ratio rows, in file order). MB = 10^6 bytes, both directions."""
+    out = [NET_HEADER]
+    for r in rows:
+        if "ratio" in r:
+            off, on = r["offline"], r["online"]
+            out.append(
+                f"| {r['model']} | {r['ratio']} | {r['profile']} | | ×{off['bytes']} "
+                f"| ×{off['rounds']} | ×{off['seconds']} | ×{on['bytes']} | ×{on['rounds']} "
+                f"| ×{on['seconds']} | | | | |"
+            )
+            continue
+        m, off, on, acc = r["measured"], r["offline"], r["online"], r["accuracy"]
+        prof = f"{r['profile']} ({m['rtt_ms']:g} ms, {m['throughput_mbit']:.0f})"
+        if r["provider"] == "insecure_dealer":
+            offl = "dealer (not measured) | | "
+        else:
+            offl = (
+                f"{off['bytes'] / 1e6:,.0f} | {off['rounds']} | {off['seconds']:.2f} "
+                f"({off['lower_bound_s']:.2f} / {off.get('estimate_s', float('nan')):.2f})"
+            )
+        out.append(
+            f"| {r['model']} | {r['approx']} | {prof} | {r['seq_len']}×{r['batch']} | {offl} "
+            f"| {on['bytes'] / 1e6:,.1f} | {on['rounds']} | {on['seconds']:.2f} "
+            f"({on['lower_bound_s']:.2f} / {on.get('estimate_s', float('nan')):.2f}) "
+            f"| {on.get('bytes_sent', 0) / 1e6:,.1f} | {acc['max_abs_err']:.1e} "
+            f"| {acc['cosine']:.6f} | {acc.get('label_agreement', float('nan'))} |"
+        )
+    return "\n".join(out)
 
 
 def plot_net(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:

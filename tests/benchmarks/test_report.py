@@ -83,3 +83,23 @@ def test_plot_net_writes_the_charts(tmp_path) -> None:
     bad.write_text('{"model": 1}\n')
     res = CliRunner().invoke(main, ["plot-net", str(bad)])
     assert res.exit_code == 1 and "not a `comet-bench net` row" in res.output
+
+
+def test_net_table_renders_rows_and_ratios(tmp_path) -> None:
+    meas = {"rtt_ms": 0.8, "throughput_mbit": 2900.0}
+    acc = {"max_abs_err": 1e-3, "cosine": 0.999999, "label_agreement": 1.0}
+    rows = [dict(_net_row("tiny", "lan", 32), measured=meas, accuracy=acc),
+            dict(_net_row("tiny", "lan", 32, provider="insecure_dealer"), measured=meas,
+                 accuracy=acc),
+            {"model": "tiny", "profile": "lan", "ratio": "reference / comet",
+             "offline": {"bytes": 0.9, "rounds": 1.0, "seconds": 0.95},
+             "online": {"bytes": 1.1, "rounds": 1.5, "seconds": 1.3}}]  # fmt: skip
+    src = tmp_path / "net.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    res = CliRunner().invoke(main, ["net-table", str(src)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 2 + 3 and all(ln.count("|") == 15 for ln in lines)
+    assert "| tiny | comet | lan (0.8 ms, 2900) | 32×1 | 10 | 100 | 2.00 (0.50 / nan) |" in lines[2]
+    assert "dealer (not measured)" in lines[3] and "| 6.0 |" in lines[3]
+    assert "×1.5" in lines[4]
