@@ -249,7 +249,7 @@ def _sites_table(result: dict[str, Any]) -> Table:
         "CrypTen: exp-based start + 3 Newton steps on the same range (float)",
     )
     table.add_column("site")
-    for name in ("observed range", "plan ratio", "deg", "steps", "rounds", "products"):
+    for name in ("observed range", "plan ratio", "deg", "steps", "rounds", "products", "openings"):
         table.add_column(name, justify="right")
     for name in ("max rel err", "CrypTen rounds", "CrypTen max rel err"):
         table.add_column(name, justify="right")
@@ -263,6 +263,7 @@ def _sites_table(result: dict[str, Any]) -> Table:
             str(r["steps"]),
             str(r["rounds"]),
             str(r["products"]),
+            str(r["openings"]),
             f"{r['max_rel_err']:.1e}",
             str(r["crypten_rounds"]),
             f"{r['crypten_max_rel_err']:.1e}",

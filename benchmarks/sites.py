@@ -1,10 +1,11 @@
 """`comet-bench sites`: every rsqrt site of a compiled model, and CrypTen on the same range.
 
 For each site: the calibrated range (observed; the plan covers it widened by the
-calibration margin), the chosen start degree, Newton steps, rounds and products per
-element, the plan's worst relative error over its range, and CrypTen 0.4's inv_sqrt
-(exp-based start, 3 Newton steps, 17 rounds) on the same range — float emulation, so
-the comparison isolates the method from fixed-point effects.
+calibration margin), the chosen start degree, Newton steps, rounds, products and
+openings (8 bytes per party each) per element, the plan's worst relative error over
+its range, and CrypTen 0.4's inv_sqrt (exp-based start, 3 Newton steps, 17 rounds) on
+the same range — float emulation, so the comparison isolates the method from
+fixed-point effects.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ def site_rows(card: Any) -> list[dict[str, Any]]:
                 "steps": len(plan.steps),
                 "rounds": plan.rounds(),
                 "products": plan.products(),
+                "openings": plan.openings(),
                 "max_rel_err": plan.max_rel_err,
                 "crypten_rounds": c_rounds,
                 "crypten_products": c_products,
+                # Beaver openings: 1 per squaring, per step y² (1), x·y² (2), y·(…) (2)
+                "crypten_openings": 8 + 5 * 3,
                 "crypten_max_rel_err": _crypten_err(plan.lo, plan.hi),
             }
         )
