@@ -37,6 +37,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linprog
 
+NEAR_FACTOR = 2.0  # plans stay accurate on [lo/NEAR_FACTOR, hi·NEAR_FACTOR] …
+NEAR_TOL = 0.2  # … to this relative error (or 2× the target of a rough plan)
+NEAR_FLOOR = 0.5  # the start's e there is at least this (in range: 1, before rescaling)
 _POLY_ROUNDS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3}
 _POLY_OPENINGS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4}
 
@@ -77,6 +80,18 @@ class RsqrtPlan:
         for a, b in self.steps:
             y = y * (a - b * xs * y * y)
         return y * self.out_scale
+
+    def near_range_error(self) -> float:
+        """Worst relative error on [lo/NEAR_FACTOR, lo) ∪ (hi, hi·NEAR_FACTOR] (float)."""
+        x = np.concatenate(
+            [
+                np.geomspace(self.lo / NEAR_FACTOR, self.lo, 1001),
+                np.geomspace(self.hi, self.hi * NEAR_FACTOR, 1001),
+            ]
+        )
+        with np.errstate(all="ignore"):
+            e = self.evaluate(x) * np.sqrt(x)
+        return float(np.max(np.abs(e - 1))) if np.all(np.isfinite(e)) else math.inf
 
     def out_of_range_factor(self) -> float:
         """Largest factor f such that inputs in [lo/f, hi·f] keep a positive first step."""
@@ -137,12 +152,14 @@ def _fit_start(a: float, b: float, degree: int) -> tuple[np.ndarray, float]:
             np.hstack([V, -ones]),  # e ≤ t
             np.hstack([-V, zeros]),  # e ≥ 1
             np.hstack([Vo, -ones_o]),  # outside the range: e ≤ t
-            np.hstack([-Vo, zeros_o]),  # outside: e ≥ 1/64 (strictly positive)
+            np.hstack([-Vo, zeros_o]),  # outside: e ≥ floor (strictly positive)
         ]
     )
-    b_ub = np.concatenate(
-        [np.zeros(len(x)), -np.ones(len(x)), np.zeros(len(xo)), -np.full(len(xo), 1 / 64)]
-    )
+    # Near the range the start must not dip (the steps then recover, `near_range_error`);
+    # further out, strictly positive suffices for boundedness.
+    near = (xo >= a / NEAR_FACTOR) & (xo <= b * NEAR_FACTOR)
+    floor = np.where(near, NEAR_FLOOR, 1 / 64)
+    b_ub = np.concatenate([np.zeros(len(x)), -np.ones(len(x)), np.zeros(len(xo)), -floor])
     res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=[(None, None)] * n + [(1.0, None)])
     if not res.success:
         raise ValueError(f"start polynomial fit failed on [{a}, {b}]: {res.message}")
@@ -214,6 +231,8 @@ def plan_rsqrt(
         plan = RsqrtPlan(plan.lo, plan.hi, c, plan.poly, plan.steps, plan.out_scale, err)
         if err > rel_err * 1.01:
             continue  # the LP's start was off between its grid points; another degree
+        if plan.near_range_error() > max(NEAR_TOL, 2 * rel_err):
+            continue  # accurate in range but lost just outside it (module docstring)
         if best is None or _cost(plan, prefer) < _cost(best, prefer):
             best = plan
     if best is None:

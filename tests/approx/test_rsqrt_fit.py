@@ -59,6 +59,21 @@ def test_outside_the_range_stays_positive_and_bounded(lo: float, hi: float) -> N
     assert plan.out_of_range_factor() >= 4
 
 
+@pytest.mark.parametrize("prefer", ["bytes", "rounds"])
+@pytest.mark.parametrize("ratio", [20.0, 221.0, 977.0, 1e5])
+def test_plans_stay_accurate_just_outside_the_range(ratio: float, prefer: str) -> None:
+    """The real-model failure this guards against: a bytes-optimal degree-4 start dipped
+    to e ≈ 1/64 just above its range, the plan returned 13% of 1/√x for an input 1.3×
+    above hi, a ReLU-softmax row sum went negative and the last layer diverged."""
+    from common.approx.rsqrt_fit import NEAR_FACTOR, NEAR_TOL
+
+    lo = 0.125
+    plan = plan_rsqrt(lo, lo * ratio, rel_err=2.0**-15, prefer=prefer)
+    assert plan.near_range_error() <= NEAR_TOL
+    x = np.geomspace(plan.hi, plan.hi * NEAR_FACTOR, 500)
+    assert np.all(np.abs(plan.evaluate(x) * np.sqrt(x) - 1) <= NEAR_TOL)
+
+
 def test_plans_exist_across_a_sweep_of_ranges() -> None:
     """Regression: [0.035, 28.49] (a fine-tuned MiniLM LayerNorm) once found no plan,
     because the LP start dipped below its grid between grid points."""
