@@ -204,8 +204,8 @@ def _model_table(result: dict[str, Any]) -> Table:
     "--model",
     default="default",
     show_default=True,
-    help="'default' (bundled Comet-form model), 'original' (its unadapted base) or a "
-    "checkpoint directory.",
+    help="'default' (bundled Comet-form model), 'original' (its unadapted base), "
+    "'bert-base' / 'bert-tiny' (synthetic shapes) or a checkpoint directory.",
 )
 @click.option("--seq-len", type=click.IntRange(2, 512), default=32, show_default=True)
 @click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)

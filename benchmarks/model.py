@@ -31,7 +31,13 @@ SAMPLE = (
 
 
 def resolve_model(model: str) -> Path:
-    """`default` is the bundled Comet-form model (built on first use); else a directory."""
+    """`default` is the bundled Comet-form model (built on first use), `original` its
+    base, `bert-base` / `bert-tiny` the synthetic shapes (`benchmarks.shapes`); else a
+    directory."""
+    from benchmarks.shapes import SHAPES, shape_dir
+
+    if model in SHAPES:
+        return shape_dir(model)
     if model == "default":
         from comet_server.adapt.default import default_model_dir
 
@@ -42,7 +48,9 @@ def resolve_model(model: str) -> Path:
         return original_model_dir(build=True)
     path = Path(model)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{model!r} is neither 'default' nor a model directory")
+        raise FileNotFoundError(
+            f"{model!r} is neither 'default', 'original', a shape nor a model directory"
+        )
     return path
 
 
@@ -104,6 +112,12 @@ def run_model(
             row[f"{phase}_bytes"] = row.get(f"{phase}_bytes", 0) + c.sent_bytes
             row[f"{phase}_rounds"] = max(row.get(f"{phase}_rounds", 0), c.rounds)
             row[f"{phase}_s"] = max(row.get(f"{phase}_s", 0.0), c.seconds)
+    # Online bytes sent per op kind (summed over layers), per party: where they go.
+    ops: dict[str, dict[str, int]] = {}
+    for who, m in (("server", server.meter), ("client", client.meter)):
+        for (phase, op), c in m.breakdown(by=("phase", "op")).items():
+            if phase == "online" and c.sent_bytes:
+                ops.setdefault(op or "-", {"server": 0, "client": 0})[who] += c.sent_bytes
     flat_g, flat_w = got.ravel(), want.ravel()
     result: dict[str, Any] = {
         "meta": {
@@ -119,6 +133,7 @@ def run_model(
         "layers": [
             r for r in layers.values() if r.get("offline_bytes", 0) or r.get("online_bytes", 0)
         ],
+        "online_sent_by_op": ops,
         "totals": {
             phase: {
                 "bytes": sum(
