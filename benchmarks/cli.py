@@ -339,7 +339,8 @@ def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
     "--model",
     default="default",
     show_default=True,
-    help="default | original | bert-tiny | bert-base | a checkpoint directory.",
+    help="default | original | bert-tiny | bert-base | bert-base-1l (one layer) | a checkpoint "
+    "directory.",
 )
 @click.option("--seq-len", type=click.IntRange(2, 512), default=32, show_default=True)
 @click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)

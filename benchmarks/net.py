@@ -38,7 +38,7 @@ from benchmarks.netshape import CLIENT_IP, PROFILES, SERVER_IP, Profile, ShapedL
 ROOT = Path(__file__).resolve().parents[1]
 COMET_PORT, PROBE_PORT = 50051, 50052
 FWD_COMET, FWD_PROBE = 50061, 50062
-MODELS = ("default", "original", "bert-tiny", "bert-base")
+MODELS = ("default", "original", "bert-tiny", "bert-base", "bert-base-1l")
 _TEXT = (
     "the new phone arrived two days late and the box was damaged but honestly the screen "
     "is gorgeous the battery lasts all day and support answered within minutes"

@@ -25,6 +25,9 @@ import torch
 SHAPES = {
     # name: (layers, hidden, heads, ffn)
     "bert-base": (12, 768, 12, 3072),
+    # one BERT-base layer with the full embedding and head: per-layer costs of BERT-base
+    # (its HE offline phase takes hours for 12 layers on 2 cores)
+    "bert-base-1l": (1, 768, 12, 3072),
     "bert-tiny": (2, 128, 2, 512),
 }
 DEFAULT_COMET = {"format": 1, "gelu": {"alpha": 0.05, "mu": 0.5},
