@@ -351,13 +351,15 @@ class Mpc:
         out, pm, pt = [], 0, 0
         for diff, bound in items:
             n = diff.size
-            v = np.zeros(n, U64)
-            if not (bound and client):
-                v += cat[pm : pm + n]
-                pm += n
-            if not (bound and not client):
-                v += theirs[pt : pt + n]
+            if not bound:  # the common case: one addition, no temporary
+                v = cat[pm : pm + n] + theirs[pt : pt + n]
+                pm, pt = pm + n, pt + n
+            elif client:  # the server's part alone (the client's is 0)
+                v = theirs[pt : pt + n]
                 pt += n
+            else:
+                v = cat[pm : pm + n]
+                pm += n
             out.append(v.reshape(diff.shape))
         return out
 
