@@ -467,3 +467,20 @@ def net_table_cmd(files: tuple[Path, ...]) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("rng")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--words", type=click.IntRange(1024, 1 << 27), default=1 << 23, show_default=True)
+def rng_cmd(as_json: bool, words: int) -> None:
+    """Cryptographic generator (ChaCha20) throughput against numpy's PCG64."""
+    from benchmarks import rng as rng_mod
+
+    result = rng_mod.measure(words)
+    table = Table(title="random generator, one core")
+    for col in ("generator", "seconds", "GB/s"):
+        table.add_column(col)
+    for name in ("secure_chacha20", "pcg64"):
+        r = result[name]
+        table.add_row(name, f"{r['seconds']:.4f}", f"{r['gb_per_s']:.2f}")
+    _emit(result, as_json, table)

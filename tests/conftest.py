@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+from common.prg import SecureRng
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +19,7 @@ def he_params() -> CrtBfvParams:
 @pytest.fixture(scope="session")
 def he_pair(he_params: CrtBfvParams) -> tuple[CrtBfvServer, CrtBfvClient]:
     client = CrtBfvClient(he_params)
-    server = CrtBfvServer(he_params, client.public_keys(), np.random.default_rng(7))
+    server = CrtBfvServer(he_params, client.public_keys(), SecureRng(7))
     return server, client
 
 

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from common.he.crt import CrtBasis
 from common.he.seal_io import SealIO, plaintext_coeffs, plaintext_members, split_ciphertext, wrap
+from common.prg import SecureRng, require_secure
 
 U64 = np.uint64
 
@@ -224,13 +225,11 @@ class CrtBfvClient(_Base):
 class CrtBfvServer(_Base):
     """The evaluator: multiplies client ciphertexts by its own plaintexts, masks, floods."""
 
-    def __init__(
-        self, params: CrtBfvParams, public_keys: list[bytes], rng: np.random.Generator
-    ) -> None:
+    def __init__(self, params: CrtBfvParams, public_keys: list[bytes], rng: SecureRng) -> None:
         super().__init__(params)
         if len(public_keys) != len(self.primes):
             raise ValueError("wrong number of public keys")
-        self.rng = rng
+        self.rng = require_secure(rng, "CrtBfvServer")
         for pr, blob in zip(self.primes, public_keys, strict=True):
             pk = self.io.load(seal.PublicKey(), pr.context, blob)
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)
@@ -313,9 +312,7 @@ class CrtBfvServer(_Base):
             self.io.members(ct), self.params.poly_degree, self.params.return_moduli
         )
         n = self.params.poly_degree
-        noise = self.rng.integers(
-            -(1 << flood_bits), 1 << flood_bits, size=n, dtype=np.int64, endpoint=True
-        )
+        noise = self.rng.signed_uniform(flood_bits, n)
         for j, q in enumerate(self._moduli[i]):
             e = np.mod(noise, np.int64(q)).astype(U64)
             data[0, j] = (data[0, j] + e) % U64(q)

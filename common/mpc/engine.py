@@ -37,6 +37,7 @@ from common.mpc.ring import (
     trunc_share,
 )
 from common.mpc.roles import CLIENT, SERVER
+from common.prg import SecureRng, require_secure
 from common.transport import Channel
 
 
@@ -124,12 +125,12 @@ class Mpc:
         channel: Channel,
         source: CorrelationSource,
         fxp: FixedPoint | None = None,
-        rng: np.random.Generator | None = None,
+        rng: SecureRng | None = None,
     ) -> None:
         self.ch = channel
         self.source = source
         self.fxp = fxp or FixedPoint()
-        self.rng = rng or new_rng()
+        self.rng = new_rng() if rng is None else require_secure(rng, "Mpc")
 
     @property
     def party(self) -> int:

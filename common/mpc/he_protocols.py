@@ -21,6 +21,7 @@ from common.he.crt_bfv import CrtBfvClient, CrtBfvServer
 from common.he.packing import choose_blocking
 from common.mpc.ring import U64, Ring, random_ring
 from common.mpc.roles import CLIENT
+from common.prg import SecureRng
 from common.transport import Channel
 
 
@@ -50,7 +51,7 @@ def unpack_blobs(data: bytes, expected: int) -> list[bytes]:
     return out
 
 
-def _mask(rng: np.random.Generator, bits: int, shape: tuple[int, ...]) -> list[Ring]:
+def _mask(rng: SecureRng, bits: int, shape: tuple[int, ...]) -> list[Ring]:
     """Uniform integers below 2^bits as little-endian uint64 limbs."""
     limbs = [random_ring(rng, shape) for _ in range(math.ceil(bits / 64))]
     top = bits - 64 * (len(limbs) - 1)
@@ -63,7 +64,7 @@ def he_products(
     ch: Channel,
     he: CrtBfvClient | CrtBfvServer,
     operands: list[Ring],
-    rng: np.random.Generator,
+    rng: SecureRng,
 ) -> Ring:
     """Shares of Σ_j x_j ⊙ y_j mod 2^64 (client holds the x_j, server the y_j).
 
@@ -127,7 +128,7 @@ def he_matmul(
     operand: NDArray,
     shape: tuple[int, int, int],
     rhs_bits: int,
-    rng: np.random.Generator,
+    rng: SecureRng,
 ) -> Ring:
     """Shares of X·W mod 2^64: the client holds X (m×k, uint64), the server W (k×n).
 

@@ -39,6 +39,7 @@ from common.mpc.ring import (
     ring_matmul_public,
 )
 from common.mpc.roles import CLIENT, SERVER
+from common.prg import SecureRng, require_secure
 from common.transport import Channel, NullChannel, ProtocolMismatch
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,14 @@ class HeProvider:
     def __init__(
         self,
         params: CrtBfvParams | None = None,
-        rng: np.random.Generator | None = None,
+        rng: SecureRng | None = None,
         weight_bits: int = 28,
     ) -> None:
         # weight_bits is public (both parties size the CRT basis with it): the server's
         # encoded weights must satisfy |W| < 2^weight_bits.
         self.params = params or CrtBfvParams()
         self.weight_bits = weight_bits
-        self.rng = rng or new_rng()
+        self.rng = new_rng() if rng is None else require_secure(rng, type(self).__name__)
         self.he: CrtBfvClient | CrtBfvServer | None = None
 
     def setup(self, ch: Channel) -> None:
@@ -211,14 +212,14 @@ class InsecureDealer:
 
     name = "insecure_dealer"
 
-    def __init__(self, rng: np.random.Generator | None = None) -> None:
+    def __init__(self, rng: SecureRng | None = None) -> None:
         warnings.warn(
             "insecure_dealer: correlations come from a shared seed; NOT SECURE (tests only)",
             InsecureDealerWarning,
             stacklevel=2,
         )
         log.warning("insecure_dealer provider in use: no security")
-        self.rng = rng or new_rng()
+        self.rng = new_rng() if rng is None else require_secure(rng, type(self).__name__)
 
     def setup(self, ch: Channel) -> None:
         pass
@@ -233,7 +234,9 @@ class InsecureDealer:
                 ch.send_array("dealer.seed", seed)
             else:
                 seed = ch.recv_array("dealer.seed", (4,), U64)
-            g = np.random.Generator(np.random.PCG64(seed.tolist()))
+            # The same cryptographic generator keyed from the (public!) seed: the dealer
+            # is insecure by design, not by its generator.
+            g = SecureRng(seed.tobytes())
             me = ch.party
 
             def split(v: Ring) -> Ring:
@@ -288,7 +291,7 @@ class InsecureDealer:
 
 
 def _mask_share(
-    rng: np.random.Generator,
+    rng: SecureRng,
     shape: tuple[int, ...],
     bind: Bind | None,
     outputs: Mapping[str, Ring],

@@ -1,16 +1,18 @@
 """The ring Z_{2^64} (numpy uint64, wrap-around is free) and fixed-point encoding.
 
-Pure functions only: no communication, no randomness source of their own.
+Pure functions only: no communication, no randomness source of their own (callers pass a
+`common.prg.SecureRng`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+
+from common.prg import SecureRng, require_secure
 
 RING_BITS = 64
 U64 = np.uint64
@@ -21,18 +23,18 @@ Ring = NDArray[np.uint64]
 _EXACT_FLOAT_BITS = 53
 
 
-def new_rng(seed: int | None = None) -> np.random.Generator:
-    """A PCG64 generator seeded from `os.urandom` (a fixed `seed` is for tests only)."""
-    if seed is None:
-        seed = int.from_bytes(os.urandom(32), "little")
-    return np.random.Generator(np.random.PCG64(seed))
+def new_rng(seed: int | bytes | None = None) -> SecureRng:
+    """A cryptographic generator keyed from `os.urandom` (a fixed `seed` is for tests and
+    the test-only dealer)."""
+    return SecureRng(seed)
 
 
-def random_ring(rng: np.random.Generator, shape: tuple[int, ...] | int) -> Ring:
-    """Uniform elements of Z_{2^64}."""
+def random_ring(rng: SecureRng, shape: tuple[int, ...] | int) -> Ring:
+    """Uniform elements of Z_{2^64} from a `SecureRng` (anything else raises
+    `InsecureRandomnessError`: every caller draws shares or masks)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     n = math.prod(shape)
-    return rng.bit_generator.random_raw(n).astype(U64, copy=False).reshape(shape)
+    return require_secure(rng, "random_ring").words(n).reshape(shape)
 
 
 def to_signed(x: Ring) -> NDArray[np.int64]:

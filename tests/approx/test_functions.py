@@ -17,6 +17,7 @@ from common.mpc.engine import Mpc
 from common.mpc.preprocessing import InsecureDealer, plan_program
 from common.mpc.ring import FRAC_BITS
 from common.mpc.roles import CLIENT
+from common.prg import SecureRng
 from common.transport import run_local
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -32,7 +33,7 @@ def shared_run(fn, x: np.ndarray, extra=None):
 
     def body(ch, data):
         plan, w = plan_program(lambda m: program(m, data), ch.party)
-        prov = InsecureDealer(np.random.default_rng(7))
+        prov = InsecureDealer(SecureRng(7))
         prov.setup(ch)
         pool = prov.generate(ch, plan, w)
         with ch.scope(phase="online"):

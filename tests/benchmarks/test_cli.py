@@ -80,3 +80,12 @@ def test_table_output():
     assert res.exit_code == 0, res.output
     assert "mean" in res.stdout and "max abs err" in res.stdout
     assert "[1/1]" in res.stderr and "[1/1]" not in res.stdout
+
+
+def test_rng_bench_reports_both_generators():
+    res = CliRunner().invoke(main, ["rng", "--json", "--words", "4096"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    for name in ("secure_chacha20", "pcg64"):
+        assert out[name]["seconds"] > 0 and out[name]["gb_per_s"] > 0
+    assert out["triple_batch_words"] == 8192 * 10

@@ -3,6 +3,7 @@ import pytest
 
 from common.he.crt_bfv import CrtBfvParams
 from common.mpc.ring import random_ring
+from common.prg import SecureRng
 
 
 def test_params_secure_and_distinct(he_params):
@@ -53,8 +54,7 @@ def test_malformed_ciphertext_rejected(he_pair):
 
 def test_coefficient_plaintext_roundtrip(he_pair):
     server, client = he_pair
-    rng = np.random.default_rng(1)
-    coeffs = random_ring(rng, 8192) % np.uint64(server.primes[1].p)
+    coeffs = random_ring(SecureRng(1), 8192) % np.uint64(server.primes[1].p)
     ct = server.load(1, client.encrypt(1, coeffs, coeffs=True))
     one = np.zeros(8192, dtype=np.uint64)
     one[0] = 1

@@ -8,13 +8,14 @@ from common.mpc.he_protocols import he_products, unpack_blobs
 from common.mpc.preprocessing import HeProvider, InsecureDealer, InsecureDealerWarning
 from common.mpc.ring import ring_matmul, ring_matmul_public
 from common.mpc.roles import CLIENT, SERVER
+from common.prg import SecureRng
 from common.transport import Channel, NullChannel, run_local
 from tests.conftest import CHI2_LIMIT, chi2_uniform_bytes
 
 
 def _gen(plan, weights=None):
     def body(ch: Channel):
-        prov = HeProvider(rng=np.random.default_rng(10 + ch.party))
+        prov = HeProvider(rng=SecureRng(10 + ch.party))
         return prov.generate(ch, plan, weights if ch.party == SERVER else None), ch.meter
 
     return run_local(body)
@@ -152,7 +153,7 @@ def _client_view_of_products(server_value: int) -> np.ndarray:
     n = 8192
 
     def body(ch):
-        rng = np.random.default_rng(ch.party + 100)
+        rng = SecureRng(ch.party + 100)
         prov = HeProvider(rng=rng)
         prov.setup(ch)
         if ch.party == CLIENT:

@@ -10,6 +10,7 @@ from common.mpc.ring import (
     to_signed,
     trunc_share,
 )
+from common.prg import SecureRng
 
 
 def _ref_matmul(a, b):
@@ -36,7 +37,7 @@ def test_fixed_point_rejects_out_of_range():
 
 
 def test_ring_matmul_exact():
-    rng = np.random.default_rng(1)
+    rng = SecureRng(1)
     a = random_ring(rng, (7, 33))
     b = random_ring(rng, (33, 5))
     b[0, 0] = np.uint64(2**64 - 1)
@@ -50,7 +51,7 @@ def test_ring_matmul_exact():
 @pytest.mark.parametrize("wbits", [1, 20, 30])
 def test_ring_matmul_public_exact(wbits):
     rng = np.random.default_rng(2)
-    x = random_ring(rng, (9, 700))
+    x = random_ring(SecureRng(2), (9, 700))
     w = rng.integers(-(2**wbits) + 1, 2**wbits, (700, 11))
     got = ring_matmul_public(x, w).astype(object)
     assert np.array_equal(got, _ref_matmul(x, w.astype(object)))
@@ -60,7 +61,7 @@ def test_truncation_exact_when_no_wrap():
     rng = np.random.default_rng(3)
     fx = FixedPoint(16)
     v = fx.encode(rng.normal(0, 100, 10000)) * fx.encode(rng.normal(0, 1, 10000))
-    s0 = random_ring(rng, v.shape)
+    s0 = random_ring(SecureRng(3), v.shape)
     s1 = v - s0
     t = trunc_share(s0, 16, 0) + trunc_share(s1, 16, 1)
     err = to_signed(t) - (to_signed(v) >> 16)
@@ -70,7 +71,7 @@ def test_truncation_exact_when_no_wrap():
 @pytest.mark.parametrize("log_v", [30, 54])
 def test_truncation_failure_rate(log_v):
     """Failure (a ~2^(64-f) error) happens with probability |v| / 2^64 (docs/SECURITY.md)."""
-    rng = np.random.default_rng(4)
+    rng = SecureRng(4)
     n = 1 << 18
     v = np.full(n, 1 << log_v, dtype=U64)
     s0 = random_ring(rng, n)
