@@ -10,6 +10,7 @@ sees — with the per-layer cost of both phases.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from common.mpc.preprocessing import make_provider
 from common.mpc.roles import CLIENT
 from common.protocol.card import ModelCard
 from common.protocol.program import ClientInput
+from common.protocol.public_tables import PublicTableError, load_public_table
 from common.protocol.run import private_forward
 from common.protocol.session import (
     PROTOCOL_VERSION,
@@ -242,6 +244,14 @@ def infer(
             raise CometError("the model card does not match its digest")
         kind = resolve_output(card, output)
         inp = tokenize(_tokenizer(w.tokenizer), texts, card)
+        if card.embedding_source:
+            # The server's word table is a public one: look rows up in our own copy,
+            # after checking it is the same table (before any work starts).
+            try:
+                table = load_public_table(card.embedding_source, card.embedding_digest)
+            except PublicTableError as e:
+                raise CometError(str(e)) from None
+            inp = dataclasses.replace(inp, embedding_table=table)
         B, L = inp.token_ids.shape
         check_start(card, B, L, inp.attention_mask, w.max_batch)
         send(

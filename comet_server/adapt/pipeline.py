@@ -14,6 +14,7 @@ import numpy as np
 
 from comet_server.adapt.patch import save_comet_model
 from comet_server.adapt.train import Recipe, accuracy, distil, finetune, predict
+from common.protocol.public_tables import source_of, write_marker
 
 ORIGINAL, COMET = "original", "comet"
 
@@ -126,6 +127,13 @@ def adapt(
 
     lo = predict(model, tok, vt, recipe.max_length)
     lc = predict(student, tok, vt, recipe.max_length)
+    source = source_of(base) if recipe.freeze_embeddings else None
+    report["public_embeddings"] = source
+    if source is not None:
+        # The table is the public checkpoint's, bit for bit (checked): serve it as public.
+        for sub_dir, m in ((ORIGINAL, model), (COMET, student)):
+            write_marker(out / sub_dir, source, m.get_input_embeddings().weight.detach().numpy())
+        say(f"word embeddings kept as {source}'s: served as public (no private lookup)")
     report["val"] = {
         "original_accuracy": accuracy(lo, vy),
         "comet_accuracy": accuracy(lc, vy),

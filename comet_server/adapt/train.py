@@ -39,6 +39,10 @@ class Recipe:
     ce_weight: float = 0.5
     seed: int = 0
     threads: int = 2
+    # Keep the word embeddings as the base checkpoint's: the served table is then public
+    # (the client looks rows up itself) and the private lookup, the model's largest HE
+    # product, disappears (docs/SECURITY.md, "Public embeddings").
+    freeze_embeddings: bool = True
 
 
 Progress = Callable[[int, float], None]  # (steps done, running loss)
@@ -116,6 +120,16 @@ def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_schedule
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
+def freeze_word_embeddings(model: nn.Module, recipe: Recipe) -> None:
+    """Exclude the word-embedding table from training when the recipe asks for it."""
+    if recipe.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def finetune(
     model: nn.Module,
     tokenizer,
@@ -128,7 +142,8 @@ def finetune(
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(recipe.threads)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    freeze_word_embeddings(model, recipe)
+    opt = torch.optim.AdamW(_trainable(model), lr=recipe.lr, weight_decay=0.01)
     sched = _schedule(opt, recipe.finetune_steps)
     run = None
     it = batches(tokenizer, texts, labels, recipe, recipe.finetune_steps, recipe.seed)
@@ -159,10 +174,11 @@ def distil(
     alpha, mu = gelu_fit_smu()
     params = CometParams(alpha, mu)
     student = comet_form(copy.deepcopy(teacher), params).train()
+    freeze_word_embeddings(student, recipe)
     teacher.eval()
     opt = torch.optim.AdamW(
         [
-            {"params": list(student.parameters()), "lr": recipe.lr, "weight_decay": 0.01},
+            {"params": _trainable(student), "lr": recipe.lr, "weight_decay": 0.01},
             {"params": list(params.parameters()), "lr": recipe.lr_smu, "weight_decay": 0.0},
         ]
     )

@@ -30,6 +30,7 @@ from common.approx.rsqrt_fit import plan_rsqrt
 from common.protocol.card import ApproxConfig, CompiledModel, ModelCard, Sites
 from common.protocol.hf import architecture_of, canonical_weights, load_hf
 from common.protocol.program import ClientInput, SiteSource, Weights, encoder_forward
+from common.protocol.public_tables import PublicTableError, read_marker, table_digest
 
 MARGIN = 2.0  # calibrated ranges are widened to [lo / MARGIN, hi · MARGIN]
 REL_ERR = 2.0**-12  # rsqrt target relative error at every accurate site
@@ -188,11 +189,19 @@ def compile_loaded(
     batches: list[ClientInput],
     name: str,
     public_embeddings: bool = False,
+    embedding_source: tuple[str, str] | None = None,
 ) -> CompiledModel:
-    """Convert and calibrate an already loaded HF model (see `compile_model`)."""
+    """Convert and calibrate an already loaded HF model (see `compile_model`).
+
+    embedding_source: (public source, table digest) when the word table is public
+    (`common.protocol.public_tables`); implies public embeddings.
+    """
     arch = architecture_of(model, config)
     weights = canonical_weights(model, arch)
-    card = ModelCard(name, arch, approx, Sites(), public_embeddings)
+    src, digest = embedding_source or ("", "")
+    if src and table_digest(weights["emb.word"]) != digest:
+        raise PublicTableError(f"{name}: the word table does not match the public {src!r} one")
+    card = ModelCard(name, arch, approx, Sites(), public_embeddings or bool(src), src, digest)
     card.sites = calibrate(card, weights, batches)
     return CompiledModel(card, weights)
 
@@ -216,6 +225,9 @@ def compile_model(
 
     model_dir = Path(model_dir)
     model, config = load_hf(model_dir)
+    # A checkpoint whose word table is a public one's (comet-adapt's default) serves it
+    # as public: the client looks rows up locally, no HE lookup (docs/SECURITY.md).
+    source = read_marker(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     texts = list(calibration_texts or default_calibration_texts())
     compiled = compile_loaded(
@@ -225,5 +237,6 @@ def compile_model(
         tokenize_batches(tokenizer, texts, max_length),
         name or model_dir.name,
         public_embeddings,
+        source,
     )
     return compiled, tokenizer

@@ -89,6 +89,10 @@ class ModelCard:
     approx: ApproxConfig
     sites: Sites
     public_embeddings: bool = False
+    # With public embeddings: the public checkpoint the word table equals, and its
+    # digest (`common.protocol.public_tables`); the client checks its own copy.
+    embedding_source: str = ""
+    embedding_digest: str = ""
 
     def to_json(self) -> str:
         return json.dumps(_jsonable(self), sort_keys=True)
@@ -134,7 +138,15 @@ class ModelCard:
             },
             ranges={k: (float(v[0]), float(v[1])) for k, v in s["ranges"].items()},
         )
-        return cls(d["name"], Architecture(**arch), approx, sites, d["public_embeddings"])
+        return cls(
+            d["name"],
+            Architecture(**arch),
+            approx,
+            sites,
+            d["public_embeddings"],
+            d.get("embedding_source", ""),
+            d.get("embedding_digest", ""),
+        )
 
 
 def _form(d: dict | None) -> OddFormParams | None:

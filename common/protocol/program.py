@@ -29,6 +29,7 @@ from common.approx.rsqrt_fit import RsqrtPlan
 from common.mpc.correlations import Bind
 from common.mpc.roles import CLIENT, SERVER
 from common.protocol.card import ModelCard
+from common.protocol.public_tables import load_public_table
 
 Weights = dict[str, NDArray[np.float64]]
 
@@ -250,6 +251,8 @@ def _embed(
         if is_client:
             assert client is not None
             table = client.embedding_table
+            if table is None and card.embedding_source:
+                table = load_public_table(card.embedding_source, card.embedding_digest)
             if table is None:
                 raise ValueError("public embeddings: the client needs the embedding table")
             rows = table[client.token_ids]
