@@ -22,6 +22,7 @@ import numpy as np
 import tenseal.sealapi as seal
 from numpy.typing import NDArray
 
+from common.he.compact import check_room, compact_bytes, pack, unpack
 from common.he.crt import CrtBasis
 from common.he.seal_io import SealIO, plaintext_coeffs, plaintext_members, split_ciphertext, wrap
 from common.prg import SecureRng, require_secure
@@ -139,6 +140,13 @@ class _Base:
         self.io = SealIO()
         self.primes = [_make_prime(params, p) for p in params.plain_primes]
         self._prefix: list[bytes | None] = [None] * len(self.primes)
+        self._moduli = [
+            [
+                m.value()
+                for m in pr.context.get_context_data(pr.return_parms).parms().coeff_modulus()
+            ]
+            for pr in self.primes
+        ]
 
     def basis(self, n_primes: int) -> CrtBasis:
         return CrtBasis([pr.p for pr in self.primes[:n_primes]])
@@ -158,8 +166,9 @@ class _Base:
         return self._plain_coeffs(i, residues) if coeffs else self._plain_slots(i, residues)
 
     def return_size(self) -> int:
-        """Bytes of one returned ciphertext (2 polynomials at the return level)."""
-        return 2 * self.params.return_moduli * self.params.poly_degree * 8
+        """Bytes of one returned ciphertext (2 polynomials at the return level, their
+        low bits rounded away: `common.he.compact`)."""
+        return compact_bytes(self.params.poly_degree)
 
 
 class CrtBfvClient(_Base):
@@ -199,12 +208,11 @@ class CrtBfvClient(_Base):
         return self._prefix[i]
 
     def load_result(self, i: int, raw: bytes) -> object:
-        if len(raw) != self.return_size():
-            raise ValueError(
-                f"result ciphertext has {len(raw)} bytes, expected {self.return_size()}"
-            )
+        data = unpack(raw, self._moduli[i], self.params.poly_degree)
         ct = seal.Ciphertext(self.primes[i].context)
-        return self.io.load(ct, self.primes[i].context, wrap(self._return_prefix(i) + raw))
+        return self.io.load(
+            ct, self.primes[i].context, wrap(self._return_prefix(i) + data.tobytes())
+        )
 
     def noise_budget(self, i: int, ct: object) -> int:
         return self.primes[i].extras["decryptor"].invariant_noise_budget(ct)
@@ -233,13 +241,7 @@ class CrtBfvServer(_Base):
         for pr, blob in zip(self.primes, public_keys, strict=True):
             pk = self.io.load(seal.PublicKey(), pr.context, blob)
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)
-        self._moduli = [
-            [
-                m.value()
-                for m in pr.context.get_context_data(pr.return_parms).parms().coeff_modulus()
-            ]
-            for pr in self.primes
-        ]
+        self._room_checked: set[int] = set()
 
     def load(self, i: int, blob: bytes) -> object:
         """A client ciphertext under prime i (raises ValueError if malformed)."""
@@ -296,9 +298,14 @@ class CrtBfvServer(_Base):
     ) -> bytes:
         """Add the plaintext mask, switch to the return level, re-randomise, flood.
 
-        Returns the raw coefficient bytes (the client knows the metadata).
+        Returns the coefficients with their low bits rounded away (`common.he.compact`,
+        17 bytes per coefficient; the client knows the metadata).
         Cost: one mod switch, one public-key encryption of zero, one serialization.
         """
+        if flood_bits not in self._room_checked:
+            for j, pr in enumerate(self.primes):
+                check_room(self._moduli[j], pr.p, self.params.poly_degree, flood_bits)
+            self._room_checked.add(flood_bits)
         pr = self.primes[i]
         ev = pr.evaluator
         if ct.is_ntt_form():
@@ -316,4 +323,4 @@ class CrtBfvServer(_Base):
         for j, q in enumerate(self._moduli[i]):
             e = np.mod(noise, np.int64(q)).astype(U64)
             data[0, j] = (data[0, j] + e) % U64(q)
-        return data.tobytes()
+        return pack(data, self._moduli[i])

@@ -1,0 +1,66 @@
+"""Rounded returns: the error of every coefficient is within the stated bound."""
+
+import numpy as np
+import pytest
+
+from common.he import compact
+from common.he.crt_bfv import CrtBfvParams
+from common.prg import SecureRng
+
+
+@pytest.fixture(scope="module")
+def moduli(he_pair):
+    server, _ = he_pair
+    return server._moduli[0]
+
+
+def _ints(data, q0, q1):
+    Q = q0 * q1
+    out = []
+    for r0, r1 in zip(data[0].tolist(), data[1].tolist(), strict=True):
+        x = (r0 * q1 * pow(q1, -1, q0) + r1 * q0 * pow(q0, -1, q1)) % Q
+        out.append(x)
+    return out
+
+
+def test_rounding_error_is_bounded_for_every_coefficient(moduli):
+    q0, q1 = moduli
+    Q = q0 * q1
+    n = 8192
+    rng = SecureRng(3)
+    data = np.empty((2, 2, n), np.uint64)
+    for j, q in enumerate(moduli):
+        data[:, j] = rng.below(q, 2 * n).reshape(2, n).astype(np.uint64)
+    # edge values: 0, Q − 1, just below a rounding boundary
+    for c in range(2):
+        for x, pos in ((0, 0), (Q - 1, 1), ((1 << 100) + (1 << 55) - 1, 2)):
+            data[c, 0, pos], data[c, 1, pos] = x % q0, x % q1
+    raw = compact.pack(data, moduli)
+    assert len(raw) == compact.compact_bytes(n) == 17 * n
+    back = compact.unpack(raw, moduli, n)
+    for c, k in ((0, compact.K0), (1, compact.K1)):
+        want = _ints(data[c], q0, q1)
+        got = _ints(back[c], q0, q1)
+        for x, y in zip(want, got, strict=True):
+            err = (y - x) % Q
+            err = err - Q if err > Q // 2 else err
+            assert abs(err) <= 1 << (k - 1)
+            assert y % (1 << k) == 0 or y >= Q - (1 << k)  # a multiple of 2^k, mod Q
+
+
+def test_room_check(moduli):
+    p = CrtBfvParams().plain_primes[0]
+    compact.check_room(moduli, p, 8192, 52)
+    with pytest.raises(ValueError, match="room"):
+        compact.check_room(moduli, p, 8192, 60)
+    with pytest.raises(ValueError, match="bytes"):
+        compact.unpack(b"\0" * 10, moduli, 8192)
+
+
+def test_constant_mulmod_is_exact(moduli):
+    q = moduli[1]
+    a = SecureRng(4).words(4096)
+    a[:3] = [0, 2**64 - 1, q]
+    for w in (1, q - 1, 0x123456789ABCDEF % q):
+        got = compact._mulmod_const(a, w, q)
+        assert [int(g) for g in got] == [int(x) * w % q for x in a.tolist()]
