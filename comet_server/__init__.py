@@ -1,1 +1,2 @@
-"""The server side of Comet: model adaptation (`comet-adapt`) and, later, the service."""
+"""The server side of Comet: the gRPC service (`comet-server`: `cli`, `service`,
+`registry`) and model adaptation (`comet-adapt`: `adapt`)."""
