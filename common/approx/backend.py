@@ -32,6 +32,14 @@ from common.mpc.roles import CLIENT, SERVER
 Value = Any  # numpy uint64 shares (SharedBackend) or a torch tensor (PlainBackend)
 
 
+def _writable(x: object) -> NDArray[np.float64]:
+    """float64 array torch can wrap without a warning: read-only inputs (broadcast
+    views, shared tables) are copied, writable ones are not."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64).numpy()
+    return np.require(np.asarray(x, dtype=np.float64), requirements="W")
+
+
 class Backend(Protocol):
     """The operations a program may use. Costs are those of `SharedBackend`."""
 
@@ -213,7 +221,7 @@ class PlainBackend:
         return self.frac_bits is not None
 
     def encode(self, x: NDArray | float | torch.Tensor, bits: int | None = None) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        t = torch.as_tensor(_writable(x))
         if not self.fixed:
             return t
         b = self.frac_bits if bits is None else bits
@@ -243,7 +251,7 @@ class PlainBackend:
 
     def mul_public(self, x: Value, c: NDArray | float) -> Value:
         if not self.fixed:
-            return x * torch.as_tensor(np.asarray(c, dtype=np.float64))
+            return x * torch.as_tensor(_writable(c))
         # Same encoding rule as Mpc.mul_public: small constants get extra bits.
         f = self.frac_bits
         assert f is not None
@@ -308,7 +316,7 @@ class PlainBackend:
         if onehot is None or table is None:
             raise ValueError(f"plain back-end needs the one-hot rows and the table {key!r}")
         # The one-hot is an integer: the product is the table at its own scale.
-        oh = torch.as_tensor(np.asarray(onehot, dtype=np.float64))
+        oh = torch.as_tensor(_writable(onehot))
         if self.fixed:
             oh = oh.to(torch.int64)
         return oh @ self.encode(table)
