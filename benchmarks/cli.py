@@ -195,6 +195,18 @@ def _model_table(result: dict[str, Any]) -> Table:
             str(r.get("online_rounds", 0)),
             f"{r.get('online_s', 0.0):.3f}",
         )
+    kinds = result.get("offline_by_kind", [])
+    if kinds:
+        table.add_section()
+    for k in kinds:  # offline bytes both ways per correlation kind (JSON: up/down apart)
+        table.add_row(
+            f"offline: {k['kind']}",
+            f"{k.get('bytes_up', 0) + k.get('bytes_down', 0):,}",
+            f"{max(k.get('server_s', 0.0), k.get('client_s', 0.0)):.2f}",
+            "",
+            "",
+            "",
+        )
     return table
 
 

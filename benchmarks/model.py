@@ -118,6 +118,17 @@ def run_model(
         for (phase, op), c in m.breakdown(by=("phase", "op")).items():
             if phase == "online" and c.sent_bytes:
                 ops.setdefault(op or "-", {"server": 0, "client": 0})[who] += c.sent_bytes
+    # Offline cost per correlation kind: bytes up (client → server) and down, and each
+    # party's seconds in it (wall time inside the kind's scope).
+    kinds: dict[str, dict[str, Any]] = {}
+    for who, m in (("server", server.meter), ("client", client.meter)):
+        for (phase, op), c in m.breakdown(by=("phase", "op")).items():
+            if phase != "offline" or not (c.sent_bytes or c.recv_bytes):
+                continue
+            row = kinds.setdefault(op or "-", {"kind": op or "-"})
+            if who == "client":
+                row["bytes_up"], row["bytes_down"] = c.sent_bytes, c.recv_bytes
+            row[f"{who}_s"] = c.seconds
     flat_g, flat_w = got.ravel(), want.ravel()
     result: dict[str, Any] = {
         "meta": {
@@ -134,6 +145,7 @@ def run_model(
             r for r in layers.values() if r.get("offline_bytes", 0) or r.get("online_bytes", 0)
         ],
         "online_sent_by_op": ops,
+        "offline_by_kind": sorted(kinds.values(), key=lambda r: -r.get("bytes_up", 0)),
         "totals": {
             phase: {
                 "bytes": sum(

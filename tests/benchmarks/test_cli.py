@@ -89,3 +89,21 @@ def test_rng_bench_reports_both_generators():
     for name in ("secure_chacha20", "pcg64"):
         assert out[name]["seconds"] > 0 and out[name]["gb_per_s"] > 0
     assert out["triple_batch_words"] == 8192 * 10
+
+
+@pytest.mark.slow
+def test_model_bench_offline_by_kind_adds_up(tmp_path, monkeypatch):
+    """`comet-bench model` splits the HE offline phase by correlation kind; the kinds'
+    bytes add up to the offline total."""
+    monkeypatch.setenv("COMET_HOME", str(tmp_path))
+    res = CliRunner().invoke(
+        main, ["model", "--model", "bert-tiny", "--seq-len", "4", "--provider", "he", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{") :])
+    kinds = {k["kind"]: k for k in out["offline_by_kind"]}
+    assert {"linear-masks", "mask-groups"} <= set(kinds)
+    total = sum(k.get("bytes_up", 0) + k.get("bytes_down", 0) for k in kinds.values())
+    # the plan-digest exchange (64 bytes) is the only offline traffic outside a kind
+    assert 0 <= out["totals"]["offline"]["bytes"] - total <= 64
+    assert all(k["server_s"] > 0 and k["client_s"] > 0 for k in kinds.values())
