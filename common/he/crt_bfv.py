@@ -238,6 +238,7 @@ class CrtBfvServer(_Base):
         if len(public_keys) != len(self.primes):
             raise ValueError("wrong number of public keys")
         self.rng = require_secure(rng, "CrtBfvServer")
+        self.public_key_blobs = tuple(public_keys)  # for worker processes (public)
         for pr, blob in zip(self.primes, public_keys, strict=True):
             pk = self.io.load(seal.PublicKey(), pr.context, blob)
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)

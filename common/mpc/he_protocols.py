@@ -18,7 +18,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvServer
+from common.he.executor import HeExecutor
 from common.he.packing import choose_blocking
+from common.he.server_jobs import (
+    MatmulJob,
+    ProductsJob,
+    matmul_in_worker,
+    products_in_worker,
+    run_matmul,
+    run_products,
+)
 from common.mpc.ring import U64, Ring, random_ring
 from common.mpc.roles import CLIENT
 from common.prg import SecureRng
@@ -65,6 +74,7 @@ def he_products(
     he: CrtBfvClient | CrtBfvServer,
     operands: list[Ring],
     rng: SecureRng,
+    executor: HeExecutor | None = None,
 ) -> Ring:
     """Shares of Σ_j x_j ⊙ y_j mod 2^64 (client holds the x_j, server the y_j).
 
@@ -105,21 +115,40 @@ def he_products(
     assert isinstance(he, CrtBfvServer)
     flood = params.flood_bits(J, he.primes[0].p / math.sqrt(12))
     basis = he.basis(P)
-    share = np.empty(chunks * N, dtype=U64)
-    for c in range(chunks):
-        blobs = unpack_blobs(ch.recv("he.prod.up"), P * J)
-        limbs = _mask(rng, sigma, (N,))
-        mask_res = basis.residues_of_limbs(limbs)
-        raws = []
-        for i in range(P):
-            p = U64(he.primes[i].p)
-            cts = [he.load(i, blobs[i * J + j]) for j in range(J)]
-            pts = [he.plain(i, chunk(y, c) % p, coeffs=False) for y in operands]
-            acc = he.dot_plain(i, cts, pts)
-            raws.append(he.seal_result(i, acc, mask_res[i], coeffs=False, flood_bits=flood))
-        ch.send("he.prod.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
-        share[c * N : (c + 1) * N] = -limbs[0]
-    return share[:n]
+    # The client sends every chunk before it reads: take them all, then work in parallel.
+    ups = [unpack_blobs(ch.recv("he.prod.up"), P * J) for _ in range(chunks)]
+    limbs = _mask(rng, sigma, (chunks, N))
+    mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, chunks, N)
+    ys = np.stack([np.stack([chunk(y, c) for y in operands]) for c in range(chunks)])
+    groups = _split(chunks, _parts(executor, chunks))
+    jobs = [
+        ProductsJob(
+            params, he.public_key_blobs, P, [ups[c] for c in g], ys[g], mask_res[:, g], flood
+        )
+        for g in groups
+    ]
+    results = _run(executor, he, run_products, products_in_worker, jobs)
+    for per_chunk in results:
+        for raws in per_chunk:
+            ch.send("he.prod.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
+    return (-limbs[0]).reshape(-1)[:n]
+
+
+def _parts(executor: HeExecutor | None, units: int) -> int:
+    """How many jobs to cut `units` into: two per worker (balance), one when serial."""
+    workers = 1 if executor is None else executor.workers
+    return 1 if workers <= 1 else max(1, min(units, 2 * workers))
+
+
+def _split(units: int, parts: int) -> list[NDArray[np.int64]]:
+    return [g for g in np.array_split(np.arange(units), parts) if g.size]
+
+
+def _run(executor, he, local_fn, worker_fn, jobs):
+    """Jobs in this thread with the session's own HE objects, or in the workers."""
+    if executor is None or executor.workers <= 1 or len(jobs) <= 1:
+        return [local_fn(he, j) for j in jobs]
+    return executor.map(worker_fn, jobs)
 
 
 def he_matmul(
@@ -129,6 +158,7 @@ def he_matmul(
     shape: tuple[int, int, int],
     rhs_bits: int,
     rng: SecureRng,
+    executor: HeExecutor | None = None,
 ) -> Ring:
     """Shares of X·W mod 2^64: the client holds X (m×k, uint64), the server W (k×n).
 
@@ -168,19 +198,33 @@ def he_matmul(
     limbs = _mask(rng, sigma, (Mb, Nb, N))
     basis = he.basis(P)
     mask_res = basis.residues_of_limbs(limbs)
-    for i in range(P):
-        p = he.primes[i].p
-        blobs = unpack_blobs(ch.recv("he.mm.up"), Mb * Kb)
-        cts = [[he.to_ntt(i, he.load(i, blobs[a * Kb + b])) for b in range(Kb)] for a in range(Mb)]
-        raws: list[bytes | None] = [None] * (Mb * Nb)
-        # One block column of W at a time: Kb plaintexts in memory, not Kb·Nb.
-        for c in range(Nb):
-            w_res = np.mod(blk.encode_rhs(w, col=c), np.int64(p)).astype(U64)
-            pts = [he.to_ntt(i, he.plain(i, w_res[b], coeffs=True), plain=True) for b in range(Kb)]
+    # The client sends every prime's uploads before it reads: take them all, then cut
+    # the work by prime and block column.
+    ups = [unpack_blobs(ch.recv("he.mm.up"), Mb * Kb) for _ in range(P)]
+    workers = 1 if executor is None else executor.workers
+    col_groups = _split(Nb, 1 if workers <= 1 else min(Nb, math.ceil(2 * workers / P)))
+    jobs = [
+        MatmulJob(
+            params,
+            he.public_key_blobs,
+            i,
+            ups[i],
+            w,
+            blk,
+            tuple(int(c) for c in g),
+            mask_res[i][:, g],
+            flood,
+        )
+        for i in range(P)
+        for g in col_groups
+    ]
+    results = iter(_run(executor, he, run_matmul, matmul_in_worker, jobs))
+    for _i in range(P):
+        raws: list[bytes] = [b""] * (Mb * Nb)
+        for g in col_groups:
+            part = next(results)
             for a in range(Mb):
-                acc = he.dot(i, cts[a], pts)
-                raws[a * Nb + c] = he.seal_result(
-                    i, acc, mask_res[i][a, c], coeffs=True, flood_bits=flood
-                )
+                for ci, c in enumerate(g):
+                    raws[a * Nb + int(c)] = part[a * len(g) + ci]
         ch.send("he.mm.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
     return blk.decode_output(-limbs[0])

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+from common.he.executor import HeExecutor
 from common.mpc.correlations import (
     Bind,
     GroupSpec,
@@ -77,6 +78,7 @@ class HeProvider:
         params: CrtBfvParams | None = None,
         rng: SecureRng | None = None,
         weight_bits: int = 28,
+        executor: HeExecutor | None = None,
     ) -> None:
         # weight_bits is public (both parties size the CRT basis with it): the server's
         # encoded weights must satisfy |W| < 2^weight_bits.
@@ -84,6 +86,8 @@ class HeProvider:
         self.weight_bits = weight_bits
         self.rng = new_rng() if rng is None else require_secure(rng, type(self).__name__)
         self.he: CrtBfvClient | CrtBfvServer | None = None
+        # Where the server's HE work runs (None: this thread); the client's is light.
+        self.executor = executor
 
     def setup(self, ch: Channel) -> None:
         """Key setup: the client generates keys and sends its public keys (~0.4 MB/prime)."""
@@ -119,7 +123,7 @@ class HeProvider:
                     shape = (spec.rows, spec.k, spec.n)
                     if client:
                         r = random_ring(rng, (spec.rows, spec.k))
-                        share = he_matmul(ch, he, r, shape, self.weight_bits, rng)
+                        share = he_matmul(ch, he, r, shape, self.weight_bits, rng, self.executor)
                         linears.append(LinearMask(spec, share, r))
                         outputs[spec.key] = share
                     else:
@@ -130,20 +134,24 @@ class HeProvider:
                             raise ValueError(
                                 f"weight {spec.key!r} exceeds the public bound 2^{self.weight_bits}"
                             )
-                        share = he_matmul(ch, he, w, shape, self.weight_bits, rng)
+                        share = he_matmul(ch, he, w, shape, self.weight_bits, rng, self.executor)
                         linears.append(LinearMask(spec, share))
             with ch.scope(op="triples"):
                 n = plan.triples
                 a, b = random_ring(rng, n), random_ring(rng, n)
                 if n:
-                    v = he_products(ch, he, [a, b] if client else [b, a], rng)
+                    v = he_products(ch, he, [a, b] if client else [b, a], rng, self.executor)
                 else:
                     v = np.zeros(0, U64)
                 triples = (a, b, a * b + v)
             with ch.scope(op="squares"):
                 n = plan.squares
                 a = random_ring(rng, n)
-                v = he_products(ch, he, [a if client else U64(2) * a], rng) if n else a[:0]
+                v = (
+                    he_products(ch, he, [a if client else U64(2) * a], rng, self.executor)
+                    if n
+                    else a[:0]
+                )
                 squares = (a, a * a + v)
             with ch.scope(op="mask-groups"):
                 groups = self._groups(ch, plan.groups, outputs)
@@ -172,10 +180,12 @@ class HeProvider:
         sq_in, left, right = _pair_operands(specs, masks)
         sq = sq_in * sq_in
         if sq.size:
-            sq += he_products(ch, he, [sq_in if client else U64(2) * sq_in], rng)
+            sq += he_products(ch, he, [sq_in if client else U64(2) * sq_in], rng, self.executor)
         cross = left * right
         if cross.size:
-            cross += he_products(ch, he, [left, right] if client else [right, left], rng)
+            cross += he_products(
+                ch, he, [left, right] if client else [right, left], rng, self.executor
+            )
         return _assemble_groups(specs, masks, sq, cross)
 
     def _matmul_triple(
@@ -194,9 +204,17 @@ class HeProvider:
         for idx in np.ndindex(*batch):
             ai, bi = a[idx], b[idx]
             # cross terms a_c·b_s and (b_c^T·a_s^T)^T, the client's matrix always on the left
-            s1 = he_matmul(ch, he, ai if client else bi.view(np.int64), (m, k, n), 63, rng)
+            s1 = he_matmul(
+                ch, he, ai if client else bi.view(np.int64), (m, k, n), 63, rng, self.executor
+            )
             s2 = he_matmul(
-                ch, he, bi.T.copy() if client else ai.T.copy().view(np.int64), (n, k, m), 63, rng
+                ch,
+                he,
+                bi.T.copy() if client else ai.T.copy().view(np.int64),
+                (n, k, m),
+                63,
+                rng,
+                self.executor,
             )
             c[idx] = ring_matmul(ai, bi) + s1 + s2.T
         return a, b, c
@@ -348,10 +366,13 @@ def _assemble_groups(
     return out
 
 
-def make_provider(name: str, params: CrtBfvParams | None = None) -> HeProvider | InsecureDealer:
-    """Provider by name: "he" (default, secure) or "insecure_dealer" (tests only)."""
+def make_provider(
+    name: str, params: CrtBfvParams | None = None, executor: HeExecutor | None = None
+) -> HeProvider | InsecureDealer:
+    """Provider by name: "he" (default, secure) or "insecure_dealer" (tests only).
+    `executor`: where the server's HE work runs (`common.he.executor`)."""
     if name == "he":
-        return HeProvider(params)
+        return HeProvider(params, executor=executor)
     if name == "insecure_dealer":
         return InsecureDealer()
     raise ValueError(f"unknown provider {name!r} (choose 'he' or 'insecure_dealer')")

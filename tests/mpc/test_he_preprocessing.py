@@ -1,5 +1,7 @@
 """HE preprocessing: exact correlations in Z_2^64 and uniform views."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,10 @@ from common.transport import Channel, NullChannel, run_local
 from tests.conftest import CHI2_LIMIT, chi2_uniform_bytes
 
 
-def _gen(plan, weights=None):
+def _gen(plan, weights=None, executor=None):
     def body(ch: Channel):
-        prov = HeProvider(rng=SecureRng(10 + ch.party))
+        ex = executor if ch.party == SERVER else None
+        prov = HeProvider(rng=SecureRng(10 + ch.party), executor=ex)
         return prov.generate(ch, plan, weights if ch.party == SERVER else None), ch.meter
 
     return run_local(body)
@@ -340,3 +343,84 @@ def test_bound_mask_that_does_not_match_is_a_clear_error():
 
     with pytest.raises(Exception, match="bound mask does not match"):
         run_local_program(prog, None, np.ones((2, 4)), provider="insecure_dealer", fxp=fxp)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_exact_correlations():
+    """The server's HE work in two worker processes: every kind stays exact, and the
+    workers are gone after close."""
+    from common.he.executor import ProcessExecutor
+
+    rng = np.random.default_rng(3)
+    w = rng.integers(-(2**20), 2**20, (24, 300))
+    spec = LinearSpec("w", 5, 24, 300)
+    plan = Plan(triples=20000, squares=9000, matmuls=[(1, 6, 16, 4)], linears=[spec])
+    ex = ProcessExecutor(2)
+    try:
+        (p0, _), (p1, _) = _gen(plan, {"w": w}, executor=ex)
+        pids = ex.pids()
+    finally:
+        ex.close()
+    assert len(pids) == 2
+    a0, b0, c0 = p0.triples(20000)
+    a1, b1, c1 = p1.triples(20000)
+    assert np.array_equal(c0 + c1, (a0 + a1) * (b0 + b1))
+    s0, s1 = p0.squares(9000), p1.squares(9000)
+    assert np.array_equal(s0[1] + s1[1], (s0[0] + s1[0]) ** 2)
+    A0, B0, C0 = p0.matmul_triple((1, 6, 16, 4))
+    A1, B1, C1 = p1.matmul_triple((1, 6, 16, 4))
+    assert np.array_equal(C0 + C1, ring_matmul(A0 + A1, B0 + B1))
+    l0, l1 = p0.linear_mask(spec), p1.linear_mask(spec)
+    assert np.array_equal(l0.share + l1.share, ring_matmul_public(l1.r, w))
+    for pid in pids:
+        for _ in range(50):
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+        assert not _alive(pid), "a worker outlived close()"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of ours is dead too
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+@pytest.mark.slow
+def test_workers_exit_when_the_server_is_killed(tmp_path):
+    """A SIGKILLed parent leaves no orphan HE worker behind."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, time\n"
+        "from common.he.executor import ProcessExecutor\n"
+        "ex = ProcessExecutor(2)\n"
+        "ex.map(abs, [-1, -2, -3, -4])\n"
+        "print(' '.join(map(str, ex.pids())), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_pid_exists(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(_pid_exists(p) for p in pids), "orphan HE workers"
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
