@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,6 +49,13 @@ from comet_server.service import Limits
     is_flag=True,
     help="TESTS ONLY: produce correlations with a shared seed instead of HE (no security).",
 )
+@click.option(
+    "--he-workers",
+    type=click.IntRange(0),
+    default=None,
+    help="Worker processes for the server's HE work (SEAL holds the GIL: one per core "
+    "uses them all). 0 or 1: in the session thread.  [default: one per core]",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def main(
     models: tuple[str, ...],
@@ -61,6 +69,7 @@ def main(
     tls_key: Path | None,
     insecure: bool,
     allow_insecure_dealer: bool,
+    he_workers: int | None,
     verbose: bool,
 ) -> None:
     """Serve two-party private inference over gRPC (the client keeps its text private,
@@ -75,7 +84,10 @@ def main(
         raise click.UsageError("--tls-cert and --tls-key go together")
     from comet_server.registry import load_models
     from comet_server.server import build_server
+    from common.he.executor import ProcessExecutor
 
+    workers = (os.cpu_count() or 1) if he_workers is None else he_workers
+    executor = ProcessExecutor(workers) if workers > 1 and not allow_insecure_dealer else None
     try:
         served = load_models(list(models) or ["default"], approx)
         server, service, bound = build_server(
@@ -86,8 +98,11 @@ def main(
             limits=Limits(max_sessions, session_timeout, max_batch),
             tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
             insecure=insecure,
+            executor=executor,
         )
     except (FileNotFoundError, ValueError, OSError) as e:
+        if executor is not None:
+            executor.close()
         click.echo(f"comet-server: error: {e}", err=True)
         sys.exit(2)
     if allow_insecure_dealer:
@@ -105,4 +120,6 @@ def main(
     stop.wait()
     log.info("shutting down (%d sessions active)", service.active)
     server.stop(grace=5).wait()
+    if executor is not None:
+        executor.close()
     log.info("stopped")

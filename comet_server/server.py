@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from comet_server.registry import ServedModel
 from comet_server.service import CometService, Limits
+from common.he.executor import HeExecutor
 from common.transport.stream import CHUNK_BYTES, KEEPALIVE_MS
 from proto import comet_pb2_grpc as pb_grpc
 
@@ -54,6 +55,7 @@ def build_server(
     limits: Limits | None = None,
     tls: tuple[Path, Path] | None = None,
     insecure: bool = False,
+    executor: HeExecutor | None = None,
 ) -> tuple[grpc.Server, CometService, int]:
     """A started-ready (not yet started) server; returns (server, service, bound port).
 
@@ -65,7 +67,7 @@ def build_server(
             "to accept that traffic (and the model's public card) is unencrypted"
         )
     limits = limits or Limits()
-    service = CometService(models, provider, limits)
+    service = CometService(models, provider, limits, executor)
     # One thread per session stream plus health checks and ListModels.
     pool = futures.ThreadPoolExecutor(max_workers=limits.max_sessions + 8)
     server = grpc.server(

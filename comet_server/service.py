@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from comet_server.registry import ServedModel
+from common.he.executor import HeExecutor
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import SERVER
 from common.protocol.run import private_forward
@@ -95,13 +96,18 @@ class CometService(pb_grpc.CometServicer):
     """Serves `models` (the first is the default) with `provider` ("he" unless testing)."""
 
     def __init__(
-        self, models: dict[str, ServedModel], provider: str = "he", limits: Limits | None = None
+        self,
+        models: dict[str, ServedModel],
+        provider: str = "he",
+        limits: Limits | None = None,
+        executor: HeExecutor | None = None,
     ) -> None:
         if not models:
             raise ValueError("a server needs at least one model")
         self.models = models
         self.default = next(iter(models))
         self.provider = provider
+        self.executor = executor  # where sessions' server-side HE work runs (None: inline)
         self.limits = limits or Limits()
         self._slots = threading.BoundedSemaphore(self.limits.max_sessions)
         self._lock = threading.Lock()
@@ -284,7 +290,7 @@ class CometService(pb_grpc.CometServicer):
             mask,
             model.compiled.weights,
             None,
-            make_provider(self.provider),
+            make_provider(self.provider, executor=self.executor),
         )
         _expect(inbox, pb.Goodbye, lim.session_timeout)
         log.info(
