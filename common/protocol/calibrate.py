@@ -47,20 +47,19 @@ def site_rel_err(name: str, approx_kind: str) -> float:
 NORM_REL_ERR = 0.25  # the exp-softmax row normaliser only needs a rough scale
 
 
-class _Recorder(SiteSource):
-    """Site source for calibration: probes everywhere, min/max of each site's input."""
+class ExactSites(SiteSource):
+    """Site source with the exact functions: every rsqrt is 1/√x, the exp-softmax is
+    softmax (plain float back-end only). What is left of the approximation set is its
+    fixed forms (SMU, ReLU-softmax, the reference GeLU/tanh forms), so the program then
+    computes a checkpoint's own function up to float rounding wherever those forms are
+    the checkpoint's (calibration; import checks against transformers)."""
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
-        self.lo: dict[str, float] = {}
-        self.hi: dict[str, float] = {}
-        self.logit_rows: dict[str, list[float]] = {}
         self.card = card
 
     def record(self, name: str, x: Value) -> None:
-        t = x.detach().double()
-        self.lo[name] = min(self.lo.get(name, math.inf), float(t.min()))
-        self.hi[name] = max(self.hi.get(name, -math.inf), float(t.max()))
+        """Called with every rsqrt input (no-op here)."""
 
     def rsqrt(self, name: str) -> RsqrtProbe:  # type: ignore[override]
         return RsqrtProbe(name, self.record)
@@ -69,8 +68,22 @@ class _Recorder(SiteSource):
         return LayerNormSite(1.0, eps, RsqrtProbe(name, self.record))  # type: ignore[arg-type]
 
     def softmax(self, name: str) -> ExpSoftmaxSite:
-        # Exact float softmax stands in while the logits are being observed.
         return SoftmaxProbe()  # type: ignore[return-value]
+
+
+class _Recorder(ExactSites):
+    """Site source for calibration: exact functions, min/max of each site's input."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__(card)
+        self.lo: dict[str, float] = {}
+        self.hi: dict[str, float] = {}
+        self.logit_rows: dict[str, list[float]] = {}
+
+    def record(self, name: str, x: Value) -> None:
+        t = x.detach().double()
+        self.lo[name] = min(self.lo.get(name, math.inf), float(t.min()))
+        self.hi[name] = max(self.hi.get(name, -math.inf), float(t.max()))
 
     def observe(self, name: str, value: Value) -> None:
         self.record(name, value)
