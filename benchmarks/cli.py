@@ -300,6 +300,55 @@ def sites_cmd(as_json: bool, model: str, approx: str) -> None:
     _emit(result, as_json, _sites_table(result))
 
 
+def _risk_table(result: dict[str, Any]) -> Table:
+    m = result["meta"]
+    total = result["total"]
+    table = Table(
+        title=f"comet-bench risk {m['model']} ({m['approx']}, {m['seq_len']} tokens, "
+        f"f = {m['frac_bits']})",
+        caption=f"expected failed truncations per inference: {total:.3g} "
+        f"({result['truncations']:,} truncated values); Σ|v|/2^64 over the fixed-point "
+        "emulation's truncations",
+    )
+    table.add_column("site")
+    table.add_column("expected failures", justify="right")
+    table.add_column("share", justify="right")
+    for site, r in result["sites"].items():
+        table.add_row(site, f"{r:.3g}", f"{100 * r / total:.1f}%" if total else "-")
+    table.add_row("total", f"{total:.3g}", "100%" if total else "-")
+    return table
+
+
+@main.command("risk")
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="'default', 'original', 'bert-base' / 'bert-tiny' (synthetic shapes), 'smollm2' "
+    "(a decoder, where this build supports it) or a checkpoint directory.",
+)
+@click.option("--seq-len", type=click.IntRange(2, 512), default=64, show_default=True)
+@click.option(
+    "--approx", type=click.Choice(["auto", "comet", "reference"]), default="auto", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"total", "sites", …} as JSON.')
+def risk_cmd(model: str, seq_len: int, approx: str, as_json: bool) -> None:
+    """Expected catastrophic failures (failed local truncations) per inference, per site."""
+    from benchmarks import risk as risk_mod
+
+    err = Console(stderr=True)
+    try:
+        result = risk_mod.run_risk(
+            model,
+            seq_len,
+            approx,
+            progress=lambda msg: err.print(msg, highlight=False, markup=False),
+        )
+    except (risk_mod.ModelUnavailable, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    _emit(result, as_json, _risk_table(result))
+
+
 @main.command("accuracy")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--n-private", type=click.IntRange(1, 10_000), default=200, show_default=True)

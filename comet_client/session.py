@@ -25,6 +25,7 @@ import numpy as np
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import CLIENT
 from common.protocol.card import ModelCard
+from common.protocol.outcheck import FailedInference, check_output
 from common.protocol.program import ClientInput
 from common.protocol.public_tables import PublicTableError, load_public_table
 from common.protocol.run import private_forward
@@ -297,6 +298,10 @@ def infer(
         reader.thread.join(timeout=10)
         assert res.output is not None
         out = np.asarray(res.output)
+        try:
+            check_output(card, kind, out, inp.attention_mask)
+        except FailedInference as e:
+            raise CometError(f"failed inference: {e}", "FAILED_INFERENCE") from None
         result = Result(w.model, card, kind, out, inp.attention_mask, cost_report(meter))
         result.wire = {
             "frame_bytes_sent": ch.wire_sent,

@@ -4,7 +4,8 @@
 - every FFN activation (GeLU) for SMU with one (α, μ) pair shared by the whole model;
 - attention softmax for ReLU-softmax (an attention function registered with
   transformers as ``comet_relu``; keys masked by the padding mask get weight 0);
-- the pooler's tanh for the algebraic tanh x/√(1+x²).
+- the pooler's tanh (BERT's pooler, RoBERTa's classification head) for the algebraic
+  tanh x/√(1+x²).
 The swapped model computes what the two-party protocol computes with the Comet set,
 with exact square roots (the protocol's rsqrt error is ≤ 2^-12 relative over the
 calibrated ranges), so it is what `comet-adapt` trains and what accuracy is measured
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,13 @@ class _AlgebraicTanh(nn.Module):
         return algebraic_tanh(x)
 
 
+def _roberta_head_forward(self: nn.Module, features: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """RobertaClassificationHead.forward with the algebraic tanh in place of tanh."""
+    x = self.dropout(features[:, 0, :])
+    x = algebraic_tanh(self.dense(x))
+    return self.out_proj(self.dropout(x))
+
+
 def _keep_from_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask is None:
         return None
@@ -142,6 +151,9 @@ def comet_form(model: nn.Module, params: CometParams) -> nn.Module:
             object.__setattr__(mod, "_comet_softmax", params.softmax)
         if type(mod).__name__.endswith("Pooler") and hasattr(mod, "activation"):
             mod.activation = _AlgebraicTanh()
+        if type(mod).__name__ == "RobertaClassificationHead":
+            # its forward calls torch.tanh directly (no activation attribute to swap)
+            mod.forward = types.MethodType(_roberta_head_forward, mod)
     if n_ffn == 0:
         raise ValueError("no FFN activation found to replace")
     model.config._attn_implementation = ATTN_NAME

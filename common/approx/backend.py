@@ -18,6 +18,8 @@ meaning (wrap-around for the integer kinds).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -215,6 +217,24 @@ class PlainBackend:
         self.track_risk = track_risk
         self.truncation_risk = 0.0
         self.truncations = 0
+        # The same sum per site ("layer0.gelu", …: the labels of `scope`).
+        self.risk_by_site: dict[str, float] = {}
+        self._labels: dict[str, str] = {}
+
+    @contextmanager
+    def scope(self, **labels: str) -> Iterator[None]:
+        """Label the truncations inside with `layer=…` / `op=…` (as `Channel.scope`
+        labels traffic): `risk_by_site` keys are "layer.op"."""
+        saved = dict(self._labels)
+        self._labels.update(labels)
+        try:
+            yield
+        finally:
+            self._labels = saved
+
+    def site(self) -> str:
+        """The current label ("layer.op"; "-" where unset)."""
+        return f"{self._labels.get('layer', '-')}.{self._labels.get('op', '-')}"
 
     @property
     def fixed(self) -> bool:
@@ -234,8 +254,11 @@ class PlainBackend:
 
     def _trunc(self, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         if self.track_risk:
-            self.truncation_risk += float(x.abs().sum(dtype=torch.float64)) * 2.0**-64
+            risk = float(x.abs().sum(dtype=torch.float64)) * 2.0**-64
+            self.truncation_risk += risk
             self.truncations += x.numel()
+            key = self.site()
+            self.risk_by_site[key] = self.risk_by_site.get(key, 0.0) + risk
         return x >> (self.frac_bits if bits is None else bits)
 
     def input(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Value:

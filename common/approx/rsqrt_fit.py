@@ -9,8 +9,11 @@ A plan is public and fitted to a site's calibrated range [lo, hi] (ratio R = hi/
 3. Newton steps with per-step public constants, y ← y·(α − β·x'·y²). In terms of
    e = y·√x' a step maps e ↦ α·e·(1 − γe²), γ = β/α. For the current interval [l, u]
    of e, γ = 1/(l² + lu + u²) makes both ends land on the same value and minimises the
-   ratio of the image; α centres the image on 1. The interval is tracked exactly, so
-   the plan's error bound is a proof over the whole range (checked on a dense grid).
+   ratio of the image; α centres the image on 1. On wide intervals that γ puts the
+   step's zero 1/√γ just above u, where ~1% fixed-point noise on y² collapses y; γ is
+   capped so that the zero stays ≥ (1 + ZERO_MARGIN)·u (`_steps_for`). The interval is
+   tracked exactly, so the plan's error bound is a proof over the whole range (checked
+   on a dense grid).
 4. Output: 1/√x = √c · y.
 
 Cost per element: polynomial powers (degree 1: 0 rounds; 2: 1; 3–4: 2; 5–8: 3), then 2
@@ -25,7 +28,9 @@ maximum on [lo/5, lo) and (hi, 5·hi], and every step maps [0, u] into [0, u'] (
 map is increasing there and positive below 1/√γ > u). So for any input in
 [lo/4, 4·hi] the output is ≥ 0 and bounded by the in-range maximum; it converges towards
 1/√x more slowly the further out it lies, and the error is no longer bounded by
-`max_rel_err`. `out_of_range_factor()` measures this on a grid.
+`max_rel_err`. The LP holds on its grid only, so `plan_rsqrt` checks every candidate
+on a dense grid (`bounded_out_of_range`) and drops those that fail;
+`out_of_range_factor()` measures the positive range.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ from scipy.optimize import linprog
 NEAR_FACTOR = 2.0  # plans stay accurate on [lo/NEAR_FACTOR, hi·NEAR_FACTOR] …
 NEAR_TOL = 0.2  # … to this relative error (or 2× the target of a rough plan)
 NEAR_FLOOR = 0.5  # the start's e there is at least this (in range: 1, before rescaling)
+# Every step's zero 1/√γ lies ≥ (1 + ZERO_MARGIN)·u above the interval it is designed
+# for, so that fixed-point noise of a few % between steps cannot push e past it.
+ZERO_MARGIN = 0.05
+OUT_OF_RANGE = 4.0  # every plan is checked: positive and bounded on [lo/4, 4·hi]
 _POLY_ROUNDS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3}
 _POLY_OPENINGS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4}
 
@@ -102,6 +111,16 @@ class RsqrtPlan:
             if np.all(np.isfinite(y)) and np.all(y > 0):
                 return f
         return 1.0
+
+    def bounded_out_of_range(self, factor: float = 4.0) -> bool:
+        """On a dense grid of [lo/factor, hi·factor]: the output is finite, positive
+        and e = y·√x at most the in-range maximum 1 + max_rel_err (float)."""
+        x = np.geomspace(self.lo / factor, self.hi * factor, 8001)
+        with np.errstate(all="ignore"):
+            e = self.evaluate(x) * np.sqrt(x)
+        return bool(np.all(np.isfinite(e)) and np.all(e > 0)) and bool(
+            np.all(e <= 1 + self.max_rel_err * 1.01 + 1e-12)
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -175,7 +194,15 @@ def _fit_start(a: float, b: float, degree: int) -> tuple[np.ndarray, float]:
 
 
 def _steps_for(l: float, u: float, rel_err: float, max_steps: int) -> list[tuple[float, float]]:
-    """Optimal per-step (α, γ) until the e-interval is within 1 ± rel_err."""
+    """Per-step (α, γ) until the e-interval is within 1 ± rel_err.
+
+    γ = 1/(l² + lu + u²) is optimal for the exact interval, but its zero 1/√γ tends to
+    u itself as l/u → 0: on a wide interval a value a little above u (fixed-point
+    rounding of y² between steps) lands past the zero and collapses. So γ is capped to
+    keep the zero at least (1 + `ZERO_MARGIN`)·u; the image of [l, u] is then tracked
+    exactly ([min of the ends, max at e* or an end]). Narrow intervals (l/u > 0.1) are
+    unaffected; [0, u] still maps into [0, u'] (the out-of-range guarantee).
+    """
     steps: list[tuple[float, float]] = []
     while True:
         err = (u - l) / (u + l)
@@ -183,9 +210,14 @@ def _steps_for(l: float, u: float, rel_err: float, max_steps: int) -> list[tuple
             return steps
         if len(steps) >= max_steps:
             raise ValueError("not reachable")
-        g = 1.0 / (l * l + l * u + u * u)
-        top = (2.0 / 3.0) / math.sqrt(3.0 * g)  # image maximum at e* = 1/√(3γ)
-        bot = l * (1.0 - g * l * l)  # = image at both ends
+        g = min(1.0 / (l * l + l * u + u * u), 1.0 / ((1.0 + ZERO_MARGIN) * u) ** 2)
+        es = 1.0 / math.sqrt(3.0 * g)  # the image's maximum, 2/3·e*
+
+        def f(e: float, g: float = g) -> float:
+            return e * (1.0 - g * e * e)
+
+        top = f(es) if l <= es <= u else max(f(l), f(u))
+        bot = min(f(l), f(u))
         alpha = 2.0 / (top + bot)
         steps.append((alpha, alpha * g))
         l, u = alpha * bot, alpha * top
@@ -233,6 +265,8 @@ def plan_rsqrt(
             continue  # the LP's start was off between its grid points; another degree
         if plan.near_range_error() > max(NEAR_TOL, 2 * rel_err):
             continue  # accurate in range but lost just outside it (module docstring)
+        if not plan.bounded_out_of_range(OUT_OF_RANGE):
+            continue  # the LP's start dipped below 0 between its grid points out there
         if best is None or _cost(plan, prefer) < _cost(best, prefer):
             best = plan
     if best is None:

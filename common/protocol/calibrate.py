@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from common.approx.backend import PlainBackend, Value
 from common.approx.functions import (
@@ -27,7 +28,7 @@ from common.approx.functions import (
     exp_softmax_site,
 )
 from common.approx.rsqrt_fit import plan_rsqrt
-from common.protocol.card import ApproxConfig, CompiledModel, ModelCard, Sites
+from common.protocol.card import ApproxConfig, CompiledModel, ModelCard, OutputBounds, Sites
 from common.protocol.hf import architecture_of, canonical_weights, load_hf
 from common.protocol.program import ClientInput, SiteSource, Weights, encoder_forward
 from common.protocol.public_tables import PublicTableError, read_marker, table_digest
@@ -48,20 +49,19 @@ def site_rel_err(name: str, approx_kind: str) -> float:
 NORM_REL_ERR = 0.25  # the exp-softmax row normaliser only needs a rough scale
 
 
-class _Recorder(SiteSource):
-    """Site source for calibration: probes everywhere, min/max of each site's input."""
+class ExactSites(SiteSource):
+    """Site source with the exact functions: every rsqrt is 1/√x, the exp-softmax is
+    softmax (plain float back-end only). What is left of the approximation set is its
+    fixed forms (SMU, ReLU-softmax, the reference GeLU/tanh forms), so the program then
+    computes a checkpoint's own function up to float rounding wherever those forms are
+    the checkpoint's (calibration; import checks against transformers)."""
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
-        self.lo: dict[str, float] = {}
-        self.hi: dict[str, float] = {}
-        self.logit_rows: dict[str, list[float]] = {}
         self.card = card
 
     def record(self, name: str, x: Value) -> None:
-        t = x.detach().double()
-        self.lo[name] = min(self.lo.get(name, math.inf), float(t.min()))
-        self.hi[name] = max(self.hi.get(name, -math.inf), float(t.max()))
+        """Called with every rsqrt input (no-op here)."""
 
     def rsqrt(self, name: str) -> RsqrtProbe:  # type: ignore[override]
         return RsqrtProbe(name, self.record)
@@ -70,10 +70,42 @@ class _Recorder(SiteSource):
         return LayerNormSite(1.0, eps, RsqrtProbe(name, self.record))  # type: ignore[arg-type]
 
     def softmax(self, name: str) -> ExpSoftmaxSite:
-        # Exact float softmax stands in while the logits are being observed.
         return SoftmaxProbe()  # type: ignore[return-value]
 
+
+class _Recorder(ExactSites):
+    """Site source for calibration: exact functions, min/max of each site's input."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__(card)
+        self.lo: dict[str, float] = {}
+        self.hi: dict[str, float] = {}
+        self.logit_rows: dict[str, list[float]] = {}
+        self.keep: NDArray | None = None  # the current batch's padding mask
+        self.outputs: dict[str, tuple[float, float]] = {}  # observed output ranges
+
+    def _widen(self, key: str, lo: float, hi: float) -> None:
+        old = self.outputs.get(key, (math.inf, -math.inf))
+        self.outputs[key] = (min(old[0], lo), max(old[1], hi))
+
+    def record(self, name: str, x: Value) -> None:
+        t = x.detach().double()
+        self.lo[name] = min(self.lo.get(name, math.inf), float(t.min()))
+        self.hi[name] = max(self.hi.get(name, -math.inf), float(t.max()))
+
     def observe(self, name: str, value: Value) -> None:
+        if name == "output.hidden":
+            # real tokens only: padded positions are not part of any answer
+            assert self.keep is not None
+            t = value.detach().double()[torch.as_tensor(self.keep, dtype=torch.bool)]
+            norms = t.norm(dim=-1)
+            for key, v in (("hidden", t), ("hidden_norm", norms)):
+                self._widen(key, float(v.min()), float(v.max()))
+            return
+        if name == "output.logits":
+            t = value.detach().double()
+            self._widen("logits", float(t.min()), float(t.max()))
+            return
         self.record(name, value)
         if name.endswith(".logits"):
             # Row maxima of real (unpadded) rows: how far below the bound rows can sit.
@@ -85,6 +117,7 @@ def _run(card: ModelCard, weights: Weights, batches: list[ClientInput], rec: _Re
     with torch.no_grad():
         for b in batches:
             shape = b.token_ids.shape
+            rec.keep = b.attention_mask
             encoder_forward(
                 ops, card, 0, (shape[0], shape[1]), b.attention_mask, weights, b, sites=rec
             )
@@ -123,6 +156,7 @@ def calibrate(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> 
     for name in rec.lo:
         if name.endswith((".gelu", ".softmax.relu", ".softmax.sum")) or name == "pool.act":
             sites.rsqrt[name] = fit(name)
+    sites.output = output_bounds(rec.outputs)
     if card.approx.kind == "reference":
         for i in range(a.layers):
             name = f"L{i}.logits"
@@ -131,6 +165,32 @@ def calibrate(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> 
             gap = (bound - min(rec.logit_rows[name])) * MARGIN
             sites.softmax[f"L{i}.softmax"] = exp_softmax_site(bound, gap, span, a.max_positions)
     return sites
+
+
+OUTPUT_MARGIN = 1.0  # output ranges are widened by this many times their width each way
+OUTPUT_NORM_FACTOR = 2.0  # hidden-state norms: [lo / factor, hi · factor]
+
+
+def output_bounds(observed: dict[str, tuple[float, float]]) -> OutputBounds:
+    """Public output bounds from the calibration sample's observed output ranges.
+
+    A range [lo, hi] becomes [lo − m·w, hi + m·w], w = hi − lo, m = `OUTPUT_MARGIN`; the
+    hidden-state norm range [lo / 2, hi · 2]. A correct output of an unseen text lies
+    far inside (a LayerNorm output is bounded by its gains and biases; logits by the
+    head's weights), while a failed truncation is off by ~2^(64−2f) (docs/SECURITY.md).
+    """
+
+    def widen(key: str) -> tuple[float, float]:
+        lo, hi = observed[key]
+        w = hi - lo
+        return lo - OUTPUT_MARGIN * w, hi + OUTPUT_MARGIN * w
+
+    nlo, nhi = observed["hidden_norm"]
+    return OutputBounds(
+        widen("hidden"),
+        (nlo / OUTPUT_NORM_FACTOR, nhi * OUTPUT_NORM_FACTOR),
+        widen("logits") if "logits" in observed else None,
+    )
 
 
 def read_comet_json(model_dir: Path) -> dict | None:

@@ -70,6 +70,28 @@ class ApproxConfig:
             raise ValueError(f"unknown approximation set {self.kind!r}; use {APPROX_SETS}")
 
 
+@dataclass(frozen=True)
+class OutputBounds:
+    """Public bounds of a correct output (calibrated, widened; `common.protocol.outcheck`).
+
+    `hidden`: every coordinate of a real token's last hidden state; `hidden_norm`: that
+    state's Euclidean norm; `logits`: every logit (classifiers only, else None).
+    """
+
+    hidden: tuple[float, float]
+    hidden_norm: tuple[float, float]
+    logits: tuple[float, float] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OutputBounds:
+        def pair(v: list | None) -> tuple[float, float] | None:
+            return None if v is None else (float(v[0]), float(v[1]))
+
+        hidden, norm = pair(d["hidden"]), pair(d["hidden_norm"])
+        assert hidden is not None and norm is not None
+        return cls(hidden, norm, pair(d.get("logits")))
+
+
 @dataclass
 class Sites:
     """Per-site public constants, filled by calibration (`common.protocol.calibrate`)."""
@@ -78,6 +100,8 @@ class Sites:
     layernorm: dict[str, LayerNormSite] = field(default_factory=dict)
     softmax: dict[str, ExpSoftmaxSite] = field(default_factory=dict)
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # observed, raw
+    # None in cards compiled before output bounds existed: the output is then unchecked
+    output: OutputBounds | None = None
 
 
 @dataclass
@@ -137,6 +161,7 @@ class ModelCard:
                 for k, v in s["softmax"].items()
             },
             ranges={k: (float(v[0]), float(v[1])) for k, v in s["ranges"].items()},
+            output=OutputBounds.from_dict(s["output"]) if s.get("output") else None,
         )
         return cls(
             d["name"],
@@ -178,4 +203,12 @@ class CompiledModel:
         return CompiledModel(self.card, None)
 
 
-__all__ = ["ApproxConfig", "Architecture", "CompiledModel", "ModelCard", "Sites", "asdict"]
+__all__ = [
+    "ApproxConfig",
+    "Architecture",
+    "CompiledModel",
+    "ModelCard",
+    "OutputBounds",
+    "Sites",
+    "asdict",
+]

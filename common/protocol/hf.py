@@ -1,7 +1,8 @@
 """Read a HuggingFace BERT / RoBERTa / DistilBERT checkpoint into canonical weights.
 
 Canonical names (all float64, linear weights as (in, out)):
-  emb.word (V, d), emb.pos (P, d), emb.type (T, d) if any, emb.ln.{g,b};
+  emb.word (V, d), emb.pos (P, d), emb.type (T, d) if any (row 0 is always added, as
+  transformers does for BERT and RoBERTa), emb.ln.{g,b};
   L{i}.{q,k,v,o,ff1,ff2}.{w,b}, L{i}.ln1.{g,b} (after attention), L{i}.ln2.{g,b};
   pool.{w,b} (BERT pooler / RoBERTa head dense / DistilBERT pre_classifier), cls.{w,b}.
 The attention scale 1/√d_head is folded into L{i}.q (free for the server).
@@ -63,8 +64,17 @@ def architecture_of(model: Any, config: Any) -> Architecture:
         heads, ffn = config.num_attention_heads, config.intermediate_size
         act = config.hidden_act
         eps = config.layer_norm_eps
-        type_vocab = config.type_vocab_size if family == "bert" else 0
+        # RoBERTa has token-type embeddings too (roberta-base: one trained row) and
+        # transformers always adds row 0 of them, as for BERT: the program must as well.
+        type_vocab = config.type_vocab_size
         offset = (config.pad_token_id + 1) if family == "roberta" else 0
+        if getattr(config, "position_embedding_type", "absolute") != "absolute":
+            raise UnsupportedModel(
+                f"position embeddings {config.position_embedding_type!r} are not supported "
+                "(absolute only)"
+            )
+        if getattr(config, "is_decoder", False):
+            raise UnsupportedModel("decoder (causal) configurations are not supported")
         pooler_act = "tanh" if classifier else "none"
     if act not in ("gelu", "gelu_new", "gelu_python"):
         raise UnsupportedModel(f"activation {act!r} is not supported (GeLU only)")

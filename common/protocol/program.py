@@ -177,6 +177,7 @@ def encoder_forward(
                     ff = F.gelu_reference(ops, ff, card.approx.gelu_form, site, ff_bind)
             h = ln(h + linear(ff, f"{p}.ff2", d), f"{p}.ln2")
 
+    sites.observe("output.hidden", h)
     with scope(layer="head"):
         if a.head == "none":
             with scope(op="output"):
@@ -187,6 +188,7 @@ def encoder_forward(
             with scope(op="pooler"):
                 x = _pooler_act(ops, card, x, sites)
         logits = linear(x, "cls", a.num_labels)
+        sites.observe("output.logits", logits)
         with scope(op="output"):
             return ops.output(logits, to=CLIENT)
 

@@ -111,23 +111,25 @@ def plain_forward(
     """The same program on plaintext: float (frac_bits=None) or fixed-point emulation.
 
     Pass `backend=PlainBackend(f, track_risk=True)` to read its `truncation_risk`
-    afterwards: the expected number of local truncation failures of the private run on
-    this input (docs/SECURITY.md).
+    (and `risk_by_site`, labelled "layer.op") afterwards: the expected number of local
+    truncation failures of the private run on this input (docs/SECURITY.md).
     """
     import torch
 
     if model.weights is None:
         raise ValueError("plain emulation needs the weights")
     shape = tuple(client.token_ids.shape)
+    ops = backend or PlainBackend(frac_bits)
     with torch.no_grad():
         out = encoder_forward(
-            backend or PlainBackend(frac_bits),
+            ops,
             model.card,
             SERVER,
             shape,
             client.attention_mask,
             model.weights,
             client,
+            scope=ops.scope,
         )
     assert out is not None
     return out

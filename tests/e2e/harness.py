@@ -28,10 +28,12 @@ def _env() -> dict[str, str]:
 class Server:
     """`comet-server` on an ephemeral port; stderr goes to a log file."""
 
-    def __init__(self, tmp: Path, *args: str, startup: float = 120.0) -> None:
+    def __init__(
+        self, tmp: Path, *args: str, startup: float = 120.0, module: str = "comet_server"
+    ) -> None:
         self.log = tmp / f"server-{time.monotonic_ns()}.log"
         self._f = self.log.open("w")
-        cmd = [sys.executable, "-m", "comet_server", "--port", "0", *args]
+        cmd = [sys.executable, "-m", module, "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=self._f, stderr=self._f, env=_env(), cwd=ROOT)
         deadline = time.monotonic() + startup
         while time.monotonic() < deadline:
