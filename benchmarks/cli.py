@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,44 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import ops as ops_mod
+
+
+# Option blocks shared by several commands (one definition each).
+def json_option(help: str = "Print JSON instead of a table.") -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def provider_option(
+    default: str = "he",
+    help: str = "Offline phase: BFV preprocessing, or the insecure test-only dealer.",
+) -> Callable:
+    return click.option(
+        "--provider",
+        type=click.Choice(ops_mod.PROVIDERS),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+def approx_option() -> Callable:
+    return click.option(
+        "--approx",
+        type=click.Choice(["auto", "comet", "reference"]),
+        default="auto",
+        show_default=True,
+        help="auto: comet for adapted checkpoints (comet.json), else reference.",
+    )
+
+
+def shape_options(seq_len: int = 32) -> Callable:
+    def deco(f: Callable) -> Callable:
+        f = click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)(f)
+        return click.option(
+            "--seq-len", type=click.IntRange(2, 512), default=seq_len, show_default=True
+        )(f)
+
+    return deco
 
 
 @click.group()
@@ -61,15 +100,9 @@ def _table(result: dict[str, Any]) -> Table:
 
 
 @main.command("ops")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.option("--quick", is_flag=True, help="Small sizes (seconds, not minutes).")
-@click.option(
-    "--provider",
-    type=click.Choice(ops_mod.PROVIDERS),
-    default="he",
-    show_default=True,
-    help="Offline phase: BFV preprocessing, or the insecure test-only dealer.",
-)
+@provider_option()
 @click.option(
     "--only",
     multiple=True,
@@ -135,15 +168,9 @@ def _emit(result: dict[str, Any], as_json: bool, table: Table) -> None:
 
 
 @main.command("approx")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.option("--quick", is_flag=True, help="Small shapes (seconds, not minutes).")
-@click.option(
-    "--provider",
-    type=click.Choice(ops_mod.PROVIDERS),
-    default="he",
-    show_default=True,
-    help="Offline phase: BFV preprocessing, or the insecure test-only dealer.",
-)
+@provider_option()
 @click.option(
     "--only",
     multiple=True,
@@ -211,7 +238,7 @@ def _model_table(result: dict[str, Any]) -> Table:
 
 
 @main.command("model")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.option(
     "--model",
     default="default",
@@ -219,22 +246,9 @@ def _model_table(result: dict[str, Any]) -> Table:
     help="'default' (bundled Comet-form model), 'original' (its unadapted base), "
     "'bert-base' / 'bert-tiny' (synthetic shapes) or a checkpoint directory.",
 )
-@click.option("--seq-len", type=click.IntRange(2, 512), default=32, show_default=True)
-@click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option(
-    "--approx",
-    type=click.Choice(["auto", "comet", "reference"]),
-    default="auto",
-    show_default=True,
-    help="auto: comet for adapted checkpoints (comet.json), else reference.",
-)
-@click.option(
-    "--provider",
-    type=click.Choice(ops_mod.PROVIDERS),
-    default="he",
-    show_default=True,
-    help="Offline phase: BFV preprocessing, or the insecure test-only dealer.",
-)
+@shape_options()
+@approx_option()
+@provider_option()
 def model_cmd(
     as_json: bool, model: str, seq_len: int, batch: int, approx: str, provider: str
 ) -> None:
@@ -284,11 +298,9 @@ def _sites_table(result: dict[str, Any]) -> Table:
 
 
 @main.command("sites")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.option("--model", default="default", show_default=True, help="As for `model`.")
-@click.option(
-    "--approx", type=click.Choice(["auto", "comet", "reference"]), default="auto", show_default=True
-)
+@approx_option()
 def sites_cmd(as_json: bool, model: str, approx: str) -> None:
     """Per-site rsqrt plans (range, iterations, rounds) vs CrypTen's start."""
     from benchmarks import sites as sites_mod
@@ -328,10 +340,8 @@ def _risk_table(result: dict[str, Any]) -> Table:
     "(a decoder, where this build supports it) or a checkpoint directory.",
 )
 @click.option("--seq-len", type=click.IntRange(2, 512), default=64, show_default=True)
-@click.option(
-    "--approx", type=click.Choice(["auto", "comet", "reference"]), default="auto", show_default=True
-)
-@click.option("--json", "as_json", is_flag=True, help='Print {"total", "sites", …} as JSON.')
+@approx_option()
+@json_option('Print {"total", "sites", …} as JSON.')
 def risk_cmd(model: str, seq_len: int, approx: str, as_json: bool) -> None:
     """Expected catastrophic failures (failed local truncations) per inference, per site."""
     from benchmarks import risk as risk_mod
@@ -350,14 +360,11 @@ def risk_cmd(model: str, seq_len: int, approx: str, as_json: bool) -> None:
 
 
 @main.command("accuracy")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.option("--n-private", type=click.IntRange(1, 10_000), default=200, show_default=True)
-@click.option(
-    "--provider",
-    type=click.Choice(ops_mod.PROVIDERS),
-    default="insecure_dealer",
-    show_default=True,
-    help="Offline phase of the private runs (the online result does not depend on it).",
+@provider_option(
+    "insecure_dealer",
+    "Offline phase of the private runs (the online result does not depend on it).",
 )
 def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
     """Accuracy of the default model: plaintext, emulation and private, both sets."""
@@ -403,8 +410,7 @@ def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
     help="default | original | bert-tiny | bert-base | bert-base-1l (one layer) | a checkpoint "
     "directory.",
 )
-@click.option("--seq-len", type=click.IntRange(2, 512), default=32, show_default=True)
-@click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)
+@shape_options()
 @click.option(
     "--approx",
     type=click.Choice(["comet", "reference", "both"]),
@@ -412,14 +418,8 @@ def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
     show_default=True,
     help="both: the two sets in the same run, with their ratio.",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(ops_mod.PROVIDERS),
-    default="he",
-    show_default=True,
-    help="Offline phase (insecure_dealer: online figures only, no security).",
-)
-@click.option("--json", "as_json", is_flag=True, help="JSON lines on stdout, one per row.")
+@provider_option(help="Offline phase (insecure_dealer: online figures only, no security).")
+@json_option("JSON lines on stdout, one per row.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -531,7 +531,7 @@ if __name__ == "__main__":
 
 
 @main.command("rng")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.option("--words", type=click.IntRange(1024, 1 << 27), default=1 << 23, show_default=True)
 def rng_cmd(as_json: bool, words: int) -> None:
     """Cryptographic generator (ChaCha20) throughput against numpy's PCG64."""
