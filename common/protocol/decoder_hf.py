@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,3 +238,36 @@ def compile_decoder(
     card = DecoderCard(name, arch, decoder_approx(arch))
     card.sites = calibrate_decoder(card, weights, prompts)
     return CompiledDecoder(card, weights)
+
+
+def compile_decoder_dir(
+    model_dir: str | Path,
+    calibration_texts: Sequence[str] | None = None,
+    name: str | None = None,
+    max_context: int = DEFAULT_MAX_CONTEXT,
+) -> tuple[CompiledDecoder, Any]:
+    """Load a local causal-LM checkpoint directory (never the network), convert and
+    calibrate it on sample texts (as plain prompts and, if the tokenizer has a chat
+    template, as chat prompts). Returns (compiled model, tokenizer)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from common.protocol.calibration_texts import default_calibration_texts
+
+    path = Path(model_dir)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    texts = list(calibration_texts or default_calibration_texts())
+    prompts = [tok(t)["input_ids"][: max_context // 2] for t in texts]
+    if getattr(tok, "chat_template", None):
+        for t in texts[: len(texts) // 2]:
+            msgs = [{"role": "user", "content": t}]
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            if not isinstance(ids, list):
+                ids = ids["input_ids"]
+            prompts.append(list(ids)[: max_context // 2])
+    compiled = compile_decoder(model.eval(), config, prompts, name or path.name, max_context)
+    return compiled, tok
