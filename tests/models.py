@@ -43,3 +43,26 @@ def tiny_classifier(path: Path, seed: int = 0, layers: int = 2) -> Path:
 def tiny_encoder(path: Path, seed: int = 0, layers: int = 1) -> Path:
     """A random 1-layer bare BERT encoder saved at `path`."""
     return _tiny(path, seed, layers, classifier=False)
+
+
+def tiny_causal_lm(family: str, seed: int = 0, layers: int = 2):
+    """A random tiny causal LM in memory: (model, config). llama: 4 query heads on 2
+    key/value heads (grouped-query attention), tied embeddings; gpt2: 4 heads. The
+    weights are spread (initializer_range 0.2) so that greedy choices are clear."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if family == "llama":
+        cfg = LlamaConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            tie_word_embeddings=True, initializer_range=0.2, bos_token_id=None,
+            eos_token_id=None, pad_token_id=None,
+        )  # fmt: skip
+        return LlamaForCausalLM(cfg).eval(), cfg
+    cfg = GPT2Config(
+        vocab_size=96, n_embd=32, n_layer=layers, n_head=4, n_positions=64,
+        initializer_range=0.2, bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+    return GPT2LMHeadModel(cfg).eval(), cfg

@@ -59,6 +59,7 @@ class Backend(Protocol):
     def matmul(self, x: Value, y: Value, binds: tuple[Bind | None, Bind | None] = ...) -> Value: ...
     def swap(self, x: Value, a: int, b: int) -> Value: ...
     def broadcast(self, x: Value, shape: tuple[int, ...]) -> Value: ...
+    def concat(self, xs: list[Value], axis: int) -> Value: ...
     def linear(
         self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None
     ) -> Value: ...
@@ -162,6 +163,10 @@ class SharedBackend:
 
     def broadcast(self, x: Value, shape: tuple[int, ...]) -> Value:
         return np.broadcast_to(x, shape).copy()
+
+    def concat(self, xs: list[Value], axis: int) -> Value:
+        """Shares joined along `axis` (local: each party joins its own shares)."""
+        return np.concatenate(xs, axis=axis)
 
     def linear(
         self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None
@@ -315,6 +320,9 @@ class PlainBackend:
 
     def broadcast(self, x: Value, shape: tuple[int, ...]) -> Value:
         return x.expand(*shape).contiguous()
+
+    def concat(self, xs: list[Value], axis: int) -> Value:
+        return torch.cat(xs, dim=axis)
 
     def linear(
         self, x: Value, key: str, out: int, weight: NDArray | None, bias: NDArray | None

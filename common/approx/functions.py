@@ -340,6 +340,24 @@ def layernorm(ops: Backend, x: Value, gamma: Value, beta: Value, site: LayerNorm
     return mul_broadcast(ops, xg, r) + ops.broadcast(beta, shape)
 
 
+def rmsnorm(ops: Backend, x: Value, gamma: Value, site: LayerNormSite) -> Value:
+    """RMSNorm over the last axis, x·γ/√(mean(x²) + eps), with private γ (shares).
+
+    The same single rsqrt as `layernorm` without the centring and without β; the
+    site's public pre-scale s works the same way (eps becomes eps·s²).
+    Cost: as `layernorm` — 1 round (x' and γ opened once give x'² and x'·γ) + rsqrt
+    + 1 round (x'·γ and the per-row factor opened).
+    """
+    shape = tuple(x.shape)
+    xs = ops.mul_public(x, site.scale)
+    g = ops.group([shape, tuple(gamma.shape)], [(0, 0), (0, 1)])
+    g.open({0: xs, 1: gamma})
+    sq, xg = g.mul(0, 0), g.mul(0, 1)
+    ms = ops.add_public(ops.mean(sq, axis=-1, keepdims=True), site.eps * site.scale**2)
+    r = rsqrt(ops, ms, site.plan)
+    return mul_broadcast(ops, xg, r)
+
+
 # -- reference set -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OddFormParams:

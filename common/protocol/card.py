@@ -140,29 +140,7 @@ class ModelCard:
             relu_form_mu=a["relu_form_mu"],
             exp_k=a["exp_k"],
         )
-        s = d["sites"]
-        sites = Sites(
-            rsqrt={k: RsqrtPlan.from_dict(v) for k, v in s["rsqrt"].items()},
-            layernorm={
-                k: LayerNormSite(v["scale"], v["eps"], RsqrtPlan.from_dict(v["plan"]))
-                for k, v in s["layernorm"].items()
-            },
-            softmax={
-                k: ExpSoftmaxSite(
-                    v["bound"],
-                    v["k"],
-                    v["m"],
-                    v["pre_scale"],
-                    v["target"],
-                    RsqrtPlan.from_dict(v["first_plan"]),
-                    RsqrtPlan.from_dict(v["stage_plan"]),
-                    RsqrtPlan.from_dict(v["final_plan"]),
-                )
-                for k, v in s["softmax"].items()
-            },
-            ranges={k: (float(v[0]), float(v[1])) for k, v in s["ranges"].items()},
-            output=OutputBounds.from_dict(s["output"]) if s.get("output") else None,
-        )
+        sites = sites_from_dict(d["sites"])
         return cls(
             d["name"],
             Architecture(**arch),
@@ -172,6 +150,32 @@ class ModelCard:
             d.get("embedding_source", ""),
             d.get("embedding_digest", ""),
         )
+
+
+def sites_from_dict(s: dict) -> Sites:
+    """`Sites` from its JSON form (shared by the encoder and decoder cards)."""
+    return Sites(
+        rsqrt={k: RsqrtPlan.from_dict(v) for k, v in s["rsqrt"].items()},
+        layernorm={
+            k: LayerNormSite(v["scale"], v["eps"], RsqrtPlan.from_dict(v["plan"]))
+            for k, v in s["layernorm"].items()
+        },
+        softmax={
+            k: ExpSoftmaxSite(
+                v["bound"],
+                v["k"],
+                v["m"],
+                v["pre_scale"],
+                v["target"],
+                RsqrtPlan.from_dict(v["first_plan"]),
+                RsqrtPlan.from_dict(v["stage_plan"]),
+                RsqrtPlan.from_dict(v["final_plan"]),
+            )
+            for k, v in s["softmax"].items()
+        },
+        ranges={k: (float(v[0]), float(v[1])) for k, v in s["ranges"].items()},
+        output=OutputBounds.from_dict(s["output"]) if s.get("output") else None,
+    )
 
 
 def _form(d: dict | None) -> OddFormParams | None:

@@ -25,3 +25,13 @@ def test_refit_reproduces_constants() -> None:
     g, t = fit_gelu(len(GELU_REF.q) - 1), fit_tanh(len(TANH_REF.q) - 1)
     assert abs(g.max_abs_err - GELU_REF.max_abs_err) < 2e-4
     assert abs(t.max_abs_err - TANH_REF.max_abs_err) < 2e-4
+
+
+def test_silu_form_fits_and_refits() -> None:
+    from common.approx.forms import SILU_REF, fit_silu
+
+    x = np.linspace(-30, 30, 60001)
+    silu = x / (1 + np.exp(-x))
+    assert np.max(np.abs(SILU_REF.evaluate(x) - silu)) <= SILU_REF.max_abs_err * 1.001
+    assert SILU_REF.max_abs_err < 1e-3
+    assert abs(fit_silu(len(SILU_REF.q) - 1).max_abs_err - SILU_REF.max_abs_err) < 2e-4
