@@ -16,7 +16,6 @@ every step instead (a baseline for benchmarks: the same tokens, far more work).
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from common.mpc.engine import Mpc
 from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider, plan_program
 from common.mpc.ring import U64, FixedPoint
 from common.mpc.roles import CLIENT, SERVER
+from common.prg import SecureRng
 from common.protocol.decoder import KvCache, Weights, decoder_forward
 from common.protocol.decoder_card import CompiledDecoder, DecoderCard
 from common.transport import Channel, run_local
@@ -52,10 +52,14 @@ class Sampling:
             raise ValueError("temperature ≥ 0, top_k ≥ 0 and 0 < top_p ≤ 1 are required")
 
     def uniform_source(self) -> Callable[[], float]:
-        """Uniform draws in [0, 1) for `sample_next`."""
-        if self.seed is not None:
-            return np.random.default_rng(self.seed).random
-        return random.SystemRandom().random
+        """Uniform draws in [0, 1) for `sample_next`: 53-bit floats from the project's
+        cryptographic generator, keyed from the user's seed or from the OS."""
+        rng = SecureRng(self.seed)
+
+        def draw() -> float:
+            return float(rng.words(1)[0] >> np.uint64(11)) * 2.0**-53
+
+        return draw
 
 
 def sample_next(logits: NDArray[np.float64], s: Sampling, uniform: Callable[[], float]) -> int:

@@ -178,7 +178,11 @@ def test_fixed_point_emulation_tracks_the_private_run(lm) -> None:
     toks, logs = plain_generate(compiled, PROMPT, 3, frac_bits=16)
     _, client = local_generate(compiled, PROMPT, 3)
     assert toks == client.token_ids
-    assert max(float(np.abs(a - b).max()) for a, b in zip(logs, client.logits, strict=True)) < 0.05
+    # The private run's truncations differ from the emulation's by ±1 unit each; after
+    # the rsqrt plans' step caps (issue #14) this was measured at 0.05–0.08 on this model
+    # over 4 runs: 0.2 leaves room without hiding a real divergence (logits of order 10).
+    err = max(float(np.abs(a - b).max()) for a, b in zip(logs, client.logits, strict=True))
+    assert err < 0.2
 
 
 @pytest.mark.slow
