@@ -140,7 +140,7 @@ def test_clear_errors_for_bad_requests(server, model_dir) -> None:
         (("--model", "nope", "hello"), 1, "unknown model 'nope'; this server serves: tiny"),
         (("",), 2, "empty input"),
         (("word " * 100,), 2, "text too long for model 'tiny'"),
-        (("--output", "hidden", *TEXTS), 0, "mean-pooled"),
+        (("--output", "hidden", *TEXTS), 1, "PERMISSION_DENIED"),  # default: logits only
     ]
     for args, code, message in cases:
         res = client("--server", server.address, DEALER, *args)
