@@ -194,6 +194,11 @@ def infer(
 
     `progress(phase, layer)` is called whenever the protocol enters a new layer.
     """
+    # Import the tokenizer library before the session opens: the server gives a client
+    # --handshake-timeout between Hello and Start, and this import alone can take tens
+    # of seconds on a loaded machine.
+    import transformers  # noqa: F401
+
     channel = conn.channel()
     outbox: queue.Queue = queue.Queue(maxsize=32)
     closed = threading.Event()
