@@ -197,6 +197,11 @@ def infer(
 
     `progress(phase, layer)` is called whenever the protocol enters a new layer.
     """
+    # Import the tokenizer library before the session opens: the server gives a client
+    # --handshake-timeout between Hello and Start, and this import alone can take tens
+    # of seconds on a loaded machine.
+    import transformers  # noqa: F401
+
     channel = conn.channel()
     outbox: queue.Queue = queue.Queue(maxsize=32)
     closed = threading.Event()
@@ -208,13 +213,22 @@ def infer(
                 return
             yield item
 
+    relax: list = []  # the inbox, once it exists (see `Inbox`: no deadlock with the server)
+
     def send(msg: pb.ClientMessage) -> None:
-        while not closed.is_set():
-            try:
-                outbox.put(msg, timeout=0.25)
-                return
-            except queue.Full:
-                continue
+        try:
+            while not closed.is_set():
+                try:
+                    outbox.put(msg, timeout=0.25)
+                    return
+                except queue.Full:
+                    # Blocked on a server that does not read: it is sending to us, so
+                    # our reader must keep accepting until this send goes through.
+                    for inbox in relax:
+                        inbox.set_relaxed(True)
+        finally:
+            for inbox in relax:
+                inbox.set_relaxed(False)
         raise PeerError("the session is closed")
 
     stub = pb_grpc.CometStub(channel)
@@ -240,11 +254,20 @@ def infer(
                 f"the server uses the {w.provider!r} offline phase, which is NOT secure; "
                 "refusing (pass --allow-insecure-dealer for tests)"
             )
-        card = ModelCard.from_json(w.card_json)
+        try:
+            card = ModelCard.from_json(w.card_json)
+        except Exception as e:  # any parse error: the server sent something unusable
+            raise CometError(f"the server sent a malformed model card: {e}") from None
         if card.digest() != w.card_digest:
             raise CometError("the model card does not match its digest")
         kind = resolve_output(card, output)
-        inp = tokenize(_tokenizer(w.tokenizer), texts, card)
+        try:
+            tokenizer = _tokenizer(w.tokenizer)
+        except CometError:
+            raise
+        except Exception as e:
+            raise CometError(f"the server sent an unusable tokenizer: {e}") from None
+        inp = tokenize(tokenizer, texts, card)
         if card.embedding_source:
             # The server's word table is a public one: look rows up in our own copy,
             # after checking it is the same table (before any work starts).
@@ -271,6 +294,7 @@ def infer(
             return getattr(msg, k) if k else None
 
         reader = StreamReader(responses, frame_of)
+        relax.append(reader.inbox)
         meter = _ProgressMeter(progress)
         ch = StreamChannel(
             CLIENT,
@@ -278,7 +302,8 @@ def infer(
             lambda f: send(pb.ClientMessage(frame=f)),
             meter=meter,
             timeout=timeout,
-            max_frame_bytes=w.max_frame_bytes or MAX_FRAME_BYTES,
+            # Never more than this client's own limit, whatever the server announces.
+            max_frame_bytes=min(w.max_frame_bytes or MAX_FRAME_BYTES, MAX_FRAME_BYTES),
         )
         try:
             res = private_forward(

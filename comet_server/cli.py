@@ -41,6 +41,29 @@ from comet_server.service import Limits
     show_default=True,
     help="Seconds a session may wait for its client before it is closed.",
 )
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a client has to send Hello, then Start, and its Goodbye after the result.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=None,
+    help="Largest batch × sequence length per session (default: what fits half of the "
+    "available memory shared by --max-sessions, and the frame limit).",
+)
+@click.option(
+    "--outputs",
+    type=click.Choice(["auto", "logits", "hidden", "both"]),
+    default="auto",
+    show_default=True,
+    help="What a client may ask for. auto: logits for a classifier, the hidden states for "
+    "a bare encoder; hidden/both also give a classifier's last hidden states (far more "
+    "about the weights than the logits, see docs/SECURITY.md).",
+)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--insecure", is_flag=True, help="Allow a plaintext channel on a non-loopback host.")
@@ -65,6 +88,9 @@ def main(
     max_sessions: int,
     max_batch: int,
     session_timeout: float,
+    handshake_timeout: float,
+    max_tokens: int | None,
+    outputs: str,
     tls_cert: Path | None,
     tls_key: Path | None,
     insecure: bool,
@@ -95,7 +121,14 @@ def main(
             host,
             port,
             provider="insecure_dealer" if allow_insecure_dealer else "he",
-            limits=Limits(max_sessions, session_timeout, max_batch),
+            limits=Limits(
+                max_sessions,
+                session_timeout,
+                max_batch,
+                handshake_timeout=handshake_timeout,
+                max_tokens=max_tokens,
+                outputs=outputs,
+            ),
             tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
             insecure=insecure,
             executor=executor,
@@ -112,6 +145,13 @@ def main(
     # The bound port on its own line (tests and scripts read it with --port 0).
     click.echo(f"comet-server listening on {host}:{bound} ({scheme}); models: "
                f"{', '.join(served)}", err=True)  # fmt: skip
+    lim = service.limits
+    log.info(
+        "limits: %d sessions, batch ≤ %d, ≤ %d tokens per session, outputs %s, "
+        "timeouts %g s (handshake) / %g s (protocol)",
+        lim.max_sessions, lim.max_batch, lim.max_tokens, lim.outputs, lim.handshake_timeout,
+        lim.session_timeout,
+    )  # fmt: skip
     # `kill -USR1 <pid>` prints every thread's stack to stderr (diagnosing a stuck server).
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
@@ -119,7 +159,11 @@ def main(
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down (%d sessions active)", service.active)
-    server.stop(grace=5).wait()
+    # Sessions in flight end with UNAVAILABLE at once (their handlers do not wait for
+    # the HE work); workers are daemon threads that stop at their next message. HE
+    # worker processes are terminated (a job in flight belongs to an ending session).
+    service.shutdown()
     if executor is not None:
         executor.close()
+    server.stop(grace=3).wait()
     log.info("stopped")

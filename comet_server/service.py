@@ -27,6 +27,7 @@ from comet_server.registry import ServedModel
 from common.he.executor import HeExecutor
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import SERVER
+from common.protocol.card import ModelCard
 from common.protocol.run import private_forward
 from common.protocol.session import (
     PROTOCOL_VERSION,
@@ -39,6 +40,7 @@ from common.transport import ChannelClosed, ProtocolMismatch
 from common.transport.stream import (
     CHUNK_BYTES,
     MAX_FRAME_BYTES,
+    Inbox,
     PeerError,
     StreamChannel,
     StreamReader,
@@ -49,15 +51,89 @@ from proto import comet_pb2_grpc as pb_grpc
 log = logging.getLogger("comet.server")
 
 OUTBOX_MESSAGES = 32  # ≤ 32 MiB of chunks waiting for a slow client
+# Time budget of one session's protocol per token and layer, on top of the timeouts:
+# BERT-base measured 2.4 s per token·layer on this 2-core machine (HE offline phase,
+# one session alone, docs/BENCHMARKS.md); 10 s leaves 4× room, times the sessions that
+# may share the cores.
+TOKEN_LAYER_SECONDS = 10.0
+OUTPUT_POLICIES = ("auto", "logits", "hidden", "both")
 
 
 @dataclass
 class Limits:
     max_sessions: int = 4
-    session_timeout: float = 600.0  # seconds without a message from the client
+    session_timeout: float = 600.0  # seconds without progress (receive or send)
     max_batch: int = 8
     chunk_bytes: int = CHUNK_BYTES
     max_frame_bytes: int = MAX_FRAME_BYTES
+    handshake_timeout: float = 30.0  # for Hello, Start and the final Goodbye
+    max_tokens: int | None = None  # batch × seq_len; None: `default_max_tokens`
+    outputs: str = "auto"  # auto: logits for a classifier, hidden for a bare encoder
+
+
+def token_bytes(card: ModelCard) -> int:
+    """Estimated peak memory of one session per token (B·L) of `card`, in bytes.
+
+    Dominated by the one-hot token rows and their masks (vocabulary × 8 bytes, a few
+    live copies while planning; 6.5 GB measured for MiniLM at 8×512 tokens), plus the
+    per-token correlations of every layer.
+    """
+    a = card.arch
+    return 64 * a.vocab_size + 64 * a.layers * (4 * a.hidden + a.ffn)
+
+
+def frame_bytes_per_token(card: ModelCard) -> int:
+    """Upper bound of the largest frame per token: the embedding's HE upload.
+
+    Coefficient packing puts ≤ N entries of the (tokens × vocabulary) one-hot operand in
+    one ciphertext of 8·N bytes per coefficient modulus (3 moduli); 2× for padding and
+    serialization overhead (measured: ≈ 3 GB for 8×512 MiniLM tokens, 0.75 MB/token).
+    """
+    return 2 * 24 * card.arch.vocab_size
+
+
+def default_max_tokens(cards: list[ModelCard], limits: Limits, available: int) -> int:
+    """The largest B·L whose estimated memory fits half of `available` bytes shared by
+    `max_sessions` sessions and whose largest frame fits the frame limit."""
+    per_session = available // 2 // limits.max_sessions
+    worst = max(cards, key=token_bytes)
+    by_memory = per_session // token_bytes(worst)
+    by_frame = limits.max_frame_bytes // max(frame_bytes_per_token(c) for c in cards)
+    return int(max(1, min(by_memory, by_frame)))
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (bytes); physical memory where that is missing."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def allowed_outputs(card: ModelCard, policy: str) -> tuple[str, ...]:
+    """Which outputs the server gives for `card` under `policy` (see docs/SECURITY.md)."""
+    classifier = card.arch.head == "classifier"
+    if policy == "auto":
+        return ("logits",) if classifier else ("hidden",)
+    if policy == "both":
+        return ("logits", "hidden") if classifier else ("hidden",)
+    if policy == "logits":
+        return ("logits",) if classifier else ()
+    return ("hidden",)
+
+
+class ShuttingDown(ChannelClosed):
+    """The server is stopping: the session ends with UNAVAILABLE."""
+
+
+class SessionDeadline(ChannelClosed):
+    """The session ran past its total deadline."""
 
 
 class _Abort(Exception):
@@ -77,13 +153,13 @@ def _unwrap(msg: pb.ClientMessage) -> Any:
     return getattr(msg, kind)
 
 
-def _expect(inbox: queue.Queue, cls: type, timeout: float) -> Any:
+def _expect(inbox: Inbox, cls: type, timeout: float) -> Any:
     try:
         item = inbox.get(timeout=timeout)
     except queue.Empty:
         raise ChannelClosed(f"no {cls.__name__} from the client within {timeout:g} s") from None
     if isinstance(item, Exception):
-        inbox.put(item)
+        inbox.fail(item)
         raise item
     if not isinstance(item, cls):
         raise ProtocolMismatch(
@@ -109,10 +185,27 @@ class CometService(pb_grpc.CometServicer):
         self.provider = provider
         self.executor = executor  # where sessions' server-side HE work runs (None: inline)
         self.limits = limits or Limits()
+        if self.limits.outputs not in OUTPUT_POLICIES:
+            raise ValueError(f"unknown output policy {self.limits.outputs!r}")
+        if self.limits.max_tokens is None:
+            cards = [m.compiled.card for m in models.values()]
+            self.limits.max_tokens = default_max_tokens(cards, self.limits, available_memory())
+        self.stopping = threading.Event()
+        self._inboxes: set[Inbox] = set()
         self._slots = threading.BoundedSemaphore(self.limits.max_sessions)
         self._lock = threading.Lock()
         self.active = 0
         self.completed = 0
+
+    def shutdown(self) -> None:
+        """Stop: every session ends at its next message with UNAVAILABLE (a waiting
+        receive is woken at once); the RPC handlers return without waiting for their
+        workers' HE work."""
+        self.stopping.set()
+        with self._lock:
+            inboxes = list(self._inboxes)
+        for inbox in inboxes:
+            inbox.fail(ShuttingDown("the server is shutting down"))
 
     # -- RPCs ---------------------------------------------------------------------------
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -145,20 +238,30 @@ class CometService(pb_grpc.CometServicer):
         reader = StreamReader(request_iterator, _unwrap)
         outbox: queue.Queue = queue.Queue(maxsize=OUTBOX_MESSAGES)
         gone = threading.Event()
+        with self._lock:
+            self._inboxes.add(reader.inbox)
+        if self.stopping.is_set():
+            reader.inbox.fail(ShuttingDown("the server is shutting down"))
 
         def on_done() -> None:
             gone.set()
-            reader.inbox.put(PeerError("the client went away"))
+            reader.inbox.fail(PeerError("the client went away"))
 
         context.add_callback(on_done)
+        send_timeout = self.limits.session_timeout
 
         def send(msg: Any) -> None:
+            # A client that stops reading must not hold its slot: give up (and cancel
+            # the RPC, whose handler may be stuck in a gRPC write) after `send_timeout`.
+            deadline = time.monotonic() + send_timeout
             while not gone.is_set():
                 try:
                     outbox.put(msg, timeout=0.25)
                     return
                 except queue.Full:
-                    continue
+                    if time.monotonic() > deadline:
+                        context.cancel()
+                        raise PeerError(f"the client read nothing for {send_timeout:g} s") from None
             raise PeerError("the client went away")
 
         worker = threading.Thread(
@@ -170,23 +273,33 @@ class CometService(pb_grpc.CometServicer):
         with self._lock:
             self.active += 1
         worker.start()
-        while True:
-            try:
-                item = outbox.get(timeout=0.5)
-            except queue.Empty:
-                # A vanished client: the worker cannot post _DONE, and this handler's
-                # pool thread must not wait for it forever.
-                if gone.is_set() and not worker.is_alive():
+        try:
+            while True:
+                if self.stopping.is_set():
+                    # Do not wait for the worker's HE work: tell the client now.
+                    context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the server is shutting down; the session was not completed, retry later",
+                    )
+                try:
+                    item = outbox.get(timeout=0.25)
+                except queue.Empty:
+                    # A vanished client: the worker cannot post _DONE, and this
+                    # handler's pool thread must not wait for it forever.
+                    if gone.is_set() and not worker.is_alive():
+                        return
+                    continue
+                if item is _DONE:
                     return
-                continue
-            if item is _DONE:
-                return
-            if isinstance(item, _Abort):
-                context.abort(item.code, item.message)
-            yield item
+                if isinstance(item, _Abort):
+                    context.abort(item.code, item.message)
+                yield item
+        finally:
+            with self._lock:
+                self._inboxes.discard(reader.inbox)
 
     # -- one session ----------------------------------------------------------------------
-    def _worker(self, sid: str, peer: str, inbox: queue.Queue, send: Callable[[Any], None]) -> None:
+    def _worker(self, sid: str, peer: str, inbox: Inbox, send: Callable[[Any], None]) -> None:
         t0 = time.perf_counter()
         outcome = "ok"
         try:
@@ -202,6 +315,13 @@ class CometService(pb_grpc.CometServicer):
             self._finish(send, _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         except PeerError as e:
             outcome = f"client gone: {e}"
+        except ShuttingDown as e:
+            outcome = f"stopped: {e}"
+            msg = "the server is shutting down; the session was not completed, retry later"
+            self._finish(send, _Abort(grpc.StatusCode.UNAVAILABLE, msg))
+        except SessionDeadline as e:
+            outcome = f"deadline: {e}"
+            self._finish(send, _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)))
         except ChannelClosed as e:
             outcome = f"timed out: {e}"
             msg = f"session closed: {e}"
@@ -229,9 +349,9 @@ class CometService(pb_grpc.CometServicer):
         with contextlib.suppress(PeerError):  # nobody left to tell
             send(item)
 
-    def _session(self, sid: str, peer: str, inbox: queue.Queue, send: Callable) -> None:
+    def _session(self, sid: str, peer: str, inbox: Inbox, send: Callable) -> None:
         lim = self.limits
-        hello = _expect(inbox, pb.Hello, lim.session_timeout)
+        hello = _expect(inbox, pb.Hello, lim.handshake_timeout)
         if hello.protocol_version != PROTOCOL_VERSION:
             raise _Abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -262,8 +382,23 @@ class CometService(pb_grpc.CometServicer):
                 )
             )
         )
-        start = _expect(inbox, pb.Start, lim.session_timeout)
+        start = _expect(inbox, pb.Start, lim.handshake_timeout)
         output = resolve_output(card, start.output or "auto")
+        allowed = allowed_outputs(card, lim.outputs)
+        if output not in allowed:
+            raise _Abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this server does not give {output!r} outputs of model {name!r}; it gives: "
+                f"{', '.join(allowed) or 'nothing'}",
+            )
+        assert lim.max_tokens is not None
+        tokens = start.batch * start.seq_len
+        if tokens > lim.max_tokens:
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"batch × seq_len = {start.batch} × {start.seq_len} = {tokens} tokens exceeds "
+                f"this server's limit of {lim.max_tokens} tokens per session",
+            )
         mask = check_start(
             card,
             start.batch,
@@ -271,6 +406,19 @@ class CometService(pb_grpc.CometServicer):
             np.frombuffer(start.attention_mask, dtype=np.uint8),
             lim.max_batch,
         )
+        budget = (
+            lim.session_timeout
+            + 2 * lim.handshake_timeout
+            + tokens * card.arch.layers * TOKEN_LAYER_SECONDS * lim.max_sessions
+        )
+        deadline = time.monotonic() + budget
+
+        def check() -> None:
+            if self.stopping.is_set():
+                raise ShuttingDown("the server is shutting down")
+            if time.monotonic() > deadline:
+                raise SessionDeadline(f"session closed: it ran past its deadline of {budget:.0f} s")
+
         log.info(
             "session %s (%s): model %s, batch %d × %d tokens, output %s",
             sid, peer, name, start.batch, start.seq_len, output,
@@ -282,6 +430,7 @@ class CometService(pb_grpc.CometServicer):
             timeout=lim.session_timeout,
             chunk_bytes=lim.chunk_bytes,
             max_frame_bytes=lim.max_frame_bytes,
+            check=check,
         )
         private_forward(
             ch,
@@ -292,7 +441,7 @@ class CometService(pb_grpc.CometServicer):
             None,
             make_provider(self.provider, executor=self.executor),
         )
-        _expect(inbox, pb.Goodbye, lim.session_timeout)
+        _expect(inbox, pb.Goodbye, lim.handshake_timeout)
         log.info(
             "session %s: sent %d B, received %d B (payload)", sid, ch.payload_sent,
             ch.payload_received,

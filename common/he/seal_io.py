@@ -25,15 +25,44 @@ _SCRATCH_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 class _Scratch:
-    """A private scratch file on tmpfs, reused for every save/load of one owner."""
+    """A private scratch file on tmpfs, reused for every save/load of one owner.
+
+    The file is unlinked as soon as it is created and reached through this process's
+    open descriptor (`/proc/self/fd/N`), so it disappears on every exit path — an
+    exception, SIGTERM, SIGKILL — with no cleanup code to run. A forked child makes
+    its own (it must not share the parent's file).
+    """
 
     def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="comet-seal-", dir=_SCRATCH_DIR)
-        os.close(fd)
+        self._pid = -1
+        self._fd = -1
+        self._path = ""
+        self.name = ""
+        self._open()
+
+    def _open(self) -> None:
+        fd, name = tempfile.mkstemp(prefix="comet-seal-", dir=_SCRATCH_DIR)
+        self.name = name  # for tests and diagnostics: it no longer exists
+        if os.path.isdir("/proc/self/fd"):
+            os.unlink(name)
+            self._fd, self._pid = fd, os.getpid()
+            self._path = f"/proc/self/fd/{fd}"
+        else:  # no procfs: keep the name, remove it when the owner goes
+            os.close(fd)
+            self._fd, self._pid, self._path = -1, os.getpid(), name
+
+    @property
+    def path(self) -> str:
+        if os.getpid() != self._pid:
+            self._open()
+        return self._path
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError):
-            os.unlink(self.path)
+            if self._fd >= 0:
+                os.close(self._fd)
+            elif self._path:
+                os.unlink(self._path)
 
 
 class SealIO:

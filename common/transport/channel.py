@@ -83,7 +83,8 @@ class Channel(ABC):
     def _put(self, frame: Frame) -> None: ...
 
     @abstractmethod
-    def _get(self, timeout: float) -> Frame: ...
+    def _get(self, timeout: float, limit: int | None = None) -> Frame:
+        """The next frame; a transport that reassembles may refuse one above `limit`."""
 
     def close(self) -> None:  # noqa: B027 - optional for subclasses
         """Release transport resources; the default does nothing."""
@@ -133,7 +134,7 @@ class Channel(ABC):
 
     def recv_frame(self, tag: str, nbytes: int | None = None) -> Frame:
         """Receive the next frame, which must carry `tag` (and `nbytes` if given)."""
-        frame = self._get(self.timeout)
+        frame = self._get(self.timeout, nbytes)
         if frame.seq != self._recv_seq or frame.tag != tag:
             raise ProtocolMismatch(
                 f"party {self.party} expected message #{self._recv_seq} {tag!r}, "

@@ -30,7 +30,7 @@ class LocalChannel(Channel):
         self.wire_bytes_out += len(frame.payload)
         self._outbox.put(frame)
 
-    def _get(self, timeout: float) -> Frame:
+    def _get(self, timeout: float, limit: int | None = None) -> Frame:
         try:
             item = self._inbox.get(timeout=timeout)
         except queue.Empty:

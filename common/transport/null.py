@@ -11,7 +11,9 @@ class NullChannel(Channel):
     def _put(self, frame: Frame) -> None:
         pass
 
-    def _get(self, timeout: float) -> Frame:  # pragma: no cover - recv is overridden
+    def _get(
+        self, timeout: float, limit: int | None = None
+    ) -> Frame:  # pragma: no cover - recv is overridden
         raise RuntimeError("NullChannel has no peer")
 
     def recv_frame(self, tag: str, nbytes: int | None = None) -> Frame:

@@ -140,7 +140,7 @@ def test_clear_errors_for_bad_requests(server, model_dir) -> None:
         (("--model", "nope", "hello"), 1, "unknown model 'nope'; this server serves: tiny"),
         (("",), 2, "empty input"),
         (("word " * 100,), 2, "text too long for model 'tiny'"),
-        (("--output", "hidden", *TEXTS), 0, "mean-pooled"),
+        (("--output", "hidden", *TEXTS), 1, "PERMISSION_DENIED"),  # default: logits only
     ]
     for args, code, message in cases:
         res = client("--server", server.address, DEALER, *args)
@@ -225,7 +225,7 @@ def test_killed_client_leaves_the_server_healthy(model_dir, tmp_path) -> None:
 
 
 def test_session_limit_and_stall_deadline(model_dir, tmp_path) -> None:
-    args = ("--model", str(model_dir), DEALER, "--max-sessions", "1", "--session-timeout", "2")
+    args = ("--model", str(model_dir), DEALER, "--max-sessions", "1", "--handshake-timeout", "8")
     with Server(tmp_path, *args) as srv:
         with grpc.insecure_channel(srv.address) as ch:
             stub = pb_grpc.CometStub(ch)
@@ -242,7 +242,7 @@ def test_session_limit_and_stall_deadline(model_dir, tmp_path) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 next(stalled)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "no Start from the client within 2 s" in err.value.details()
+            assert "no Start from the client within 8 s" in err.value.details()
         assert client_json("--server", srv.address, DEALER, TEXTS[0])["label"]
 
 

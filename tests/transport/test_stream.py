@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 import pytest
 
 from common.transport import ChannelClosed, ProtocolMismatch
-from common.transport.stream import StreamChannel, StreamReader
+from common.transport.stream import Inbox, StreamChannel, StreamReader
 from proto import comet_pb2 as pb
 
 
@@ -70,3 +71,58 @@ def test_stall_and_end_of_stream() -> None:
     c = StreamChannel(1, reader.inbox, lambda m: None, timeout=2)
     with pytest.raises(ChannelClosed, match="closed the stream"):
         c.recv("x")
+
+
+def test_reader_stops_pulling_when_the_inbox_is_full() -> None:
+    # A peer pushing junk faster than the session reads: the reader must stop pulling
+    # from gRPC (so HTTP/2 flow control throttles the sender) instead of buffering all.
+    pulled = 0
+
+    def flood():
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield pb.Frame(seq=i, tag="junk", data=b"\0" * 1024)
+
+    reader = StreamReader(flood(), lambda m: m, maxsize=8)
+    time.sleep(0.5)
+    assert len(reader.inbox) == 8 and pulled <= 9
+    reader.inbox.fail(ChannelClosed("done"))  # the session ends: the reader lets go
+    reader.thread.join(5)
+    assert not reader.thread.is_alive()
+
+
+def test_relaxed_inbox_accepts_while_its_owner_sends() -> None:
+    inbox = Inbox(maxsize=2)
+    inbox.set_relaxed(True)
+    for i in range(5):
+        inbox.put(i)  # would block forever if the bound held while relaxed
+    assert len(inbox) == 5 and inbox.get(1) == 0
+
+
+def test_reassembly_stops_at_the_expected_size() -> None:
+    # A 32-byte tensor announced as a 2 GiB stream of chunks is refused at the first
+    # chunk past 32 bytes, not after buffering the whole frame.
+    _, b, _ = _pair(chunk=16, limit=1 << 31)
+    b._inbox.put(pb.Frame(seq=0, tag="x", data=b"\0" * 16, more=True))
+    b._inbox.put(pb.Frame(seq=0, data=b"\0" * 16, more=True))
+    b._inbox.put(pb.Frame(seq=0, data=b"\0" * 16, more=True))
+    with pytest.raises(ProtocolMismatch, match="exceeds the limit of 32 bytes"):
+        b.recv_array("x", (4,), np.uint64)
+    assert b._inbox.qsize() == 0  # nothing past the limit was read
+
+
+def test_check_hook_ends_a_session_at_a_message_boundary() -> None:
+    stop = []
+
+    def check() -> None:
+        if stop:
+            raise ChannelClosed("shutting down")
+
+    c = StreamChannel(0, queue.Queue(), lambda m: None, timeout=2, check=check)
+    c.send("a", b"x")
+    stop.append(1)
+    with pytest.raises(ChannelClosed, match="shutting down"):
+        c.send("b", b"x")
+    with pytest.raises(ChannelClosed, match="shutting down"):
+        c.recv("c")
