@@ -545,3 +545,40 @@ def rng_cmd(as_json: bool, words: int) -> None:
         r = result[name]
         table.add_row(name, f"{r['seconds']:.4f}", f"{r['gb_per_s']:.2f}")
     _emit(result, as_json, table)
+
+
+@main.group("generate")
+def generate_group() -> None:
+    """Private generation on the bundled decoder (SmolLM2-135M-Instruct)."""
+
+
+@generate_group.command("cost")
+@click.option("--prompt", default="The capital of France is", show_default=True)
+@click.option("--tokens", type=click.IntRange(1, 64), default=4, show_default=True)
+@provider_option("insecure_dealer", "Offline phase (he: the real HE phase, per step).")
+def generate_cost_cmd(prompt: str, tokens: int, provider: str) -> None:
+    """Per-call cost of private greedy generation (JSON)."""
+    from benchmarks import generation
+
+    err = Console(stderr=True)
+    res = generation.cost(prompt, tokens, provider, lambda m: err.print(m, markup=False))
+    click.echo(json.dumps(_json_safe(res), indent=2))
+
+
+@generate_group.command("fidelity")
+@click.option("--tokens", type=click.IntRange(1, 64), default=16, show_default=True)
+@click.option(
+    "--frac-bits",
+    type=click.IntRange(8, 30),
+    default=None,
+    help="Emulate fixed point with this many fractional bits (default: float).",
+)
+def generate_fidelity_cmd(tokens: int, frac_bits: int | None) -> None:
+    """Greedy tokens of the compiled model vs transformers' over 10 prompts (JSON)."""
+    from benchmarks import generation
+
+    err = Console(stderr=True)
+    res = generation.fidelity(
+        generation.PROMPTS, tokens, frac_bits, lambda m: err.print(m, markup=False)
+    )
+    click.echo(json.dumps(_json_safe(res), indent=2))
