@@ -60,6 +60,22 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def building(root: Path, prefix: str):
+    """A fresh temporary directory beside `root`, renamed into place if the block
+    succeeds (a killed or failed build leaves nothing half-written)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=root.parent))
+    try:
+        yield tmp
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_default(
     recipe: Recipe | None = None,
     force: bool = False,
@@ -73,8 +89,7 @@ def build_default(
             return root
         from comet_server.adapt.pipeline import adapt
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root.parent))
-        try:
+        with building(root, NAME) as tmp:
             report = adapt(
                 base_checkpoint(),
                 tmp,
@@ -86,12 +101,6 @@ def build_default(
             report["name"] = NAME
             report["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             (tmp / BUILD_JSON).write_text(json.dumps(report, indent=2) + "\n")
-            if root.exists():
-                shutil.rmtree(root)
-            tmp.rename(root)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

