@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -85,6 +86,10 @@ def adapt(
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"{base} is not a model directory (no config.json)")
     t, y, vt, vy, names = load_dataset(data)
+    # Freezing the word table pays only when it is a known public one (then it is served
+    # as public); an unknown base trains all its weights.
+    source = source_of(base) if recipe.freeze_embeddings else None
+    recipe = dataclasses.replace(recipe, freeze_embeddings=source is not None)
     say(f"data: {len(t)} training and {len(vt)} validation texts, labels {names}")
     tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
     config = AutoConfig.from_pretrained(base, local_files_only=True)
@@ -127,7 +132,6 @@ def adapt(
 
     lo = predict(model, tok, vt, recipe.max_length)
     lc = predict(student, tok, vt, recipe.max_length)
-    source = source_of(base) if recipe.freeze_embeddings else None
     report["public_embeddings"] = source
     if source is not None:
         # The table is the public checkpoint's, bit for bit (checked): serve it as public.

@@ -41,7 +41,8 @@ class Recipe:
     threads: int = 2
     # Keep the word embeddings as the base checkpoint's: the served table is then public
     # (the client looks rows up itself) and the private lookup, the model's largest HE
-    # product, disappears (docs/SECURITY.md, "Public embeddings").
+    # product, disappears (docs/SECURITY.md, "Public embeddings"). `adapt` applies it
+    # only to a known public base.
     freeze_embeddings: bool = True
 
 

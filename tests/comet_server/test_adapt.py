@@ -194,7 +194,9 @@ def test_finetune_and_distil_learn_a_toy_task() -> None:
     model = BertForSequenceClassification(cfg)
     texts, labels = _toy_task()
     tok = _WordTok()
-    recipe = Recipe(finetune_steps=60, distil_steps=60, batch=16, lr=2e-3, seed=0)
+    recipe = Recipe(
+        finetune_steps=60, distil_steps=60, batch=16, lr=2e-3, seed=0, freeze_embeddings=False
+    )
     losses: list[float] = []
     model = finetune(model, tok, texts, labels, recipe, lambda s, l: losses.append(l))
     assert len(losses) == 60 and losses[-1] < 0.8 * losses[0]
@@ -278,3 +280,25 @@ def test_cli_reports_bad_inputs_clearly(tiny_checkpoint, tmp_path) -> None:
     for args, message in cases:
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_frozen_word_embeddings_stay_bit_identical() -> None:
+    """With `freeze_embeddings` the word table is untouched by both stages (so a public
+    base's table can be served as public); the rest of the model trains."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32, num_labels=2,
+    )  # fmt: skip
+    model = BertForSequenceClassification(cfg)
+    before = model.get_input_embeddings().weight.detach().clone()
+    other = model.classifier.weight.detach().clone()
+    texts, labels = _toy_task()
+    recipe = Recipe(finetune_steps=5, distil_steps=5, batch=8, lr=2e-3, seed=0)
+    model = finetune(model, _WordTok(), texts, labels, recipe)
+    student, _ = distil(model, _WordTok(), texts, labels, recipe)
+    assert torch.equal(model.get_input_embeddings().weight, before)
+    assert torch.equal(student.get_input_embeddings().weight, before)
+    assert not torch.equal(model.classifier.weight, other)
