@@ -163,7 +163,7 @@ def main(
     # the HE work); workers are daemon threads that stop at their next message. HE
     # worker processes are terminated (a job in flight belongs to an ending session).
     service.shutdown()
-    if executor is not None:
-        executor.close()
     server.stop(grace=3).wait()
+    if executor is not None:  # after the sessions were told UNAVAILABLE
+        executor.close()
     log.info("stopped")
