@@ -1,15 +1,15 @@
 """The one source of randomness for secrets: a ChaCha20 keystream keyed from `os.urandom`.
 
 Every share, mask and flooding-noise sample of the protocol comes from a `SecureRng`.
-Statistical generators (PCG64, Philox, MT19937) must not be used on a secret path:
-each party sees millions of partly exposed outputs of the other's stream (the masked
+Statistical generators (numpy's bit generators, the Mersenne Twister) must not be used on
+a secret path: each party sees millions of partly exposed outputs of the other's stream (the masked
 one-hot of the lookup, the top limb of HE masks), enough for published state-recovery
 attacks, and a recovered state would give away the text or the weights. ChaCha20 is a
 stream cipher: its keystream is indistinguishable from uniform without the key, so
 exposed outputs say nothing about the others.
 
 The keystream comes from `cryptography` (OpenSSL's ChaCha20, vectorised); measured here
-at ~2.5 GB/s on one core, faster than numpy's PCG64 `random_raw` (docs/BENCHMARKS.md,
+at ~2.5 GB/s on one core, no slower than numpy's statistical generators (docs/BENCHMARKS.md,
 "Random generator").
 
 A `SecureRng` refuses to be used in a process other than the one that created it: a
@@ -138,7 +138,7 @@ def require_secure(rng: object, where: str = "a secret path") -> SecureRng:
     """Return `rng` if it is a `SecureRng`, else raise `InsecureRandomnessError`.
 
     Called wherever shares, masks or noise are drawn, so that a statistical generator
-    (numpy's PCG64/Philox/MT19937, Python's `random`) can never reach a secret path.
+    (numpy's statistical bit generators, Python's `random`) can never reach a secret path.
     """
     if not isinstance(rng, SecureRng):
         raise InsecureRandomnessError(
