@@ -1,4 +1,8 @@
-"""`comet-client`: private inference of TEXT... on a comet-server."""
+"""`comet-client`: private inference of TEXT... on a comet-server.
+
+`comet-client --server HOST:PORT TEXT...` classifies / embeds (the `classify` command,
+the default); other verbs are subcommands (`comet-client COMMAND --help`).
+"""
 
 from __future__ import annotations
 
@@ -62,7 +66,30 @@ def result_table(texts: tuple[str, ...], res: Result) -> Table:
     return t
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a command name, belongs to the default
+    command: `comet-client --server X TEXT` means `comet-client classify --server X TEXT`.
+    A text that equals a command name needs the explicit form (`classify ... prepare`)."""
+
+    default_command = "classify"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=_DefaultGroup, context_settings=CONTEXT)
+def main() -> None:
+    """Private inference on a comet-server: the server never sees the text, this client
+    never sees the weights. `comet-client --server HOST:PORT TEXT...` classifies (or
+    embeds) TEXT; see `comet-client classify --help`."""
+
+
+@main.command("classify", context_settings=CONTEXT)
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--server", "target", required=True, help="HOST:PORT of a comet-server.")
 @click.option("--model", default="", help="Model name (default: the server's default).")
@@ -85,7 +112,7 @@ def result_table(texts: tuple[str, ...], res: Result) -> Table:
 )
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0)
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def main(
+def classify(
     texts: tuple[str, ...],
     target: str,
     model: str,
