@@ -267,6 +267,74 @@ def model_cmd(
     _emit(result, as_json, _model_table(result))
 
 
+def _offline_table(result: dict[str, Any]) -> Table:
+    m, t = result["meta"], result["totals"]
+    table = Table(
+        title=f"comet-bench offline {m['model']} ({m['approx']}, {m['batch']}×{m['seq_len']}, "
+        f"{m['workers']} HE worker(s))",
+        caption="CPU: each party's protocol thread, + the server's worker processes; "
+        "floor: HE-based OLE in Z_2^64 (DESIGN.md)",
+    )
+    table.add_column("kind")
+    for name in ("MB up", "MB down", "cts up", "cts down", "server CPU s", "workers CPU s",
+                 "client CPU s", "elements", "B/element", "floor B/el."):  # fmt: skip
+        table.add_column(name, justify="right")
+    for r in result["kinds"]:
+        bpe, floor = r.get("bytes_per_element"), r.get("floor_bytes_per_element")
+        table.add_row(
+            r["kind"],
+            f"{r.get('bytes_up', 0) / 1e6:,.1f}",
+            f"{r.get('bytes_down', 0) / 1e6:,.1f}",
+            f"{r.get('ciphertexts_up', 0):,}",
+            f"{r.get('ciphertexts_down', 0):,}",
+            f"{r.get('server_cpu_s', 0.0):.1f}",
+            f"{r.get('server_worker_cpu_s', 0.0):.1f}",
+            f"{r.get('client_cpu_s', 0.0):.1f}",
+            f"{r['elements']:,} {r['unit']}s",
+            "" if bpe is None else f"{bpe:.3g}",
+            "" if floor is None else f"{floor:g}",
+        )
+    table.add_section()
+    table.add_row(
+        "total", f"{t['bytes_up'] / 1e6:,.1f}", f"{t['bytes_down'] / 1e6:,.1f}", "", "",
+        f"{t['server_cpu_s']:.1f}", f"{t['server_worker_cpu_s']:.1f}", f"{t['client_cpu_s']:.1f}",
+        f"wall {t['offline_wall_s']:.1f} s", "", "",
+    )  # fmt: skip
+    return table
+
+
+@main.command("offline")
+@json_option()
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="'default', 'original', 'bert-base' / 'bert-base-1l' / 'bert-tiny' (synthetic "
+    "shapes) or a checkpoint directory.",
+)
+@shape_options()
+@approx_option()
+@click.option(
+    "--he-workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server HE worker processes (1: in the server's own thread).",
+)
+def offline_cmd(
+    as_json: bool, model: str, seq_len: int, batch: int, approx: str, he_workers: int
+) -> None:
+    """HE offline phase per correlation kind: bytes, ciphertexts, CPU per party and process."""
+    from benchmarks import offline as offline_mod
+
+    err = Console(stderr=True)
+    result = offline_mod.run_offline(
+        model, seq_len, batch, approx, he_workers,
+        lambda msg: err.print(msg, highlight=False, markup=False),
+    )  # fmt: skip
+    _emit(result, as_json, _offline_table(result))
+
+
 def _sites_table(result: dict[str, Any]) -> Table:
     m = result["meta"]
     table = Table(

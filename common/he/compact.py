@@ -25,6 +25,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from common.he.crt import mulmod_const as _mulmod_const
 from common.he.crt import submod
 
 U64 = np.uint64
@@ -58,22 +59,6 @@ def _mul_wide(a: int, b: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArra
     lo = (p00 & _M32) | (mid << U64(32))
     hi = p11 + (p01 >> U64(32)) + (p10 >> U64(32)) + (mid >> U64(32))
     return hi, lo
-
-
-def _mulhi(a: NDArray[np.uint64], b: int) -> NDArray[np.uint64]:
-    """High 64 bits of a·b (uint64 array times a constant below 2^64)."""
-    b0, b1 = U64(b & 0xFFFFFFFF), U64(b >> 32)
-    a0, a1 = a & _M32, a >> U64(32)
-    p01, p10 = a0 * b1, a1 * b0
-    mid = ((a0 * b0) >> U64(32)) + (p01 & _M32) + (p10 & _M32)
-    return a1 * b1 + (p01 >> U64(32)) + (p10 >> U64(32)) + (mid >> U64(32))
-
-
-def _mulmod_const(a: NDArray[np.uint64], w: int, q: int) -> NDArray[np.uint64]:
-    """(a · w) mod q for any uint64 a and a constant w < q < 2^62 (Shoup: with
-    w' = floor(w·2^64/q), a·w − floor(a·w'/2^64)·q lies in [0, 2q)). Exact, no floats."""
-    r = a * U64(w) - _mulhi(a, (w << 64) // q) * U64(q)
-    return np.where(r >= U64(q), r - U64(q), r)
 
 
 def _limbs_mod(limbs: list[NDArray[np.uint64]], q: int) -> NDArray[np.uint64]:

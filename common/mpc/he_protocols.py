@@ -127,7 +127,7 @@ def he_products(
         )
         for g in groups
     ]
-    results = _run(executor, he, run_products, products_in_worker, jobs)
+    results = _run(ch, executor, he, run_products, products_in_worker, jobs)
     for per_chunk in results:
         for raws in per_chunk:
             ch.send("he.prod.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
@@ -144,11 +144,14 @@ def _split(units: int, parts: int) -> list[NDArray[np.int64]]:
     return [g for g in np.array_split(np.arange(units), parts) if g.size]
 
 
-def _run(executor, he, local_fn, worker_fn, jobs):
-    """Jobs in this thread with the session's own HE objects, or in the workers."""
+def _run(ch, executor, he, local_fn, worker_fn, jobs):
+    """Jobs in this thread with the session's own HE objects, or in the workers (whose
+    CPU seconds the meter records under the current label)."""
     if executor is None or executor.workers <= 1 or len(jobs) <= 1:
         return [local_fn(he, j) for j in jobs]
-    return executor.map(worker_fn, jobs)
+    out = executor.map(worker_fn, jobs)
+    ch.meter.record_worker_cpu(sum(cpu for _, cpu in out))
+    return [r for r, _ in out]
 
 
 def he_matmul(
@@ -218,7 +221,7 @@ def he_matmul(
         for i in range(P)
         for g in col_groups
     ]
-    results = iter(_run(executor, he, run_matmul, matmul_in_worker, jobs))
+    results = iter(_run(ch, executor, he, run_matmul, matmul_in_worker, jobs))
     for _i in range(P):
         raws: list[bytes] = [b""] * (Mb * Nb)
         for g in col_groups:

@@ -130,7 +130,7 @@ class Channel(ABC):
         )  # fmt: skip
         self._send_seq += 1
         self._put(frame)
-        self.meter.record_send(len(frame.payload))
+        self.meter.record_send(len(frame.payload), _ciphertexts(frame))
 
     def recv_frame(self, tag: str, nbytes: int | None = None) -> Frame:
         """Receive the next frame, which must carry `tag` (and `nbytes` if given)."""
@@ -148,7 +148,9 @@ class Channel(ABC):
         self._recv_seq += 1
         self.clock = max(self.clock, frame.clock + 1)
         new_scope = max(self.scope_clock, frame.scope_clock + 1)
-        self.meter.record_recv(len(frame.payload), new_scope - self.scope_clock)
+        self.meter.record_recv(
+            len(frame.payload), new_scope - self.scope_clock, _ciphertexts(frame)
+        )
         self.scope_clock = new_scope
         return frame
 
@@ -183,3 +185,8 @@ class Channel(ABC):
         """Both parties send `arr` and receive the peer's array of the same shape: 1 round."""
         self.send_array(tag, arr)
         return self.recv_array(tag, arr.shape, arr.dtype)
+
+
+def _ciphertexts(frame: Frame) -> int:
+    """How many HE ciphertexts a frame carries (its shape says, for kind "ciphertexts")."""
+    return int(frame.shape[0]) if frame.kind == "ciphertexts" and frame.shape else 0

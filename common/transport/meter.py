@@ -6,6 +6,7 @@ receives, as serialized payload bytes, and the rounds it waits for the peer.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -29,8 +30,12 @@ class Counts:
     recv_bytes: int = 0
     sent_msgs: int = 0
     recv_msgs: int = 0
+    sent_ciphertexts: int = 0  # HE ciphertexts inside "ciphertexts" messages
+    recv_ciphertexts: int = 0
     rounds: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the party's own thread (not its HE workers)
+    worker_cpu_seconds: float = 0.0  # CPU time of jobs it ran in HE worker processes
 
     def __iadd__(self, other: Counts) -> Counts:
         for f in fields(self):
@@ -47,45 +52,61 @@ class Counts:
 
 @dataclass
 class Meter:
-    """Per-label counters plus the exclusive wall time spent under each label.
+    """Per-label counters plus the exclusive wall and CPU time spent under each label.
 
-    Time is attributed to the innermost active label: `enter`/`exit` flush the clock
-    to the label that was current until then.
+    Time is attributed to the innermost active label: `enter`/`exit` flush the clocks
+    to the label that was current until then. CPU time is that of the thread that runs
+    the party's protocol (the one calling `enter`/`exit`), so it stays right when both
+    parties run as threads of one process; a flush from another thread (a report read
+    after the run) moves only the wall clock.
     """
 
     _counts: dict[Label, Counts] = field(default_factory=lambda: defaultdict(Counts))
     _stack: list[Label] = field(default_factory=lambda: [Label()])
     _since: float = field(default_factory=time.perf_counter)
+    _owner: int | None = None
+    _cpu_since: float = 0.0
 
     @property
     def current(self) -> Label:
         return self._stack[-1]
 
-    def _flush(self) -> None:
+    def _flush(self, cpu: bool = False) -> None:
         now = time.perf_counter()
-        self._counts[self.current].seconds += now - self._since
+        c = self._counts[self.current]
+        c.seconds += now - self._since
         self._since = now
+        if cpu:
+            tid, cpu_now = threading.get_ident(), time.thread_time()
+            if tid == self._owner:
+                c.cpu_seconds += cpu_now - self._cpu_since
+            self._owner, self._cpu_since = tid, cpu_now
 
     def enter(self, label: Label) -> None:
-        self._flush()
+        self._flush(cpu=True)
         self._stack.append(label)
 
     def exit(self) -> None:
         if len(self._stack) == 1:
             raise RuntimeError("Meter.exit without matching enter")
-        self._flush()
+        self._flush(cpu=True)
         self._stack.pop()
 
-    def record_send(self, nbytes: int) -> None:
+    def record_send(self, nbytes: int, ciphertexts: int = 0) -> None:
         c = self._counts[self.current]
         c.sent_bytes += nbytes
         c.sent_msgs += 1
+        c.sent_ciphertexts += ciphertexts
 
-    def record_recv(self, nbytes: int, rounds: int) -> None:
+    def record_recv(self, nbytes: int, rounds: int, ciphertexts: int = 0) -> None:
         c = self._counts[self.current]
         c.recv_bytes += nbytes
         c.recv_msgs += 1
         c.rounds += rounds
+        c.recv_ciphertexts += ciphertexts
+
+    def record_worker_cpu(self, seconds: float) -> None:
+        self._counts[self.current].worker_cpu_seconds += seconds
 
     def totals(self, *, phase: str | None = None) -> Counts:
         """Sum over all labels (optionally of one phase)."""
@@ -115,6 +136,7 @@ class Meter:
     def reset(self) -> None:
         self._counts.clear()
         self._since = time.perf_counter()
+        self._owner = None
 
 
 def diff(after: dict[Label, Counts], before: dict[Label, Counts]) -> Counts:

@@ -92,18 +92,39 @@ def test_rng_bench_reports_both_generators():
 
 
 @pytest.mark.slow
-def test_model_bench_offline_by_kind_adds_up(tmp_path, monkeypatch):
-    """`comet-bench model` splits the HE offline phase by correlation kind; the kinds'
-    bytes add up to the offline total."""
+def test_offline_bench_kinds_add_up(tmp_path, monkeypatch):
+    """`comet-bench offline` splits the HE offline phase by correlation kind: the kinds'
+    bytes add up to the totals, every kind costs CPU on both sides, the server's HE jobs
+    ran in its worker processes, and the element counts are the plan's."""
+    from benchmarks.offline import plan_elements
+    from common.mpc.correlations import GroupSpec, LinearSpec, Plan
+
     monkeypatch.setenv("COMET_HOME", str(tmp_path))
     res = CliRunner().invoke(
-        main, ["model", "--model", "bert-tiny", "--seq-len", "4", "--provider", "he", "--json"]
+        main, ["offline", "--model", "bert-tiny", "--seq-len", "4", "--he-workers", "2", "--json"]
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{") :])
-    kinds = {k["kind"]: k for k in out["offline_by_kind"]}
-    assert {"linear-masks", "mask-groups"} <= set(kinds)
-    total = sum(k.get("bytes_up", 0) + k.get("bytes_down", 0) for k in kinds.values())
-    # the plan-digest exchange (64 bytes) is the only offline traffic outside a kind
-    assert 0 <= out["totals"]["offline"]["bytes"] - total <= 64
-    assert all(k["server_s"] > 0 and k["client_s"] > 0 for k in kinds.values())
+    kinds = {k["kind"]: k for k in out["kinds"]}
+    assert {"linear-masks", "mask-groups", "matmul-triples"} <= set(kinds)
+    t = out["totals"]
+    # the plan-digest exchange (32 bytes each way per layer) is the only offline traffic
+    # outside a kind
+    for way in ("bytes_up", "bytes_down"):
+        rest = t[way] - sum(k[way] for k in kinds.values())
+        assert rest % 32 == 0 and 0 < rest <= 32 * 8
+    for k in kinds.values():
+        assert k["ciphertexts_up"] > 0 and k["ciphertexts_down"] > 0
+        assert k["client_cpu_s"] > 0 and k["elements"] > 0
+        assert k["server_cpu_s"] + k["server_worker_cpu_s"] > 0
+    assert t["server_worker_cpu_s"] > 0  # the jobs ran in the workers
+    # 2·batch·m·k·n MACs per matrix triple; products of a group's pairs (broadcast shapes)
+    plan = Plan(
+        triples=3, squares=5, matmuls=[(2, 4, 8, 4)],
+        linears=[LinearSpec("w", 4, 16, 32)],
+        groups=[GroupSpec(((4, 1), (4, 8)), ((0, 0), (0, 1)))],
+    )  # fmt: skip
+    assert plan_elements(plan) == {
+        "linear-masks": 4 * 16 * 32, "triples": 3, "squares": 5,
+        "mask-groups": 4 + 32, "matmul-triples": 2 * 2 * 4 * 8 * 4,
+    }  # fmt: skip
