@@ -229,6 +229,12 @@ class _Stream:
                     self.outbox.put(msg, timeout=0.25)
                     return
                 except queue.Full:
+                    reader = self.reader
+                    if reader is not None and not reader.thread.is_alive():
+                        # The server's stream has ended: nobody will take this message.
+                        items = list(reader.inbox._items)
+                        err = next((x for x in reversed(items) if isinstance(x, PeerError)), None)
+                        raise (err or PeerError("the server closed the session")) from None
                     # Blocked on a server that does not read: it is sending to us, so
                     # our reader must keep accepting until this send goes through.
                     for inbox in self.relax:
