@@ -120,6 +120,12 @@ def main() -> None:
     help="Pad each batch to the smallest of these lengths that holds it (so prepared "
     "sets fit many texts); 'none': to its longest text.",
 )
+@click.option(
+    "--hide-lengths",
+    is_flag=True,
+    help="Keep each text's token count secret (the server learns only the padded "
+    "length); costs one extra product per attention score.",
+)
 def classify(
     texts: tuple[str, ...],
     target: str,
@@ -135,6 +141,7 @@ def classify(
     quiet: bool,
     truncate: bool,
     buckets: str,
+    hide_lengths: bool,
 ) -> None:
     """Classify / embed TEXT privately: the server never sees the text, this client never
     sees the weights. Only the number of texts and their token counts are revealed.
@@ -172,6 +179,7 @@ def classify(
             res = infer_many(
                 conn, texts, model, output, allow_insecure_dealer, timeout, on_layer,
                 store=store, buckets=parse_buckets(buckets), truncate=truncate,
+                hide_lengths=hide_lengths,
             )  # fmt: skip
             for t in tasks.values():
                 progress.update(t, total=progress.tasks[t].completed)

@@ -85,6 +85,7 @@ def batch_table(res: Result) -> Table:
 @click.option("--allow-insecure-dealer", is_flag=True, help="TESTS ONLY (see classify).")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0)
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--hide-lengths", is_flag=True, help="Sets for `classify --hide-lengths`.")
 def prepare_cmd(
     target: str,
     model: str,
@@ -98,6 +99,7 @@ def prepare_cmd(
     allow_insecure_dealer: bool,
     timeout: float,
     quiet: bool,
+    hide_lengths: bool,
 ) -> None:
     """Run COUNT offline phases for BATCH texts of LENGTH tokens now; both parties keep
     their halves, and a later inference of that shape (texts are padded to it) runs
@@ -122,7 +124,7 @@ def prepare_cmd(
         with progress:
             made = prepare(
                 conn, client_store(), batch, length, count, model, output,
-                allow_insecure_dealer, timeout, on_layer,
+                allow_insecure_dealer, timeout, on_layer, hide_lengths,
             )  # fmt: skip
     except InvalidInput as e:
         err.print(f"comet-client: error: {e}", highlight=False, markup=False)
@@ -154,7 +156,8 @@ def prepared_cmd(as_json: bool) -> None:
         return
     groups: dict[tuple, list] = {}
     for s in sets:
-        groups.setdefault((s.owner, s.model, s.batch, s.seq_len, s.output), []).append(s)
+        out = s.output + (" (hidden lengths)" if s.hide_lengths else "")
+        groups.setdefault((s.owner, s.model, s.batch, s.seq_len, out), []).append(s)
     t = Table(title=f"prepared sets in {client_store().root}")
     for c in ("server", "model", "shape", "output", "count", "bytes", "age (oldest)"):
         t.add_column(c, justify="right" if c in ("count", "bytes") else "left")

@@ -349,6 +349,7 @@ def _run_batch(
     progress: Callable[[str, str], None] | None,
     prepared: Any = None,
     notes: list[str] | None = None,
+    hide_lengths: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any], dict[str, int], str | None]:
     """One batch on an open stream: (output, cost, wire, id of the prepared set used).
 
@@ -361,7 +362,11 @@ def _run_batch(
     B, L = inp.token_ids.shape
     check_start(card, B, L, inp.attention_mask, w.max_batch)
     run_card = card_for_output(card, kind)
-    planned = plan_forward(CLIENT, run_card, (B, L), inp.attention_mask, None, inp)
+    planned = plan_forward(
+        CLIENT, run_card, (B, L), inp.attention_mask, None, inp, hide_lengths=hide_lengths
+    )
+    # With hidden lengths the server gets an all-ones mask: only the padded shape.
+    sent_mask = np.ones_like(inp.attention_mask) if hide_lengths else inp.attention_mask
     pools = None
     set_id = ""
     if prepared is not None:
@@ -378,9 +383,10 @@ def _run_batch(
     start = pb.Start(
         batch=B,
         seq_len=L,
-        attention_mask=inp.attention_mask.astype(np.uint8).tobytes(),
+        attention_mask=sent_mask.astype(np.uint8).tobytes(),
         output=kind,
         prepared_id=set_id,
+        hide_lengths=hide_lengths,
     )
     answer = st.start(start)
     if answer is not None and not answer.accepted:
@@ -607,7 +613,9 @@ def _sum_costs(costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def usable_sets(store: PreparedStore | None, target: str, st: _Stream, kind: str) -> list[SetInfo]:
+def usable_sets(
+    store: PreparedStore | None, target: str, st: _Stream, kind: str, hide_lengths: bool = False
+) -> list[SetInfo]:
     if store is None:
         return []
     w, digest = st.welcome, st.card.digest()
@@ -619,6 +627,7 @@ def usable_sets(store: PreparedStore | None, target: str, st: _Stream, kind: str
         and s.card_digest == digest
         and s.output == kind
         and s.provider == w.provider
+        and s.hide_lengths == hide_lengths
     ]
 
 
@@ -633,6 +642,7 @@ def infer_many(
     store: PreparedStore | None = None,
     buckets: tuple[int, ...] = (),
     truncate: bool = False,
+    hide_lengths: bool = False,
 ) -> Result:
     """Any number of texts: batches of at most the server's limit (one session each;
     see `plan_chunks`), each using a fitting prepared set from `store` if there is one.
@@ -653,7 +663,7 @@ def infer_many(
         rows = tokenize_each(tok, texts, card, truncate)
         limit = card.arch.max_positions - card.arch.position_offset
         lengths = [len(r) for r in rows]
-        sets = usable_sets(store, conn.target, st, kind)
+        sets = usable_sets(store, conn.target, st, kind, hide_lengths)
         chunks = plan_chunks(lengths, w.max_batch, limit, sets, buckets, w.max_tokens)
         n, L_all = len(texts), max(lengths)
         left = getattr(tok, "padding_side", "right") == "left"
@@ -671,7 +681,9 @@ def infer_many(
             prog = (lambda ph, la, bi=bi: progress(bi, len(chunks), ph, la)) if progress else None
             prepared = (store, ch.prepared) if ch.prepared is not None and store else None
             before = len(notes)
-            out, cost, wire, used = _run_batch(st, kind, inp, timeout, prog, prepared, notes)
+            out, cost, wire, used = _run_batch(
+                st, kind, inp, timeout, prog, prepared, notes, hide_lengths
+            )
             if store is not None and used is None and before == len(notes):
                 notes.append(
                     f"batch {bi + 1}: no prepared set fits {ch.batch} × {ch.length}; "
@@ -722,6 +734,7 @@ def prepare(
     allow_insecure_dealer: bool = False,
     timeout: float = 600.0,
     progress: Callable[[int, str, str], None] | None = None,
+    hide_lengths: bool = False,
 ) -> list[SetInfo]:
     """Run `count` offline phases for batch × length now (one session each); both
     parties store their halves. Returns the client's sets."""
@@ -745,7 +758,9 @@ def prepare(
             table = np.zeros((a.vocab_size, a.hidden)) if card.embedding_source else None
             dummy = ClientInput(np.zeros((batch, length), np.int64), mask, table)
             run_card = card_for_output(card, kind)
-            planned = plan_forward(CLIENT, run_card, (batch, length), mask, None, dummy)
+            planned = plan_forward(
+                CLIENT, run_card, (batch, length), mask, None, dummy, hide_lengths=hide_lengths
+            )
             nbytes = plans_nbytes(planned.segments(), CLIENT)
             token = store.reserve(nbytes, w.model, conn.target)
             try:
@@ -756,6 +771,7 @@ def prepare(
                         attention_mask=mask.astype(np.uint8).tobytes(),
                         output=kind,
                         prepare=True,
+                        hide_lengths=hide_lengths,
                     )
                 )
                 assert answer is not None
@@ -776,6 +792,7 @@ def prepare(
                     provider=w.provider, party=CLIENT, created=now, nbytes=nbytes,
                     segments=tuple(planned.segments()), owner=conn.target,
                     expires=now + answer.expires_in if answer.expires_in else 0.0,
+                    hide_lengths=hide_lengths,
                 )  # fmt: skip
                 store.save(info, pools, token)
             finally:

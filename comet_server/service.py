@@ -447,7 +447,12 @@ class CometService(pb_grpc.CometServicer):
         )
         run_card = card_for_output(card, output)
         shape = (start.batch, start.seq_len)
-        planned = plan_forward(SERVER, run_card, shape, mask, model.compiled.weights, None)
+        if start.hide_lengths and not mask.all():
+            raise InvalidInput("with hide_lengths the attention mask must be all ones")
+        planned = plan_forward(
+            SERVER, run_card, shape, mask, model.compiled.weights, None,
+            hide_lengths=start.hide_lengths,
+        )  # fmt: skip
         if start.prepare:
             provider = make_provider(self.provider, executor=self.executor)
             self._prepare(sid, peer, name, card, output, planned, start, send, ch, provider)
@@ -489,6 +494,7 @@ class CometService(pb_grpc.CometServicer):
                 batch=start.batch, seq_len=start.seq_len, output=output, provider=self.provider,
                 party=SERVER, created=time.time(), nbytes=nbytes,
                 segments=tuple(planned.segments()), owner=owner,
+                hide_lengths=start.hide_lengths,
             )  # fmt: skip
             store.save(info, pools, token)
         finally:
@@ -508,7 +514,9 @@ class CometService(pb_grpc.CometServicer):
                 raise PreparedError("this server keeps no prepared sets")
             info = store.get(set_id)
             info.check(card.digest(), planned.digest(), start.batch, start.seq_len)
-            if (info.model, info.output, info.provider) != (name, output, self.provider):
+            if (info.model, info.output, info.provider, info.hide_lengths) != (
+                name, output, self.provider, start.hide_lengths
+            ):  # fmt: skip
                 raise PreparedError(
                     f"prepared set {set_id[:8]} was made for model {info.model!r}, output "
                     f"{info.output!r}, provider {info.provider!r}"

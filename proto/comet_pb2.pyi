@@ -49,20 +49,22 @@ class TokenizerFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Start(_message.Message):
-    __slots__ = ("batch", "seq_len", "attention_mask", "output", "prepared_id", "prepare")
+    __slots__ = ("batch", "seq_len", "attention_mask", "output", "prepared_id", "prepare", "hide_lengths")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PREPARED_ID_FIELD_NUMBER: _ClassVar[int]
     PREPARE_FIELD_NUMBER: _ClassVar[int]
+    HIDE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     batch: int
     seq_len: int
     attention_mask: bytes
     output: str
     prepared_id: str
     prepare: bool
-    def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., attention_mask: _Optional[bytes] = ..., output: _Optional[str] = ..., prepared_id: _Optional[str] = ..., prepare: _Optional[bool] = ...) -> None: ...
+    hide_lengths: bool
+    def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., attention_mask: _Optional[bytes] = ..., output: _Optional[str] = ..., prepared_id: _Optional[str] = ..., prepare: _Optional[bool] = ..., hide_lengths: _Optional[bool] = ...) -> None: ...
 
 class PreparedAnswer(_message.Message):
     __slots__ = ("id", "accepted", "reason", "expires_in")

@@ -107,6 +107,7 @@ class SetInfo:
     segments: tuple[str, ...] = ()
     owner: str = ""  # server: the client (host) it was made for; client: the server
     expires: float = 0.0  # unix time after which the set is deleted (0: never)
+    hide_lengths: bool = False  # made for a secret padding mask (`--hide-lengths`)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -61,8 +61,12 @@ def plan_forward(
     weights: Weights | None,
     client: ClientInput | None,
     fxp: FixedPoint | None = None,
+    hide_lengths: bool = False,
 ) -> PlannedForward:
-    """Plan one party's forward pass (no communication); see `private_forward`."""
+    """Plan one party's forward pass (no communication); see `private_forward`.
+
+    `hide_lengths`: the padding mask is the client's secret input of the attention (the
+    server passes an all-ones `keep`: it learns only the padded shape)."""
     if party == SERVER and (weights is None or client is not None):
         raise ValueError("the server runs with the weights and without client input")
     if party == CLIENT and (client is None or weights is not None):
@@ -79,6 +83,7 @@ def plan_forward(
             weights,
             client,
             scope=lambda **kw: mpc.ch.scope(**kw),
+            hide_lengths=hide_lengths,
         )
 
     # Plan per layer (the planning channel's layer label), so that the offline phase
@@ -118,6 +123,7 @@ def private_forward(
     client: ClientInput | None,
     provider: HeProvider | InsecureDealer,
     fxp: FixedPoint | None = None,
+    hide_lengths: bool = False,
 ) -> ForwardResult:
     """One party's private forward pass: plan, offline phase, online phase.
 
@@ -126,7 +132,7 @@ def private_forward(
     (the plans are compared before the offline phase). Traffic is labelled by phase,
     layer and op on `ch.meter`.
     """
-    planned = plan_forward(ch.party, card, shape, keep, weights, client, fxp)
+    planned = plan_forward(ch.party, card, shape, keep, weights, client, fxp, hide_lengths)
     return online_phase(ch, planned, offline_phase(ch, planned, provider))
 
 
@@ -135,18 +141,24 @@ def local_private_forward(
     client: ClientInput,
     provider: str = "he",
     fxp: FixedPoint | None = None,
+    hide_lengths: bool = False,
 ) -> tuple[ForwardResult, ForwardResult]:
     """Both parties in one process over an in-process channel pair."""
     card = model.card
     shape = tuple(client.token_ids.shape)
     keep = client.attention_mask
+    hl = hide_lengths
 
     def body(ch: Channel, role: int) -> ForwardResult:
         if role == SERVER:
+            # With hidden lengths the server knows only the padded shape.
+            k = np.ones_like(keep) if hl else keep
             return private_forward(
-                ch, card, shape, keep, model.weights, None, make_provider(provider), fxp
+                ch, card, shape, k, model.weights, None, make_provider(provider), fxp, hl
             )
-        return private_forward(ch, card, shape, keep, None, client, make_provider(provider), fxp)
+        return private_forward(
+            ch, card, shape, keep, None, client, make_provider(provider), fxp, hl
+        )
 
     return run_local(body, (SERVER,), (CLIENT,))
 

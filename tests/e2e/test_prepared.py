@@ -117,3 +117,16 @@ def test_too_long_texts_are_named_or_truncated(server, tmp_path, monkeypatch) ->
     assert res.returncode == 2 and "text #2" in res.stderr and "--truncate" in res.stderr
     out = client_json("--server", server.address, DEALER, "--truncate", "fine", long)
     assert len(out["label"]) == 2
+
+
+def test_hidden_lengths_with_a_prepared_set(server, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COMET_HOME", str(tmp_path / "home"))
+    res = client("prepare", "--server", server.address, DEALER, "--batch", "2", "--length", "16",
+                 "--hide-lengths")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    shown = client_json("--server", server.address, DEALER, *TEXTS[:2])
+    hidden = client_json("--server", server.address, DEALER, "--hide-lengths", *TEXTS[:2])
+    assert shown["batches"][0]["prepared"] is None  # that set is for hidden lengths only
+    assert hidden["batches"][0]["prepared"]
+    np.testing.assert_allclose(hidden["output"], shown["output"], atol=2e-3)
+    assert "batch 2 × 16 tokens" in server.text()

@@ -297,3 +297,19 @@ def test_texts_too_long_are_named_or_cut(compiled) -> None:
     inp = pad_rows(rows[:1], 3, 8, tok)
     assert inp.token_ids.shape == (3, 8)
     assert inp.attention_mask.sum(1).tolist() == [len(rows[0]), 2, 2]  # filler rows: [CLS][SEP]
+
+
+def test_hidden_lengths_give_the_same_output_for_one_product_per_score(compiled) -> None:
+    from common.protocol.run import local_private_forward
+
+    model, tok = compiled
+    inp = _inputs(tok, ("what a great day", "this is awful, I hate it"), 16)
+    _, shown = local_private_forward(model, inp, provider="insecure_dealer")
+    # The server runs with an all-ones mask (local_private_forward passes it ones).
+    _, hidden = local_private_forward(model, inp, provider="insecure_dealer", hide_lengths=True)
+    np.testing.assert_allclose(hidden.output, shown.output, atol=2e-3)
+    a, b = shown.meter.totals(phase="online"), hidden.meter.totals(phase="online")
+    a_ = model.card.arch
+    scores = 2 * a_.heads * 16 * 16 * a_.layers
+    # One Beaver product per score: both openings (8 bytes each) of every score.
+    assert b.sent_bytes - a.sent_bytes == 2 * 8 * scores
