@@ -157,7 +157,7 @@ def prepared_cmd(as_json: bool) -> None:
     groups: dict[tuple, list] = {}
     for s in sets:
         out = s.output + (" (hidden lengths)" if s.hide_lengths else "")
-        groups.setdefault((s.owner, s.model, s.batch, s.seq_len, out), []).append(s)
+        groups.setdefault((s.server or s.owner, s.model, s.batch, s.seq_len, out), []).append(s)
     t = Table(title=f"prepared sets in {client_store().root}")
     for c in ("server", "model", "shape", "output", "count", "bytes", "age (oldest)"):
         t.add_column(c, justify="right" if c in ("count", "bytes") else "left")

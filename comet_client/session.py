@@ -566,13 +566,18 @@ def plan_chunks(
     texts, then the smallest; else its length is the smallest bucket that holds it
     (within `max_tokens` when announced) and its offline phase runs inline."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    free = sorted(sets, key=lambda s: (s.batch * s.seq_len, s.created))
+    free = sorted(
+        (s for s in sets
+         if s.batch <= max_batch and s.seq_len <= limit
+         and not (max_tokens and s.batch * s.seq_len > max_tokens)),
+        key=lambda s: (s.batch * s.seq_len, s.created),
+    )  # fmt: skip
     out: list[Chunk] = []
     pos = 0
     while pos < len(order):
         best: tuple[int, int, SetInfo] | None = None
         for s in free:
-            n = min(s.batch, max_batch, len(order) - pos)
+            n = min(s.batch, len(order) - pos)
             if max(lengths[i] for i in order[pos : pos + n]) <= s.seq_len:
                 key = (n, -s.batch * s.seq_len)
                 if best is None or key > best[:2]:
@@ -611,6 +616,11 @@ def _sum_costs(costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             p["layers"] = list(rows.values())
         total[phase] = p
     return total
+
+
+def _owner(st: _Stream, conn: Connection) -> str:
+    """Whose sets: the server's store id (its address where it announces none)."""
+    return st.welcome.prepared_store or conn.target
 
 
 def usable_sets(
@@ -663,7 +673,7 @@ def infer_many(
         rows = tokenize_each(tok, texts, card, truncate)
         limit = card.arch.max_positions - card.arch.position_offset
         lengths = [len(r) for r in rows]
-        sets = usable_sets(store, conn.target, st, kind, hide_lengths)
+        sets = usable_sets(store, _owner(st, conn), st, kind, hide_lengths)
         chunks = plan_chunks(lengths, w.max_batch, limit, sets, buckets, w.max_tokens)
         n, L_all = len(texts), max(lengths)
         left = getattr(tok, "padding_side", "right") == "left"
@@ -762,7 +772,7 @@ def prepare(
                 CLIENT, run_card, (batch, length), mask, None, dummy, hide_lengths=hide_lengths
             )
             nbytes = plans_nbytes(planned.segments(), CLIENT)
-            token = store.reserve(nbytes, w.model, conn.target)
+            token = store.reserve(nbytes, w.model, _owner(st, conn))
             try:
                 answer = st.start(
                     pb.Start(
@@ -790,7 +800,8 @@ def prepare(
                     id=answer.id, model=w.model, card_digest=card.digest(),
                     plan_digest=planned.digest(), batch=batch, seq_len=length, output=kind,
                     provider=w.provider, party=CLIENT, created=now, nbytes=nbytes,
-                    segments=tuple(planned.segments()), owner=conn.target,
+                    segments=tuple(planned.segments()), owner=_owner(st, conn),
+                    server=conn.target,
                     expires=now + answer.expires_in if answer.expires_in else 0.0,
                     hide_lengths=hide_lengths,
                 )  # fmt: skip

@@ -194,6 +194,7 @@ class CometService(pb_grpc.CometServicer):
         self.default = next(iter(models))
         self.provider = provider
         self.prepared = prepared  # the store of prepared offline phases (None: none kept)
+        self.store_id = prepared.store_id if prepared is not None else ""
         self.executor = executor  # where sessions' server-side HE work runs (None: inline)
         self.limits = limits or Limits()
         if self.limits.outputs not in OUTPUT_POLICIES:
@@ -392,6 +393,7 @@ class CometService(pb_grpc.CometServicer):
                     max_frame_bytes=lim.max_frame_bytes,
                     max_tokens=lim.max_tokens or 0,
                     keeps_prepared=self.prepared is not None,
+                    prepared_store=self.store_id,
                 )
             )
         )

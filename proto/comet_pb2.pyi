@@ -17,7 +17,7 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "model", "card_json", "card_digest", "tokenizer", "max_batch", "provider", "max_frame_bytes", "max_tokens", "keeps_prepared")
+    __slots__ = ("protocol_version", "model", "card_json", "card_digest", "tokenizer", "max_batch", "provider", "max_frame_bytes", "max_tokens", "keeps_prepared", "prepared_store")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Welcome(_message.Message):
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KEEPS_PREPARED_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_STORE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     model: str
     card_json: str
@@ -38,7 +39,8 @@ class Welcome(_message.Message):
     max_frame_bytes: int
     max_tokens: int
     keeps_prepared: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., card_json: _Optional[str] = ..., card_digest: _Optional[str] = ..., tokenizer: _Optional[_Iterable[_Union[TokenizerFile, _Mapping]]] = ..., max_batch: _Optional[int] = ..., provider: _Optional[str] = ..., max_frame_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., keeps_prepared: _Optional[bool] = ...) -> None: ...
+    prepared_store: str
+    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., card_json: _Optional[str] = ..., card_digest: _Optional[str] = ..., tokenizer: _Optional[_Iterable[_Union[TokenizerFile, _Mapping]]] = ..., max_batch: _Optional[int] = ..., provider: _Optional[str] = ..., max_frame_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., keeps_prepared: _Optional[bool] = ..., prepared_store: _Optional[str] = ...) -> None: ...
 
 class TokenizerFile(_message.Message):
     __slots__ = ("name", "data")

@@ -108,6 +108,7 @@ class SetInfo:
     owner: str = ""  # server: the client (host) it was made for; client: the server
     expires: float = 0.0  # unix time after which the set is deleted (0: never)
     hide_lengths: bool = False  # made for a secret padding mask (`--hide-lengths`)
+    server: str = ""  # client: the address it was prepared at (for display)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -167,6 +168,25 @@ class PreparedStore:
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
         self.sweep()
+
+    @property
+    def store_id(self) -> str:
+        """A random id of this store, made once (a server announces it, so that a
+        client's sets follow the store, not the address or port it is served on)."""
+        f = self.root / "id"
+        try:
+            text = f.read_text().strip()
+            if SET_ID.match(text):
+                return text
+        except FileNotFoundError:
+            pass
+        sid = new_set_id()
+        tmp = self.root / f"id.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(sid)
+        os.rename(tmp, f)
+        return f.read_text().strip()
 
     # -- paths --------------------------------------------------------------------------
     def _ready(self, set_id: str) -> Path:
