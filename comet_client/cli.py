@@ -144,7 +144,8 @@ def classify(
     hide_lengths: bool,
 ) -> None:
     """Classify / embed TEXT privately: the server never sees the text, this client never
-    sees the weights. Only the number of texts and their token counts are revealed.
+    sees the weights. Only the number of texts and their token counts are revealed
+    (with --hide-lengths: only each batch's padded shape).
 
     Any number of texts: they go in batches of at most the server's limit. A batch whose
     shape fits a set made by `comet-client prepare` runs only its online phase."""
