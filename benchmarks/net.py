@@ -296,7 +296,7 @@ def _client(
     t = time.perf_counter()
     done = subprocess.run(
         [*prefix, "-m", "comet_client", "--server", target, "--model", model, "--json",
-         "--quiet", "--timeout", "3600", *extra, *texts],
+         "--quiet", "--timeout", "3600", "--buckets", "none", *extra, *texts],
         capture_output=True, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     wall = time.perf_counter() - t

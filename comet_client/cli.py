@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from comet_client.session import CometError, Connection, Result, infer
+from comet_client.session import CometError, Connection, Result, infer_many
 from common.protocol.session import InvalidInput
 
 
@@ -112,6 +112,20 @@ def main() -> None:
 )
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0)
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--truncate", is_flag=True, help="Cut texts longer than the model takes.")
+@click.option(
+    "--buckets",
+    default="16,32,64,128,256,512",
+    show_default=True,
+    help="Pad each batch to the smallest of these lengths that holds it (so prepared "
+    "sets fit many texts); 'none': to its longest text.",
+)
+@click.option(
+    "--hide-lengths",
+    is_flag=True,
+    help="Keep each text's token count secret (the server learns only the padded "
+    "length); costs one extra product per attention score.",
+)
 def classify(
     texts: tuple[str, ...],
     target: str,
@@ -125,9 +139,18 @@ def classify(
     allow_insecure_dealer: bool,
     timeout: float,
     quiet: bool,
+    truncate: bool,
+    buckets: str,
+    hide_lengths: bool,
 ) -> None:
     """Classify / embed TEXT privately: the server never sees the text, this client never
-    sees the weights. Only the number of texts and their token counts are revealed."""
+    sees the weights. Only the number of texts and their token counts are revealed
+    (with --hide-lengths: only each batch's padded shape).
+
+    Any number of texts: they go in batches of at most the server's limit. A batch whose
+    shape fits a set made by `comet-client prepare` runs only its online phase."""
+    from comet_client.prepared_cli import client_store, parse_buckets
+
     err = Console(stderr=True)
     conn = Connection(target, tls_ca, insecure, server_name)
     progress = Progress(
@@ -139,20 +162,26 @@ def classify(
         disable=quiet,
         transient=False,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[tuple[int, str], int] = {}
 
-    def on_layer(phase: str, layer: str) -> None:
+    def on_layer(batch: int, batches: int, phase: str, layer: str) -> None:
         if phase not in ("offline", "online"):
             return
-        if phase not in tasks:
+        if (batch, phase) not in tasks:
             for other in tasks.values():
                 progress.update(other, completed=progress.tasks[other].total)
-            tasks[phase] = progress.add_task(phase, total=None, layer="")
-        progress.update(tasks[phase], advance=1, layer=layer)
+            name = f"batch {batch + 1}/{batches} {phase}" if batches > 1 else phase
+            tasks[(batch, phase)] = progress.add_task(name, total=None, layer="")
+        progress.update(tasks[(batch, phase)], advance=1, layer=layer)
 
     try:
+        store = client_store()
         with progress:
-            res = infer(conn, texts, model, output, allow_insecure_dealer, timeout, on_layer)
+            res = infer_many(
+                conn, texts, model, output, allow_insecure_dealer, timeout, on_layer,
+                store=store, buckets=parse_buckets(buckets), truncate=truncate,
+                hide_lengths=hide_lengths,
+            )  # fmt: skip
             for t in tasks.values():
                 progress.update(t, total=progress.tasks[t].completed)
     except InvalidInput as e:
@@ -162,6 +191,9 @@ def classify(
         code = f" [{e.code}]" if e.code else ""
         err.print(f"comet-client: error{code}: {e}", highlight=False, markup=False)
         sys.exit(1)
+    if not quiet:
+        for note in res.notes:
+            err.print(f"comet-client: {note}", highlight=False, markup=False)
     report = res.to_json()
     report["texts"] = len(texts)
     if save_report:
@@ -172,3 +204,13 @@ def classify(
     out = Console()
     out.print(result_table(texts, res))
     out.print(cost_table(res.cost))
+    if len(res.batches) > 1 or any(b["prepared"] for b in res.batches):
+        from comet_client.prepared_cli import batch_table
+
+        out.print(batch_table(res))
+
+
+from comet_client.prepared_cli import prepare_cmd, prepared_cmd  # noqa: E402
+
+main.add_command(prepare_cmd, "prepare")
+main.add_command(prepared_cmd, "prepared")

@@ -14,6 +14,7 @@ import dataclasses
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,18 @@ from common.mpc.preprocessing import make_provider
 from common.mpc.roles import CLIENT
 from common.protocol.card import ModelCard
 from common.protocol.outcheck import FailedInference, check_output
+from common.protocol.prepared import (
+    SET_ID,
+    PreparedError,
+    PreparedStore,
+    SetInfo,
+    bucket_length,
+    plans_nbytes,
+    pools_of,
+)
 from common.protocol.program import ClientInput
 from common.protocol.public_tables import PublicTableError, load_public_table
-from common.protocol.run import private_forward
+from common.protocol.run import offline_phase, online_phase, plan_forward
 from common.protocol.session import (
     PROTOCOL_VERSION,
     InvalidInput,
@@ -99,6 +109,8 @@ class Result:
     probabilities: np.ndarray | None = None
     pooled: np.ndarray | None = None
     wire: dict[str, int] = field(default_factory=dict)
+    batches: list[dict[str, Any]] = field(default_factory=list)  # infer_many: per batch
+    notes: list[str] = field(default_factory=list)  # e.g. where the offline phase ran inline
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -114,6 +126,10 @@ class Result:
             out["probabilities"] = self.probabilities.tolist()
         if self.pooled is not None:
             out["pooled"] = self.pooled.tolist()
+        if self.batches:
+            out["batches"] = self.batches
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
 
@@ -184,63 +200,63 @@ def tokenize(tokenizer: Any, texts: Sequence[str], card: ModelCard) -> ClientInp
     return ClientInput(ids, enc["attention_mask"].astype(np.int64))
 
 
-def infer(
-    conn: Connection,
-    texts: Sequence[str],
-    model: str = "",
-    output: str = "auto",
-    allow_insecure_dealer: bool = False,
-    timeout: float = 600.0,
-    progress: Callable[[str, str], None] | None = None,
-) -> Result:
-    """Run one private inference; raises `CometError` / `InvalidInput` on failure.
+class _Stream:
+    """One open `Session` stream, from Hello to the server's Welcome (checked)."""
 
-    `progress(phase, layer)` is called whenever the protocol enters a new layer.
-    """
-    # Import the tokenizer library before the session opens: the server gives a client
-    # --handshake-timeout between Hello and Start, and this import alone can take tens
-    # of seconds on a loaded machine.
-    import transformers  # noqa: F401
+    def __init__(self, conn: Connection, model: str, allow_insecure_dealer: bool) -> None:
+        self.channel = conn.channel()
+        self.outbox: queue.Queue = queue.Queue(maxsize=32)
+        self.closed = threading.Event()
+        self.relax: list = []  # the inbox, once it exists (see `Inbox`: no deadlock)
+        self.reader: StreamReader | None = None
+        try:
+            self._open(model, allow_insecure_dealer)
+        except BaseException:
+            self.close()
+            raise
 
-    channel = conn.channel()
-    outbox: queue.Queue = queue.Queue(maxsize=32)
-    closed = threading.Event()
-
-    def requests():
+    def _requests(self):
         while True:
-            item = outbox.get()
+            item = self.outbox.get()
             if item is None:
                 return
             yield item
 
-    relax: list = []  # the inbox, once it exists (see `Inbox`: no deadlock with the server)
-
-    def send(msg: pb.ClientMessage) -> None:
+    def send(self, msg: pb.ClientMessage) -> None:
         try:
-            while not closed.is_set():
+            while not self.closed.is_set():
                 try:
-                    outbox.put(msg, timeout=0.25)
+                    self.outbox.put(msg, timeout=0.25)
                     return
                 except queue.Full:
+                    reader = self.reader
+                    if reader is not None and not reader.thread.is_alive():
+                        # The server's stream has ended: nobody will take this message.
+                        items = list(reader.inbox._items)
+                        err = next((x for x in reversed(items) if isinstance(x, PeerError)), None)
+                        raise (err or PeerError("the server closed the session")) from None
                     # Blocked on a server that does not read: it is sending to us, so
                     # our reader must keep accepting until this send goes through.
-                    for inbox in relax:
+                    for inbox in self.relax:
                         inbox.set_relaxed(True)
         finally:
-            for inbox in relax:
+            for inbox in self.relax:
                 inbox.set_relaxed(False)
         raise PeerError("the session is closed")
 
-    stub = pb_grpc.CometStub(channel)
-    send(pb.ClientMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, model=model)))
-    responses = stub.Session(requests())
-    try:
+    def _next(self) -> pb.ServerMessage:
         try:
-            first = next(responses)
+            return next(self.responses)
         except grpc.RpcError as e:
             raise CometError(_describe(e), e.code().name) from None
         except StopIteration:
-            raise CometError("the server closed the session without a welcome") from None
+            raise CometError("the server closed the session unexpectedly") from None
+
+    def _open(self, model: str, allow_insecure_dealer: bool) -> None:
+        stub = pb_grpc.CometStub(self.channel)
+        self.send(pb.ClientMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, model=model)))
+        self.responses = stub.Session(self._requests())
+        first = self._next()
         if first.WhichOneof("kind") != "welcome":
             raise CometError("protocol error: the server did not start with a welcome")
         w = first.welcome
@@ -260,95 +276,194 @@ def infer(
             raise CometError(f"the server sent a malformed model card: {e}") from None
         if card.digest() != w.card_digest:
             raise CometError("the model card does not match its digest")
-        kind = resolve_output(card, output)
+        self.welcome = w
+        self.card = card
+
+    def tokenizer(self) -> Any:
         try:
-            tokenizer = _tokenizer(w.tokenizer)
+            return _tokenizer(self.welcome.tokenizer)
         except CometError:
             raise
         except Exception as e:
             raise CometError(f"the server sent an unusable tokenizer: {e}") from None
-        inp = tokenize(tokenizer, texts, card)
-        if card.embedding_source:
-            # The server's word table is a public one: look rows up in our own copy,
-            # after checking it is the same table (before any work starts).
-            try:
-                table = load_public_table(card.embedding_source, card.embedding_digest)
-            except PublicTableError as e:
-                raise CometError(str(e)) from None
-            inp = dataclasses.replace(inp, embedding_table=table)
-        B, L = inp.token_ids.shape
-        check_start(card, B, L, inp.attention_mask, w.max_batch)
-        send(
-            pb.ClientMessage(
-                start=pb.Start(
-                    batch=B,
-                    seq_len=L,
-                    attention_mask=inp.attention_mask.astype(np.uint8).tobytes(),
-                    output=kind,
-                )
-            )
-        )
 
+    def start(self, start: pb.Start) -> pb.PreparedAnswer | None:
+        """Send Start; with a prepared id or prepare, return the server's answer."""
+        self.send(pb.ClientMessage(start=start))
+        if not (start.prepared_id or start.prepare):
+            return None
+        msg = self._next()
+        if msg.WhichOneof("kind") != "prepared":
+            raise CometError("protocol error: the server did not answer the prepared set")
+        return msg.prepared
+
+    def protocol_channel(self, progress: Meter, timeout: float) -> StreamChannel:
         def frame_of(msg: pb.ServerMessage) -> Any:
             k = msg.WhichOneof("kind")
             return getattr(msg, k) if k else None
 
-        reader = StreamReader(responses, frame_of)
-        relax.append(reader.inbox)
-        meter = _ProgressMeter(progress)
-        ch = StreamChannel(
+        self.reader = StreamReader(self.responses, frame_of)
+        self.relax.append(self.reader.inbox)
+        w = self.welcome
+        return StreamChannel(
             CLIENT,
-            reader.inbox,
-            lambda f: send(pb.ClientMessage(frame=f)),
-            meter=meter,
+            self.reader.inbox,
+            lambda f: self.send(pb.ClientMessage(frame=f)),
+            meter=progress,
             timeout=timeout,
             # Never more than this client's own limit, whatever the server announces.
             max_frame_bytes=min(w.max_frame_bytes or MAX_FRAME_BYTES, MAX_FRAME_BYTES),
         )
-        try:
-            res = private_forward(
-                ch,
-                card_for_output(card, kind),
-                (B, L),
-                inp.attention_mask,
-                None,
-                inp,
-                make_provider(w.provider),
-            )
-        except PeerError as e:
-            raise CometError(f"the server ended the session: {e}", _code(e)) from None
-        send(pb.ClientMessage(goodbye=pb.Goodbye()))
-        outbox.put(None)
+
+    def goodbye(self) -> None:
+        self.send(pb.ClientMessage(goodbye=pb.Goodbye()))
+        self.outbox.put(None)
         # Let the server read the Goodbye and close with OK before the channel goes.
-        reader.thread.join(timeout=10)
-        assert res.output is not None
-        out = np.asarray(res.output)
-        try:
-            check_output(card, kind, out, inp.attention_mask)
-        except FailedInference as e:
-            raise CometError(f"failed inference: {e}", "FAILED_INFERENCE") from None
-        result = Result(w.model, card, kind, out, inp.attention_mask, cost_report(meter))
-        result.wire = {
-            "frame_bytes_sent": ch.wire_sent,
-            "frame_bytes_received": ch.wire_received,
-            "payload_bytes_sent": ch.payload_sent,
-            "payload_bytes_received": ch.payload_received,
-        }
-        if kind == "logits":
-            z = out - out.max(axis=-1, keepdims=True)
-            p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
-            names = list(card.arch.labels) or [str(i) for i in range(out.shape[-1])]
-            result.probabilities = p
-            result.labels = [names[i] for i in p.argmax(-1)]
-        else:
-            m = inp.attention_mask[..., None].astype(np.float64)
-            result.pooled = (out * m).sum(axis=1) / m.sum(axis=1)
-        return result
-    finally:
-        closed.set()
+        if self.reader is not None:
+            self.reader.thread.join(timeout=10)
+
+    def close(self) -> None:
+        self.closed.set()
         with contextlib.suppress(queue.Full):
-            outbox.put_nowait(None)
-        channel.close()
+            self.outbox.put_nowait(None)
+        self.channel.close()
+
+
+def _with_table(card: ModelCard, inp: ClientInput) -> ClientInput:
+    if not card.embedding_source:
+        return inp
+    # The server's word table is a public one: look rows up in our own copy, after
+    # checking it is the same table (before any work starts).
+    try:
+        table = load_public_table(card.embedding_source, card.embedding_digest)
+    except PublicTableError as e:
+        raise CometError(str(e)) from None
+    return dataclasses.replace(inp, embedding_table=table)
+
+
+def _run_batch(
+    st: _Stream,
+    kind: str,
+    inp: ClientInput,
+    timeout: float,
+    progress: Callable[[str, str], None] | None,
+    prepared: Any = None,
+    notes: list[str] | None = None,
+    hide_lengths: bool = False,
+) -> tuple[np.ndarray, dict[str, Any], dict[str, int], str | None]:
+    """One batch on an open stream: (output, cost, wire, id of the prepared set used).
+
+    `prepared`: (store, SetInfo) of a client-side set that fits `inp`'s shape — it is
+    claimed (consumed) before Start names it; if the server cannot use its half, the
+    offline phase runs inline (and `notes` says why).
+    """
+    card = st.card
+    w = st.welcome
+    B, L = inp.token_ids.shape
+    check_start(card, B, L, inp.attention_mask, w.max_batch)
+    run_card = card_for_output(card, kind)
+    planned = plan_forward(
+        CLIENT, run_card, (B, L), inp.attention_mask, None, inp, hide_lengths=hide_lengths
+    )
+    # With hidden lengths the server gets an all-ones mask: only the padded shape.
+    sent_mask = np.ones_like(inp.attention_mask) if hide_lengths else inp.attention_mask
+    pools = None
+    set_id = ""
+    if prepared is not None:
+        store, info = prepared
+        try:
+            info.check(card.digest(), planned.digest(), B, L)
+            _, arrays = store.claim(info.id)  # consumed from here on, whatever happens
+            pools = pools_of(planned.segments(), arrays)
+            set_id = info.id
+        except PreparedError as e:
+            if notes is not None:
+                notes.append(f"{e}; running the offline phase inline")
+            pools = None
+    start = pb.Start(
+        batch=B,
+        seq_len=L,
+        attention_mask=sent_mask.astype(np.uint8).tobytes(),
+        output=kind,
+        prepared_id=set_id,
+        hide_lengths=hide_lengths,
+    )
+    answer = st.start(start)
+    if answer is not None and not answer.accepted:
+        if notes is not None:
+            notes.append(
+                f"the server cannot use prepared set {set_id[:8]}: {answer.reason}; "
+                "running the offline phase inline"
+            )
+        pools, set_id = None, ""
+    meter = _ProgressMeter(progress)
+    ch = st.protocol_channel(meter, timeout)
+    try:
+        if pools is None:
+            pools = offline_phase(ch, planned, make_provider(w.provider))
+        res = online_phase(ch, planned, pools)
+    except PeerError as e:
+        raise CometError(f"the server ended the session: {e}", _code(e)) from None
+    st.goodbye()
+    assert res.output is not None
+    out = np.asarray(res.output)
+    try:
+        check_output(card, kind, out, inp.attention_mask)
+    except FailedInference as e:
+        raise CometError(f"failed inference: {e}", "FAILED_INFERENCE") from None
+    wire = {
+        "frame_bytes_sent": ch.wire_sent,
+        "frame_bytes_received": ch.wire_received,
+        "payload_bytes_sent": ch.payload_sent,
+        "payload_bytes_received": ch.payload_received,
+    }
+    return out, cost_report(meter), wire, set_id or None
+
+
+def _finish(result: Result) -> Result:
+    out, card = result.output, result.card
+    if result.output_kind == "logits":
+        z = out - out.max(axis=-1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+        names = list(card.arch.labels) or [str(i) for i in range(out.shape[-1])]
+        result.probabilities = p
+        result.labels = [names[i] for i in p.argmax(-1)]
+    else:
+        m = result.attention_mask[..., None].astype(np.float64)
+        result.pooled = (out * m).sum(axis=1) / m.sum(axis=1)
+    return result
+
+
+def infer(
+    conn: Connection,
+    texts: Sequence[str],
+    model: str = "",
+    output: str = "auto",
+    allow_insecure_dealer: bool = False,
+    timeout: float = 600.0,
+    progress: Callable[[str, str], None] | None = None,
+) -> Result:
+    """Run one private inference of one batch (at most the server's batch limit; see
+    `infer_many` for any number); raises `CometError` / `InvalidInput` on failure.
+
+    `progress(phase, layer)` is called whenever the protocol enters a new layer.
+    """
+    # Import the tokenizer library before the session opens: the server gives a client
+    # --handshake-timeout between Hello and Start, and this import alone can take tens
+    # of seconds on a loaded machine.
+    import transformers  # noqa: F401
+
+    st = _Stream(conn, model, allow_insecure_dealer)
+    try:
+        card = st.card
+        kind = resolve_output(card, output)
+        inp = _with_table(card, tokenize(st.tokenizer(), texts, card))
+        out, cost, wire, _ = _run_batch(st, kind, inp, timeout, progress)
+        result = Result(st.welcome.model, card, kind, out, inp.attention_mask, cost)
+        result.wire = wire
+        return _finish(result)
+    finally:
+        st.close()
 
 
 def _code(e: Exception) -> str | None:
@@ -378,3 +493,323 @@ class _ProgressMeter(Meter):
             self._last = key
             if self._progress and label.layer not in ("-", ""):
                 self._progress(label.phase, label.layer)
+
+
+# -- any number of texts, prepared sets ----------------------------------------------------
+
+
+def tokenize_each(
+    tokenizer: Any, texts: Sequence[str], card: ModelCard, truncate: bool = False
+) -> list[list[int]]:
+    """Each text's token ids (no padding). A text longer than the model takes is an
+    error naming it, unless `truncate` (then it is cut to the limit)."""
+    if not texts:
+        raise InvalidInput("empty input: give at least one text")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise InvalidInput(f"empty input: text #{i + 1} is empty")
+    limit = card.arch.max_positions - card.arch.position_offset
+    if truncate:
+        enc = tokenizer(list(texts), truncation=True, max_length=limit)
+    else:
+        enc = tokenizer(list(texts), truncation=False)
+    rows = [list(map(int, r)) for r in enc["input_ids"]]
+    for i, r in enumerate(rows):
+        if len(r) > limit:
+            t = texts[i]
+            short = t if len(t) <= 40 else t[:37] + "..."
+            raise InvalidInput(
+                f"text too long for model {card.name!r}: text #{i + 1} ({short!r}) is "
+                f"{len(r)} tokens, the model takes at most {limit} (shorten it, or pass "
+                "--truncate)"
+            )
+    return rows
+
+
+def pad_rows(rows: Sequence[list[int]], batch: int, length: int, tokenizer: Any) -> ClientInput:
+    """A (batch, length) input: `rows` padded to `length` (the tokenizer's pad token
+    and side), then filler rows (the empty text's special tokens) up to `batch`. The
+    mask is public: it shows each row's token count, filler rows included."""
+    filler = list(map(int, tokenizer("")["input_ids"])) or [int(tokenizer("x")["input_ids"][0])]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    ids = np.full((batch, length), pad, dtype=np.int64)
+    mask = np.zeros((batch, length), dtype=np.int64)
+    for b in range(batch):
+        r = rows[b] if b < len(rows) else filler
+        n = len(r)
+        sl = slice(length - n, length) if left else slice(0, n)
+        ids[b, sl] = r
+        mask[b, sl] = 1
+    return ClientInput(ids, mask)
+
+
+@dataclass
+class Chunk:
+    texts: list[int]  # input indices, in this batch's row order
+    batch: int
+    length: int
+    prepared: SetInfo | None = None
+
+
+def plan_chunks(
+    lengths: Sequence[int],
+    max_batch: int,
+    limit: int,
+    sets: Sequence[SetInfo] = (),
+    buckets: tuple[int, ...] = (),
+    max_tokens: int = 0,
+) -> list[Chunk]:
+    """Split texts (their token counts) into batches of at most `max_batch`, similar
+    lengths together (shortest first). A batch takes a prepared set when one fits
+    (batch ≥ its texts, length ≥ its longest), preferring the set that covers the most
+    texts, then the smallest; else its length is the smallest bucket that holds it
+    (within `max_tokens` when announced) and its offline phase runs inline."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    free = sorted(
+        (s for s in sets
+         if s.batch <= max_batch and s.seq_len <= limit
+         and not (max_tokens and s.batch * s.seq_len > max_tokens)),
+        key=lambda s: (s.batch * s.seq_len, s.created),
+    )  # fmt: skip
+    out: list[Chunk] = []
+    pos = 0
+    while pos < len(order):
+        best: tuple[int, int, SetInfo] | None = None
+        for s in free:
+            n = min(s.batch, len(order) - pos)
+            if max(lengths[i] for i in order[pos : pos + n]) <= s.seq_len:
+                key = (n, -s.batch * s.seq_len)
+                if best is None or key > best[:2]:
+                    best = (*key, s)
+        if best is not None:
+            s = best[2]
+            free.remove(s)
+            idx = order[pos : pos + best[0]]
+            out.append(Chunk(idx, s.batch, s.seq_len, s))
+        else:
+            idx = order[pos : pos + max_batch]
+            n_real = max(lengths[i] for i in idx)
+            length = bucket_length(n_real, limit, buckets)
+            if max_tokens and len(idx) * length > max_tokens:
+                length = n_real
+            out.append(Chunk(idx, len(idx), length))
+        pos += len(out[-1].texts)
+    return out
+
+
+def _sum_costs(costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("bytes_sent", "bytes_received", "rounds", "seconds")
+    total: dict[str, Any] = {}
+    for phase in ("offline", "online", "setup"):
+        p: dict[str, Any] = {k: sum(c[phase][k] for c in costs) for k in keys}
+        p["seconds"] = round(p["seconds"], 4)
+        if phase != "setup":
+            rows: dict[str, dict[str, Any]] = {}
+            for c in costs:
+                for r in c[phase]["layers"]:
+                    acc = rows.setdefault(r["name"], {"name": r["name"], **dict.fromkeys(keys, 0)})
+                    for k in keys:
+                        acc[k] += r[k]
+            for r in rows.values():
+                r["seconds"] = round(r["seconds"], 4)
+            p["layers"] = list(rows.values())
+        total[phase] = p
+    return total
+
+
+def _owner(st: _Stream, conn: Connection) -> str:
+    """Whose sets: the server's store id (its address where it announces none)."""
+    return st.welcome.prepared_store or conn.target
+
+
+def usable_sets(
+    store: PreparedStore | None, target: str, st: _Stream, kind: str, hide_lengths: bool = False
+) -> list[SetInfo]:
+    if store is None:
+        return []
+    w, digest = st.welcome, st.card.digest()
+    return [
+        s
+        for s in store.list()
+        if s.owner == target
+        and s.model == w.model
+        and s.card_digest == digest
+        and s.output == kind
+        and s.provider == w.provider
+        and s.hide_lengths == hide_lengths
+    ]
+
+
+def infer_many(
+    conn: Connection,
+    texts: Sequence[str],
+    model: str = "",
+    output: str = "auto",
+    allow_insecure_dealer: bool = False,
+    timeout: float = 600.0,
+    progress: Callable[[int, int, str, str], None] | None = None,
+    store: PreparedStore | None = None,
+    buckets: tuple[int, ...] = (),
+    truncate: bool = False,
+    hide_lengths: bool = False,
+) -> Result:
+    """Any number of texts: batches of at most the server's limit (one session each;
+    see `plan_chunks`), each using a fitting prepared set from `store` if there is one.
+    Results come back in input order; the cost is summed (`Result.cost`) and per batch
+    (`Result.batches`); `Result.notes` says where a batch ran its offline phase inline.
+
+    `progress(batch, batches, phase, layer)` is called whenever a batch's protocol
+    enters a new layer.
+    """
+    import transformers  # noqa: F401  (before the session opens: see `infer`)
+
+    st: _Stream | None = _Stream(conn, model, allow_insecure_dealer)
+    assert st is not None
+    try:
+        card, w = st.card, st.welcome
+        kind = resolve_output(card, output)
+        tok = st.tokenizer()
+        rows = tokenize_each(tok, texts, card, truncate)
+        limit = card.arch.max_positions - card.arch.position_offset
+        lengths = [len(r) for r in rows]
+        sets = usable_sets(store, _owner(st, conn), st, kind, hide_lengths)
+        chunks = plan_chunks(lengths, w.max_batch, limit, sets, buckets, w.max_tokens)
+        n, L_all = len(texts), max(lengths)
+        left = getattr(tok, "padding_side", "right") == "left"
+        mask_all = np.zeros((n, L_all), dtype=np.int64)
+        outs: list[np.ndarray | None] = [None] * n
+        batches: list[dict[str, Any]] = []
+        notes: list[str] = []
+        costs, wires = [], []
+        for bi, ch in enumerate(chunks):
+            if st is None:
+                st = _Stream(conn, model, allow_insecure_dealer)
+                if st.card.digest() != card.digest():
+                    raise CometError("the server's model changed between batches")
+            inp = _with_table(card, pad_rows([rows[i] for i in ch.texts], ch.batch, ch.length, tok))
+            prog = (lambda ph, la, bi=bi: progress(bi, len(chunks), ph, la)) if progress else None
+            prepared = (store, ch.prepared) if ch.prepared is not None and store else None
+            before = len(notes)
+            out, cost, wire, used = _run_batch(
+                st, kind, inp, timeout, prog, prepared, notes, hide_lengths
+            )
+            if store is not None and used is None and before == len(notes):
+                notes.append(
+                    f"batch {bi + 1}: no prepared set fits {ch.batch} × {ch.length}; "
+                    "the offline phase ran inline (see `comet-client prepare`)"
+                )
+            st.close()
+            st = None
+            costs.append(cost)
+            wires.append(wire)
+            batches.append(
+                {"texts": ch.texts, "batch": ch.batch, "seq_len": ch.length,
+                 "prepared": used, "cost": cost}
+            )  # fmt: skip
+            for row, i in enumerate(ch.texts):
+                k = lengths[i]
+                if kind == "logits":
+                    outs[i] = out[row]
+                else:
+                    src = out[row, ch.length - k :] if left else out[row, :k]
+                    h = np.zeros((L_all, out.shape[-1]))
+                    if left:
+                        h[L_all - k :] = src
+                    else:
+                        h[:k] = src
+                    outs[i] = h
+                if left:
+                    mask_all[i, L_all - k :] = 1
+                else:
+                    mask_all[i, :k] = 1
+        result = Result(w.model, card, kind, np.stack(outs), mask_all, _sum_costs(costs))
+        result.wire = {k: sum(x[k] for x in wires) for k in wires[0]}
+        result.batches = batches
+        result.notes = notes
+        return _finish(result)
+    finally:
+        if st is not None:
+            st.close()
+
+
+def prepare(
+    conn: Connection,
+    store: PreparedStore,
+    batch: int,
+    length: int,
+    count: int = 1,
+    model: str = "",
+    output: str = "auto",
+    allow_insecure_dealer: bool = False,
+    timeout: float = 600.0,
+    progress: Callable[[int, str, str], None] | None = None,
+    hide_lengths: bool = False,
+) -> list[SetInfo]:
+    """Run `count` offline phases for batch × length now (one session each); both
+    parties store their halves. Returns the client's sets."""
+    import transformers  # noqa: F401
+
+    made = []
+    for i in range(count):
+        st = _Stream(conn, model, allow_insecure_dealer)
+        try:
+            card, w = st.card, st.welcome
+            kind = resolve_output(card, output)
+            if not w.keeps_prepared:
+                raise CometError("this server keeps no prepared sets (see --prepared-dir)")
+            a = card.arch
+            limit = a.max_positions - a.position_offset
+            if length > limit:
+                raise InvalidInput(f"--length {length} exceeds what the model takes ({limit})")
+            mask = np.ones((batch, length), dtype=np.int64)
+            check_start(card, batch, length, mask, w.max_batch)
+            # Planning needs no text: zeros (and a zero table for public embeddings).
+            table = np.zeros((a.vocab_size, a.hidden)) if card.embedding_source else None
+            dummy = ClientInput(np.zeros((batch, length), np.int64), mask, table)
+            run_card = card_for_output(card, kind)
+            planned = plan_forward(
+                CLIENT, run_card, (batch, length), mask, None, dummy, hide_lengths=hide_lengths
+            )
+            nbytes = plans_nbytes(planned.segments(), CLIENT)
+            token = store.reserve(nbytes, w.model, _owner(st, conn))
+            try:
+                answer = st.start(
+                    pb.Start(
+                        batch=batch,
+                        seq_len=length,
+                        attention_mask=mask.astype(np.uint8).tobytes(),
+                        output=kind,
+                        prepare=True,
+                        hide_lengths=hide_lengths,
+                    )
+                )
+                assert answer is not None
+                if not answer.accepted:
+                    raise CometError(f"the server refused to prepare: {answer.reason}")
+                if not SET_ID.match(answer.id):
+                    raise CometError("protocol error: the server named a malformed set id")
+                prog = (lambda ph, la, i=i: progress(i, ph, la)) if progress else None
+                ch = st.protocol_channel(_ProgressMeter(prog), timeout)
+                try:
+                    pools = offline_phase(ch, planned, make_provider(w.provider))
+                except PeerError as e:
+                    raise CometError(f"the server ended the session: {e}", _code(e)) from None
+                now = time.time()
+                info = SetInfo(
+                    id=answer.id, model=w.model, card_digest=card.digest(),
+                    plan_digest=planned.digest(), batch=batch, seq_len=length, output=kind,
+                    provider=w.provider, party=CLIENT, created=now, nbytes=nbytes,
+                    segments=tuple(planned.segments()), owner=_owner(st, conn),
+                    server=conn.target,
+                    expires=now + answer.expires_in if answer.expires_in else 0.0,
+                    hide_lengths=hide_lengths,
+                )  # fmt: skip
+                store.save(info, pools, token)
+            finally:
+                store.release(token)
+            st.goodbye()
+            made.append(info)
+        finally:
+            st.close()
+    return made

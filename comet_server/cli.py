@@ -79,6 +79,40 @@ from comet_server.service import Limits
     help="Worker processes for the server's HE work (SEAL holds the GIL: one per core "
     "uses them all). 0 or 1: in the session thread.  [default: one per core]",
 )
+@click.option(
+    "--prepared-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where clients' prepared offline phases are kept (`comet-client prepare`). "
+    "[default: $COMET_HOME/server/prepared]",
+)
+@click.option(
+    "--prepared-bytes",
+    type=click.IntRange(0),
+    default=2_000_000_000,
+    show_default=True,
+    help="Total size limit of the prepared sets kept; 0: keep none (prepare is refused).",
+)
+@click.option(
+    "--prepared-model-bytes",
+    type=click.IntRange(0),
+    default=None,
+    help="Size limit of the prepared sets of one model.  [default: --prepared-bytes]",
+)
+@click.option(
+    "--prepared-per-client",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Prepared sets kept per client host.",
+)
+@click.option(
+    "--prepared-expiry",
+    type=click.FloatRange(0, min_open=True),
+    default=7 * 86400.0,
+    show_default=True,
+    help="Seconds a prepared set is kept unused before it is deleted.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def main(
     models: tuple[str, ...],
@@ -96,6 +130,11 @@ def main(
     insecure: bool,
     allow_insecure_dealer: bool,
     he_workers: int | None,
+    prepared_dir: Path | None,
+    prepared_bytes: int,
+    prepared_model_bytes: int | None,
+    prepared_per_client: int,
+    prepared_expiry: float,
     verbose: bool,
 ) -> None:
     """Serve two-party private inference over gRPC (the client keeps its text private,
@@ -115,6 +154,17 @@ def main(
     workers = (os.cpu_count() or 1) if he_workers is None else he_workers
     executor = ProcessExecutor(workers) if workers > 1 and not allow_insecure_dealer else None
     try:
+        store = None
+        if prepared_bytes:
+            from common.protocol.prepared import Limits as StoreLimits
+            from common.protocol.prepared import PreparedStore, comet_home
+
+            store = PreparedStore(
+                prepared_dir or comet_home() / "server" / "prepared",
+                StoreLimits(
+                    prepared_bytes, prepared_model_bytes, prepared_per_client, prepared_expiry
+                ),
+            )
         served = load_models(list(models) or ["default"], approx)
         server, service, bound = build_server(
             served,
@@ -132,6 +182,7 @@ def main(
             tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
             insecure=insecure,
             executor=executor,
+            prepared=store,
         )
     except (FileNotFoundError, ValueError, OSError) as e:
         if executor is not None:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from comet_server.registry import ServedModel
 from comet_server.service import CometService, Limits
 from common.he.executor import HeExecutor
+from common.protocol.prepared import PreparedStore
 from common.transport.stream import CHUNK_BYTES, KEEPALIVE_MS
 from proto import comet_pb2_grpc as pb_grpc
 
@@ -56,6 +57,7 @@ def build_server(
     tls: tuple[Path, Path] | None = None,
     insecure: bool = False,
     executor: HeExecutor | None = None,
+    prepared: PreparedStore | None = None,
 ) -> tuple[grpc.Server, CometService, int]:
     """A started-ready (not yet started) server; returns (server, service, bound port).
 
@@ -67,7 +69,7 @@ def build_server(
             "to accept that traffic (and the model's public card) is unencrypted"
         )
     limits = limits or Limits()
-    service = CometService(models, provider, limits, executor)
+    service = CometService(models, provider, limits, executor, prepared)
     # One thread per session stream plus health checks and ListModels.
     pool = futures.ThreadPoolExecutor(max_workers=limits.max_sessions + 8)
     server = grpc.server(

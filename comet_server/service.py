@@ -28,7 +28,16 @@ from common.he.executor import HeExecutor
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import SERVER
 from common.protocol.card import ModelCard
-from common.protocol.run import private_forward
+from common.protocol.prepared import (
+    PreparedError,
+    PreparedStore,
+    SetInfo,
+    StoreFull,
+    new_set_id,
+    plans_nbytes,
+    pools_of,
+)
+from common.protocol.run import offline_phase, online_phase, plan_forward
 from common.protocol.session import (
     PROTOCOL_VERSION,
     InvalidInput,
@@ -177,12 +186,15 @@ class CometService(pb_grpc.CometServicer):
         provider: str = "he",
         limits: Limits | None = None,
         executor: HeExecutor | None = None,
+        prepared: PreparedStore | None = None,
     ) -> None:
         if not models:
             raise ValueError("a server needs at least one model")
         self.models = models
         self.default = next(iter(models))
         self.provider = provider
+        self.prepared = prepared  # the store of prepared offline phases (None: none kept)
+        self.store_id = prepared.store_id if prepared is not None else ""
         self.executor = executor  # where sessions' server-side HE work runs (None: inline)
         self.limits = limits or Limits()
         if self.limits.outputs not in OUTPUT_POLICIES:
@@ -379,6 +391,9 @@ class CometService(pb_grpc.CometServicer):
                     max_batch=lim.max_batch,
                     provider=self.provider,
                     max_frame_bytes=lim.max_frame_bytes,
+                    max_tokens=lim.max_tokens or 0,
+                    keeps_prepared=self.prepared is not None,
+                    prepared_store=self.store_id,
                 )
             )
         )
@@ -432,17 +447,96 @@ class CometService(pb_grpc.CometServicer):
             max_frame_bytes=lim.max_frame_bytes,
             check=check,
         )
-        private_forward(
-            ch,
-            card_for_output(card, output),
-            (start.batch, start.seq_len),
-            mask,
-            model.compiled.weights,
-            None,
-            make_provider(self.provider, executor=self.executor),
-        )
+        run_card = card_for_output(card, output)
+        shape = (start.batch, start.seq_len)
+        if start.hide_lengths and not mask.all():
+            raise InvalidInput("with hide_lengths the attention mask must be all ones")
+        planned = plan_forward(
+            SERVER, run_card, shape, mask, model.compiled.weights, None,
+            hide_lengths=start.hide_lengths,
+        )  # fmt: skip
+        if start.prepare:
+            provider = make_provider(self.provider, executor=self.executor)
+            self._prepare(sid, peer, name, card, output, planned, start, send, ch, provider)
+        else:
+            pools = self._claim(sid, name, card, output, planned, start, send)
+            if pools is None:
+                provider = make_provider(self.provider, executor=self.executor)
+                pools = offline_phase(ch, planned, provider)
+            online_phase(ch, planned, pools)
         _expect(inbox, pb.Goodbye, lim.handshake_timeout)
         log.info(
             "session %s: sent %d B, received %d B (payload)", sid, ch.payload_sent,
             ch.payload_received,
         )  # fmt: skip
+
+    # -- prepared offline phases ----------------------------------------------------------
+    def _prepare(self, sid, peer, name, card, output, planned, start, send, ch, provider) -> None:
+        """Run only the offline phase and store this party's half (see docs/PROTOCOL.md)."""
+        store = self.prepared
+        if store is None:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this server keeps no prepared sets (it runs without --prepared-dir)",
+            )
+        owner = _host(peer)
+        nbytes = plans_nbytes(planned.segments(), SERVER)
+        try:
+            token = store.reserve(nbytes, name, owner)
+        except StoreFull as e:
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+        try:
+            set_id = new_set_id()
+            expiry = store.limits.expiry or 0.0
+            send(pb.ServerMessage(prepared=pb.PreparedAnswer(id=set_id, accepted=True,
+                                                             expires_in=expiry)))  # fmt: skip
+            pools = offline_phase(ch, planned, provider)
+            info = SetInfo(
+                id=set_id, model=name, card_digest=card.digest(), plan_digest=planned.digest(),
+                batch=start.batch, seq_len=start.seq_len, output=output, provider=self.provider,
+                party=SERVER, created=time.time(), nbytes=nbytes,
+                segments=tuple(planned.segments()), owner=owner,
+                hide_lengths=start.hide_lengths,
+            )  # fmt: skip
+            store.save(info, pools, token)
+        finally:
+            store.release(token)
+        log.info("session %s: prepared set %s… stored (%d bytes)", sid, set_id[:8], nbytes)
+
+    def _claim(self, sid, name, card, output, planned, start, send) -> dict | None:
+        """The pools of the prepared set the client named (consumed now, before the
+        first online message), or None (no set named; or refused: the client is told
+        why and both run the offline phase inline)."""
+        set_id = start.prepared_id
+        if not set_id:
+            return None
+        store = self.prepared
+        try:
+            if store is None:
+                raise PreparedError("this server keeps no prepared sets")
+            info = store.get(set_id)
+            info.check(card.digest(), planned.digest(), start.batch, start.seq_len)
+            if (info.model, info.output, info.provider, info.hide_lengths) != (
+                name, output, self.provider, start.hide_lengths
+            ):  # fmt: skip
+                raise PreparedError(
+                    f"prepared set {set_id[:8]} was made for model {info.model!r}, output "
+                    f"{info.output!r}, provider {info.provider!r}"
+                )
+            _, arrays = store.claim(set_id)
+            pools = pools_of(planned.segments(), arrays)
+        except PreparedError as e:
+            log.info("session %s: prepared set refused: %s", sid, e)
+            send(pb.ServerMessage(prepared=pb.PreparedAnswer(id=set_id, accepted=False,
+                                                             reason=str(e))))  # fmt: skip
+            return None
+        send(pb.ServerMessage(prepared=pb.PreparedAnswer(id=set_id, accepted=True)))
+        log.info("session %s: online phase only, prepared set %s…", sid, set_id[:8])
+        return pools
+
+
+def _host(peer: str) -> str:
+    """The client's host from a gRPC peer string (ipv4:1.2.3.4:5678, ipv6:[::1]:5678)."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else rest
+    return host.strip("[]") or peer

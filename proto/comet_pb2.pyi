@@ -17,7 +17,7 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "model", "card_json", "card_digest", "tokenizer", "max_batch", "provider", "max_frame_bytes")
+    __slots__ = ("protocol_version", "model", "card_json", "card_digest", "tokenizer", "max_batch", "provider", "max_frame_bytes", "max_tokens", "keeps_prepared", "prepared_store")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,9 @@ class Welcome(_message.Message):
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KEEPS_PREPARED_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_STORE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     model: str
     card_json: str
@@ -34,7 +37,10 @@ class Welcome(_message.Message):
     max_batch: int
     provider: str
     max_frame_bytes: int
-    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., card_json: _Optional[str] = ..., card_digest: _Optional[str] = ..., tokenizer: _Optional[_Iterable[_Union[TokenizerFile, _Mapping]]] = ..., max_batch: _Optional[int] = ..., provider: _Optional[str] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
+    max_tokens: int
+    keeps_prepared: bool
+    prepared_store: str
+    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., card_json: _Optional[str] = ..., card_digest: _Optional[str] = ..., tokenizer: _Optional[_Iterable[_Union[TokenizerFile, _Mapping]]] = ..., max_batch: _Optional[int] = ..., provider: _Optional[str] = ..., max_frame_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., keeps_prepared: _Optional[bool] = ..., prepared_store: _Optional[str] = ...) -> None: ...
 
 class TokenizerFile(_message.Message):
     __slots__ = ("name", "data")
@@ -45,16 +51,34 @@ class TokenizerFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Start(_message.Message):
-    __slots__ = ("batch", "seq_len", "attention_mask", "output")
+    __slots__ = ("batch", "seq_len", "attention_mask", "output", "prepared_id", "prepare", "hide_lengths")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_ID_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
+    HIDE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     batch: int
     seq_len: int
     attention_mask: bytes
     output: str
-    def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., attention_mask: _Optional[bytes] = ..., output: _Optional[str] = ...) -> None: ...
+    prepared_id: str
+    prepare: bool
+    hide_lengths: bool
+    def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., attention_mask: _Optional[bytes] = ..., output: _Optional[str] = ..., prepared_id: _Optional[str] = ..., prepare: _Optional[bool] = ..., hide_lengths: _Optional[bool] = ...) -> None: ...
+
+class PreparedAnswer(_message.Message):
+    __slots__ = ("id", "accepted", "reason", "expires_in")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    accepted: bool
+    reason: str
+    expires_in: float
+    def __init__(self, id: _Optional[str] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., expires_in: _Optional[float] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("seq", "tag", "clock", "scope_clock", "data", "more", "kind", "shape", "dtype", "label")
@@ -97,12 +121,14 @@ class ClientMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., start: _Optional[_Union[Start, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "frame")
+    __slots__ = ("welcome", "frame", "prepared")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     frame: Frame
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+    prepared: PreparedAnswer
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., prepared: _Optional[_Union[PreparedAnswer, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -269,6 +270,25 @@ def relu_softmax(
     return mul_broadcast(ops, r, inv)
 
 
+@dataclass(frozen=True)
+class SecretMask:
+    """A padding mask held as shares (`--hide-lengths`): applying it costs one product
+    per element instead of a free public product, and the server learns only the
+    padded shape."""
+
+    value: Any
+
+
+def apply_keep(ops: Backend, x: Value, keep: NDArray | SecretMask | None) -> Value:
+    """x with padded key positions zeroed: a public 0/1 mask (free) or a `SecretMask`
+    (one Beaver product per element of x; the mask broadcasts against x)."""
+    if keep is None:
+        return x
+    if isinstance(keep, SecretMask):
+        return ops.mul(x, ops.broadcast(keep.value, tuple(x.shape)))
+    return ops.mul_public(x, np.broadcast_to(keep, tuple(x.shape)))
+
+
 def relu_softmax_parts(
     ops: Backend,
     scores: Value,
@@ -280,9 +300,7 @@ def relu_softmax_parts(
 ) -> tuple[Value, Value]:
     """(r, 1/(Σr + eps)) of `relu_softmax` without the final product: attention
     multiplies the per-row factor into (r·V), which has dh columns instead of L."""
-    r = smu(ops, scores, SmuParams(0.0, mu), relu_plan)
-    if keep is not None:
-        r = ops.mul_public(r, np.broadcast_to(keep, tuple(r.shape)))
+    r = apply_keep(ops, smu(ops, scores, SmuParams(0.0, mu), relu_plan), keep)
     s = ops.add_public(ops.sum(r, axis=-1, keepdims=True), eps)
     return r, reciprocal(ops, s, sum_plan)
 
@@ -468,7 +486,6 @@ def exp_softmax_parts(
     ops: Backend, scores: Value, keep: NDArray | None, site: ExpSoftmaxSite
 ) -> tuple[Value, Value]:
     """(v, 1/Σv) of `exp_softmax` without the final product (see `relu_softmax_parts`)."""
-    shape = tuple(scores.shape)
     kk = 2**site.k
     t = ops.mul_public(ops.add_public(scores, -site.bound), 1.0 / (kk * 2**site.m))
     # Base 1 + t + t²/2 + t³/6: exponent error 2^m·t⁴/24 instead of 2^m·t²/2, so m
@@ -478,8 +495,7 @@ def exp_softmax_parts(
     u = ops.add_public(t + ops.mul_public(t2, 0.5) + ops.mul_public(t3, 1.0 / 6.0), 1.0)
     for _ in range(site.m):
         u = ops.square(u)
-    if keep is not None:
-        u = ops.mul_public(u, np.broadcast_to(keep, shape))
+    u = apply_keep(ops, u, keep)
     root_c = math.sqrt(site.target)
     s = ops.sum(ops.square(ops.mul_public(u, site.pre_scale)), axis=-1, keepdims=True)
     r = ops.mul_public(rsqrt(ops, s, site.first_plan), site.pre_scale * root_c)

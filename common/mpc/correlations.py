@@ -353,3 +353,81 @@ class SegmentedPool:
 
     def group(self, spec: GroupSpec) -> MaskGroup:
         return self._pool().group(spec)
+
+
+def pool_arrays(pool: Pool) -> dict[str, Ring]:
+    """Every array of `pool`, named by kind and position in plan order (for storage:
+    `pool_from_arrays` with the same plan rebuilds it). The pool must be unused."""
+    if pool._triples.pos or pool._squares.pos:
+        raise PreprocessingError("a pool already in use cannot be stored")
+    out: dict[str, Ring] = {}
+    for i, a in enumerate(pool._triples.arrays):
+        out[f"t{i}"] = a
+    for i, a in enumerate(pool._squares.arrays):
+        out[f"q{i}"] = a
+    for n, abc in enumerate(pool._matmuls):
+        for i, a in enumerate(abc):
+            out[f"m{n}.{i}"] = a
+    for n, lm in enumerate(pool._linears):
+        out[f"l{n}.s"] = lm.share
+        if lm.r is not None:
+            out[f"l{n}.r"] = lm.r
+    for n, g in enumerate(pool._groups):
+        for i, a in enumerate(g.masks):
+            out[f"g{n}.m{i}"] = a
+        for i, p in enumerate(g.spec.pairs):
+            out[f"g{n}.p{i}"] = g.products[p]
+    return {k: np.ascontiguousarray(v, dtype=U64) for k, v in out.items()}
+
+
+def pool_from_arrays(plan: Plan, arrays: dict[str, Ring]) -> Pool:
+    """The pool `pool_arrays` stored, checked against `plan` (every array present with
+    its planned shape, nothing else)."""
+    used: set[str] = set()
+
+    def get(name: str, shape: tuple[int, ...] | None = None, optional: bool = False) -> Ring:
+        if name not in arrays:
+            if optional:
+                return None  # type: ignore[return-value]
+            raise PreprocessingError(f"stored correlations lack {name!r}")
+        a = np.asarray(arrays[name])
+        if a.dtype != U64 or (shape is not None and a.shape != tuple(shape)):
+            raise PreprocessingError(f"stored {name!r} has shape {a.shape}, planned {shape}")
+        used.add(name)
+        return a
+
+    nt = plan.triples
+    triples = tuple(get(f"t{i}", (nt,)) for i in range(3))
+    squares = tuple(get(f"q{i}", (plan.squares,)) for i in range(2))
+    matmuls = []
+    for n, ((*batch, m, k, nn), _) in enumerate(plan.matmul_specs()):
+        shapes = ((*batch, m, k), (*batch, k, nn), (*batch, m, nn))
+        matmuls.append(tuple(get(f"m{n}.{i}", s) for i, s in enumerate(shapes)))
+    linears = []
+    for n, spec in enumerate(plan.linears):
+        r = get(f"l{n}.r", (spec.rows, spec.k), optional=True)
+        linears.append(LinearMask(spec, get(f"l{n}.s", (spec.rows, spec.n)), r))
+    groups = []
+    for n, spec in enumerate(plan.groups):
+        masks = [get(f"g{n}.m{i}", s) for i, s in enumerate(spec.shapes)]
+        prods = {p: get(f"g{n}.p{i}", spec.pair_shape(*p)) for i, p in enumerate(spec.pairs)}
+        groups.append(MaskGroup(spec, masks, prods))
+    extra = set(arrays) - used
+    if extra:
+        raise PreprocessingError(f"stored correlations hold unplanned arrays: {sorted(extra)[:3]}")
+    return Pool(triples, squares, matmuls, linears, groups)  # type: ignore[arg-type]
+
+
+def pool_nbytes(plan: Plan, party: int) -> int:
+    """Bytes of the arrays `pool_arrays` gives for `plan` on `party` (before it exists:
+    what a store must reserve)."""
+    n = 3 * plan.triples + 2 * plan.squares
+    for (*batch, m, k, nn), _ in plan.matmul_specs():
+        b = int(np.prod(batch)) if batch else 1
+        n += b * (m * k + k * nn + m * nn)
+    for spec in plan.linears:
+        n += spec.rows * spec.n + (spec.rows * spec.k if party == CLIENT else 0)
+    for g in plan.groups:
+        masks, sq, cross = g.elements()
+        n += masks + sq + cross
+    return 8 * n

@@ -75,6 +75,7 @@ def encoder_forward(
     client: ClientInput | None,
     sites: SiteSource | None = None,
     scope: Callable[..., AbstractContextManager] | None = None,
+    hide_lengths: bool = False,
 ) -> NDArray[np.float64] | None:
     """Run the encoder; returns the opened output on the client, None on the server.
 
@@ -93,7 +94,12 @@ def encoder_forward(
     B, L = shape
     d, H, dh = a.hidden, a.heads, a.head_dim
     f_bits = ops.frac_bits or 0  # binds matter to the shared back-end only
-    keep4 = np.asarray(keep, dtype=np.float64).reshape(B, 1, 1, L)
+    keep4: NDArray | F.SecretMask = np.asarray(keep, dtype=np.float64).reshape(B, 1, 1, L)
+    if hide_lengths:
+        # The mask is the client's secret input (the server passes ones: the bucket):
+        # zeroing padded keys costs one product per attention score.
+        k = np.asarray(keep, dtype=np.float64).reshape(B, 1, 1, L) if is_client else None
+        keep4 = F.SecretMask(ops.client_value(k, (B, 1, 1, L)))
 
     def w(name: str) -> NDArray[np.float64] | None:
         if not is_server:
@@ -194,7 +200,12 @@ def encoder_forward(
 
 
 def _softmax(
-    ops: Backend, card: ModelCard, scores: Value, keep4: NDArray, sites: SiteSource, p: str
+    ops: Backend,
+    card: ModelCard,
+    scores: Value,
+    keep4: NDArray | F.SecretMask,
+    sites: SiteSource,
+    p: str,
 ) -> tuple[Value, Value | None]:
     """(numerator, per-row 1/Σ) of the attention softmax; 1/Σ is None when the
     numerator is already normalised (the exact softmax during calibration)."""

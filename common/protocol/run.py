@@ -7,13 +7,15 @@ accuracy study).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from common.approx.backend import PlainBackend, SharedBackend
-from common.mpc.correlations import SegmentedPool, SegmentedRecorder
+from common.mpc.correlations import Plan, Pool, SegmentedPool, SegmentedRecorder
 from common.mpc.engine import Mpc
 from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider
 from common.mpc.ring import FixedPoint
@@ -29,24 +31,42 @@ class ForwardResult:
     meter: Meter
 
 
-def private_forward(
-    ch: Channel,
+@dataclass
+class PlannedForward:
+    """One party's planned forward pass: the per-layer correlation plans (public: they
+    depend on the card and shape only) and the program that consumes them online."""
+
+    party: int
+    recorder: SegmentedRecorder
+    program: Callable[[Mpc], NDArray[np.float64] | None]
+    fxp: FixedPoint
+
+    def segments(self) -> dict[str, Plan]:
+        return {layer: seg.plan for layer, seg in self.recorder.recorders.items()}
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of every segment's name and plan, in order: what a stored
+        offline phase must have been made for."""
+        h = hashlib.sha256()
+        for layer, plan in self.segments().items():
+            h.update(layer.encode() + b"\0" + plan.digest())
+        return h.hexdigest()
+
+
+def plan_forward(
+    party: int,
     card: ModelCard,
     shape: tuple[int, int],
     keep: NDArray,
     weights: Weights | None,
     client: ClientInput | None,
-    provider: HeProvider | InsecureDealer,
     fxp: FixedPoint | None = None,
-) -> ForwardResult:
-    """One party's private forward pass: plan, offline phase, online phase.
+    hide_lengths: bool = False,
+) -> PlannedForward:
+    """Plan one party's forward pass (no communication); see `private_forward`.
 
-    The server passes `weights` (and client=None), the client `client` (and
-    weights=None). `shape` (B, L) and `keep` are public and must agree on both sides
-    (the plans are compared before the offline phase). Traffic is labelled by phase,
-    layer and op on `ch.meter`.
-    """
-    party = ch.party
+    `hide_lengths`: the padding mask is the client's secret input of the attention (the
+    server passes an all-ones `keep`: it learns only the padded shape)."""
     if party == SERVER and (weights is None or client is not None):
         raise ValueError("the server runs with the weights and without client input")
     if party == CLIENT and (client is None or weights is not None):
@@ -63,6 +83,7 @@ def private_forward(
             weights,
             client,
             scope=lambda **kw: mpc.ch.scope(**kw),
+            hide_lengths=hide_lengths,
         )
 
     # Plan per layer (the planning channel's layer label), so that the offline phase
@@ -70,15 +91,49 @@ def private_forward(
     null = NullChannel(party)
     rec = SegmentedRecorder(lambda: null.meter.current.layer or "")
     program(Mpc(null, rec, fxp))
+    return PlannedForward(party, rec, program, fxp)
+
+
+def offline_phase(
+    ch: Channel, planned: PlannedForward, provider: HeProvider | InsecureDealer
+) -> dict[str, Pool]:
+    """The input-independent phase: HE key setup, then every layer's correlations."""
     provider.setup(ch)
     pools = {}
-    for layer, seg in rec.recorders.items():
+    for layer, seg in planned.recorder.recorders.items():
         with ch.scope(layer=layer):
             pools[layer] = provider.generate(ch, seg.plan, seg.weights)
+    return pools
+
+
+def online_phase(ch: Channel, planned: PlannedForward, pools: dict[str, Pool]) -> ForwardResult:
+    """The input-dependent phase, from this party's correlations `pools`."""
     with ch.scope(phase="online"):
         pool = SegmentedPool(pools, lambda: ch.meter.current.layer or "")
-        out = program(Mpc(ch, pool, fxp))
+        out = planned.program(Mpc(ch, pool, planned.fxp))
     return ForwardResult(out, ch.meter)
+
+
+def private_forward(
+    ch: Channel,
+    card: ModelCard,
+    shape: tuple[int, int],
+    keep: NDArray,
+    weights: Weights | None,
+    client: ClientInput | None,
+    provider: HeProvider | InsecureDealer,
+    fxp: FixedPoint | None = None,
+    hide_lengths: bool = False,
+) -> ForwardResult:
+    """One party's private forward pass: plan, offline phase, online phase.
+
+    The server passes `weights` (and client=None), the client `client` (and
+    weights=None). `shape` (B, L) and `keep` are public and must agree on both sides
+    (the plans are compared before the offline phase). Traffic is labelled by phase,
+    layer and op on `ch.meter`.
+    """
+    planned = plan_forward(ch.party, card, shape, keep, weights, client, fxp, hide_lengths)
+    return online_phase(ch, planned, offline_phase(ch, planned, provider))
 
 
 def local_private_forward(
@@ -86,18 +141,24 @@ def local_private_forward(
     client: ClientInput,
     provider: str = "he",
     fxp: FixedPoint | None = None,
+    hide_lengths: bool = False,
 ) -> tuple[ForwardResult, ForwardResult]:
     """Both parties in one process over an in-process channel pair."""
     card = model.card
     shape = tuple(client.token_ids.shape)
     keep = client.attention_mask
+    hl = hide_lengths
 
     def body(ch: Channel, role: int) -> ForwardResult:
         if role == SERVER:
+            # With hidden lengths the server knows only the padded shape.
+            k = np.ones_like(keep) if hl else keep
             return private_forward(
-                ch, card, shape, keep, model.weights, None, make_provider(provider), fxp
+                ch, card, shape, k, model.weights, None, make_provider(provider), fxp, hl
             )
-        return private_forward(ch, card, shape, keep, None, client, make_provider(provider), fxp)
+        return private_forward(
+            ch, card, shape, keep, None, client, make_provider(provider), fxp, hl
+        )
 
     return run_local(body, (SERVER,), (CLIENT,))
 
