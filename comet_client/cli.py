@@ -1,7 +1,8 @@
 """`comet-client`: private inference of TEXT... on a comet-server.
 
 `comet-client --server HOST:PORT TEXT...` classifies / embeds (the `classify` command,
-the default); other verbs are subcommands (`comet-client COMMAND --help`).
+the default); other verbs are subcommands (`comet-client COMMAND --help`): `generate`
+continues a prompt on a decoder.
 """
 
 from __future__ import annotations
@@ -172,3 +173,9 @@ def classify(
     out = Console()
     out.print(result_table(texts, res))
     out.print(cost_table(res.cost))
+
+
+# Subcommands defined in their own modules (registered here, where `main` is).
+from comet_client.generate_cli import generate_command  # noqa: E402
+
+main.add_command(generate_command)
