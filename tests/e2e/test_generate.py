@@ -219,3 +219,24 @@ def test_greedy_margins_hold_for_the_served_card(served) -> None:
     toks, logs = plain_generate(models["lm"].compiled, [81, 36, 2, 68, 10, 58], LIMIT)
     assert toks == _hf_greedy(lm_dir, [81, 36, 2, 68, 10, 58], LIMIT)
     assert min(float(np.diff(np.sort(lg)[-2:])[0]) for lg in logs) > 0.2
+
+
+def test_generation_over_grpc_with_the_he_offline_phase(tmp_path, monkeypatch) -> None:
+    """The default provider: HE keys once per session, an HE offline phase per step."""
+    from comet_server.registry import load_models
+    from comet_server.server import build_server
+
+    monkeypatch.setenv("COMET_HOME", str(tmp_path / "home"))
+    lm_dir = tiny_causal_lm_dir(tmp_path / "lm1", layers=1)
+    server, service, port = build_server(load_models([f"lm1={lm_dir}"]), "127.0.0.1", 0)
+    server.start()
+    try:
+        gen = generate(_conn(f"127.0.0.1:{port}"), PROMPT[:4], max_new_tokens=2)
+    finally:
+        service.shutdown()
+        server.stop(grace=1).wait()
+    assert gen.token_ids == _hf_greedy(lm_dir, gen.prompt_ids, 2)
+    assert gen.cost["setup"]["bytes_sent"] > 0  # the client's HE keys, once
+    assert all(
+        s["offline"]["bytes_sent"] > 1000 for s in [gen.cost["prefill"], *gen.cost["tokens"]]
+    )
