@@ -40,10 +40,11 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gen")
     lm_dir = tiny_causal_lm_dir(root / "lm")
+    gpt_dir = tiny_causal_lm_dir(root / "gpt", family="gpt2")
     cls_dir = tiny_classifier(root / "cls")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COMET_HOME", str(root / "home"))
-        models = load_models([f"lm={lm_dir}", f"cls={cls_dir}"])
+        models = load_models([f"lm={lm_dir}", f"cls={cls_dir}", f"gpt={gpt_dir}"])
         again = load_models([f"lm={lm_dir}"])  # the decoder card comes from the cache
     assert again["lm"].compiled.card.digest() == models["lm"].compiled.card.digest()
     assert len(list((root / "home" / "cards").glob("lm-*.json"))) == 1
@@ -55,6 +56,23 @@ def served(tmp_path_factory):
     yield f"127.0.0.1:{port}", lm_dir, models
     service.shutdown()
     server.stop(grace=1).wait()
+
+
+def test_gpt2_family_over_grpc_matches_transformers(served) -> None:
+    address, lm_dir, _ = served
+    gpt_dir = lm_dir.parent / "gpt"
+    gen = generate(_conn(address), PROMPT, "gpt", 3, allow_insecure_dealer=True)
+    assert gen.card.arch.family == "gpt2"
+    assert gen.token_ids == _hf_greedy(gpt_dir, gen.prompt_ids, 3)
+
+
+def test_list_models_names_the_kind(served) -> None:
+    address, _, _ = served
+    with grpc.insecure_channel(address) as ch:
+        resp = pb_grpc.CometStub(ch).ListModels(pb.ListModelsRequest(), timeout=30)
+    kinds = {m.name: (m.kind, m.head, m.max_positions) for m in resp.models}
+    assert kinds == {"lm": ("decoder", "lm", 64), "cls": ("encoder", "classifier", 64),
+                     "gpt": ("decoder", "lm", 64)}  # fmt: skip
 
 
 def _hf_greedy(lm_dir, ids: list[int], new: int) -> list[int]:
