@@ -58,10 +58,9 @@ def generation_table(gen: Generation) -> Table:
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(1),
-    default=32,
-    show_default=True,
+    default=None,
     help="Stop after this many tokens (or at an end-of-sequence token); at most the "
-    "server's limit.",
+    "server's limit.  [default: 32, or the server's limit if lower]",
 )
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option(
@@ -91,7 +90,7 @@ def generate_command(
     prompt: str,
     target: str,
     model: str,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     chat: bool,
     temperature: float,
     top_k: int,

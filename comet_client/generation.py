@@ -45,6 +45,8 @@ from common.transport.stream import MAX_FRAME_BYTES, PeerError, StreamChannel, S
 from proto import comet_pb2 as pb
 from proto import comet_pb2_grpc as pb_grpc
 
+DEFAULT_NEW_TOKENS = 32
+
 
 @dataclass
 class Generation:
@@ -171,7 +173,7 @@ def generate(
     conn: Connection,
     prompt: str,
     model: str = "",
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
     sampling: Sampling | None = None,
     chat: bool = False,
     allow_insecure_dealer: bool = False,
@@ -180,7 +182,9 @@ def generate(
     progress: Callable[[str, str], None] | None = None,
 ) -> Generation:
     """Generate up to `max_new_tokens` tokens privately after `prompt`; stops early at
-    an end-of-sequence token of the card. `on_text(piece)` gets the decoded text of each
+    an end-of-sequence token of the card. None: `DEFAULT_NEW_TOKENS`, or less if the
+    server's limit or the model's context is smaller (an explicit count above either is
+    an error). `on_text(piece)` gets the decoded text of each
     token as soon as it is picked (streaming). Raises `CometError` / `InvalidInput`.
 
     Cost: one prefill of the prompt, then one step per token over the shared cache
@@ -234,6 +238,9 @@ def generate(
         except Exception as e:
             raise CometError(f"the server sent an unusable tokenizer: {e}") from None
         ids = encode_prompt(tokenizer, prompt, chat)
+        if max_new_tokens is None:
+            room = card.arch.max_context - len(ids) + 1
+            max_new_tokens = max(1, min(DEFAULT_NEW_TOKENS, w.max_new_tokens or room, room))
         check_generate(card, len(ids), max_new_tokens, w.max_new_tokens or None)
         sampling = sampling or Sampling()
         stream.send(

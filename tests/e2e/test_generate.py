@@ -153,6 +153,8 @@ def test_the_server_receives_no_tokens(served, monkeypatch) -> None:
 
 def test_the_server_bounds_the_steps(served) -> None:
     address, _, models = served
+    # Without a count the client asks for the server's limit (lower than its default).
+    assert len(generate(_conn(address), PROMPT, "lm", allow_insecure_dealer=True).token_ids) == 5
     # The client's own check, before anything starts (the Welcome announces the limit).
     with pytest.raises(InvalidInput, match="limit of 5"):
         generate(_conn(address), PROMPT, "lm", LIMIT + 1, allow_insecure_dealer=True)
