@@ -136,6 +136,11 @@ def load_models(specs: list[str], approx: str = "auto") -> dict[str, ServedModel
             raise ValueError(f"two models are named {name!r}; use NAME=DIR to tell them apart")
         compiled: CompiledModel | CompiledDecoder
         if is_decoder_dir(path):
+            if approx == "comet":
+                raise ValueError(
+                    f"model {name!r} is a decoder: it runs the reference set only "
+                    "(--approx auto or reference)"
+                )
             log.info("compiling decoder %s from %s (reference set)", name, path)
             compiled, _ = compile_decoder_cached(path, name)
         else:
