@@ -624,12 +624,16 @@ def generate_group() -> None:
 @click.option("--prompt", default="The capital of France is", show_default=True)
 @click.option("--tokens", type=click.IntRange(1, 64), default=4, show_default=True)
 @provider_option("insecure_dealer", "Offline phase (he: the real HE phase, per step).")
-def generate_cost_cmd(prompt: str, tokens: int, provider: str) -> None:
+@click.option(
+    "--no-kv-cache", is_flag=True, help="Baseline: every token recomputes the whole prefix."
+)
+def generate_cost_cmd(prompt: str, tokens: int, provider: str, no_kv_cache: bool) -> None:
     """Per-call cost of private greedy generation (JSON)."""
     from benchmarks import generation
 
     err = Console(stderr=True)
-    res = generation.cost(prompt, tokens, provider, lambda m: err.print(m, markup=False))
+    say = lambda m: err.print(m, markup=False)  # noqa: E731
+    res = generation.cost(prompt, tokens, provider, say, kv_cache=not no_kv_cache)
     click.echo(json.dumps(_json_safe(res), indent=2))
 
 
@@ -641,12 +645,37 @@ def generate_cost_cmd(prompt: str, tokens: int, provider: str) -> None:
     default=None,
     help="Emulate fixed point with this many fractional bits (default: float).",
 )
-def generate_fidelity_cmd(tokens: int, frac_bits: int | None) -> None:
+@click.option(
+    "--private", is_flag=True, help="The private run (in process, insecure dealer; slow)."
+)
+@click.option(
+    "--prompts",
+    "n_prompts",
+    type=click.IntRange(1),
+    default=None,
+    help="Only the first N prompts (default: all 10).",
+)
+@click.option(
+    "--jsonl",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append each prompt's row to this file as soon as it is done.",
+)
+def generate_fidelity_cmd(
+    tokens: int, frac_bits: int | None, private: bool, n_prompts: int | None, jsonl: Path | None
+) -> None:
     """Greedy tokens of the compiled model vs transformers' over 10 prompts (JSON)."""
     from benchmarks import generation
 
     err = Console(stderr=True)
+
+    def on_row(row: dict) -> None:
+        if jsonl is not None:
+            with jsonl.open("a") as f:
+                f.write(json.dumps(_json_safe(row)) + "\n")
+
     res = generation.fidelity(
-        generation.PROMPTS, tokens, frac_bits, lambda m: err.print(m, markup=False)
-    )
+        generation.PROMPTS[:n_prompts], tokens, frac_bits, lambda m: err.print(m, markup=False),
+        private=private, on_row=on_row,
+    )  # fmt: skip
     click.echo(json.dumps(_json_safe(res), indent=2))

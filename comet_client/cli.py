@@ -1,7 +1,8 @@
 """`comet-client`: private inference of TEXT... on a comet-server.
 
 `comet-client --server HOST:PORT TEXT...` classifies / embeds (the `classify` command,
-the default); other verbs are subcommands (`comet-client COMMAND --help`).
+the default); other verbs are subcommands (`comet-client COMMAND --help`): `generate`
+continues a prompt on a decoder.
 """
 
 from __future__ import annotations
@@ -210,7 +211,10 @@ def classify(
         out.print(batch_table(res))
 
 
+# Subcommands defined in their own modules (registered here, where `main` is).
+from comet_client.generate_cli import generate_command  # noqa: E402
 from comet_client.prepared_cli import prepare_cmd, prepared_cmd  # noqa: E402
 
 main.add_command(prepare_cmd, "prepare")
 main.add_command(prepared_cmd, "prepared")
+main.add_command(generate_command)

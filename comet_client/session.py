@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import queue
 import tempfile
 import threading
@@ -271,7 +272,15 @@ class _Stream:
                 "refusing (pass --allow-insecure-dealer for tests)"
             )
         try:
+            if json.loads(w.card_json).get("kind") == "decoder":
+                raise CometError(
+                    f"model {w.model!r} is a decoder: it generates text (use `comet-client "
+                    "generate`)",
+                    "FAILED_PRECONDITION",
+                )
             card = ModelCard.from_json(w.card_json)
+        except CometError:
+            raise
         except Exception as e:  # any parse error: the server sent something unusable
             raise CometError(f"the server sent a malformed model card: {e}") from None
         if card.digest() != w.card_digest:

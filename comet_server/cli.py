@@ -20,8 +20,9 @@ from comet_server.service import Limits
     "--model",
     "models",
     multiple=True,
-    help="default | original | DIR | NAME=DIR (repeatable; the first is the default). "
-    "Without it: the bundled default model (built on first use).",
+    help="default | original | smollm2 | DIR | NAME=DIR (repeatable; the first is the "
+    "default). smollm2: the bundled decoder (generation; built on first use, its card "
+    "cached). Without it: the bundled default model (built on first use).",
 )
 @click.option(
     "--approx",
@@ -54,6 +55,13 @@ from comet_server.service import Limits
     default=None,
     help="Largest batch × sequence length per session (default: what fits half of the "
     "available memory shared by --max-sessions, and the frame limit).",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Decoders: the most tokens one generation session may produce.",
 )
 @click.option(
     "--outputs",
@@ -124,6 +132,7 @@ def main(
     session_timeout: float,
     handshake_timeout: float,
     max_tokens: int | None,
+    max_new_tokens: int,
     outputs: str,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -178,6 +187,7 @@ def main(
                 handshake_timeout=handshake_timeout,
                 max_tokens=max_tokens,
                 outputs=outputs,
+                max_new_tokens=max_new_tokens,
             ),
             tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
             insecure=insecure,

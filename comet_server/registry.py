@@ -1,13 +1,25 @@
-"""The models a server serves: compiled (weights + public card) once at start-up."""
+"""The models a server serves: compiled (weights + public card) once at start-up.
+
+Encoders (BERT family) are compiled at every start (seconds). Causal LMs (Llama /
+GPT-2 family: `model_type` llama or gpt2) take minutes to calibrate, so their public
+card is cached under `<cache>/cards/` (`<cache>` as for the default model), keyed by
+the checkpoint's files and the compiler's source; the weights are read from the
+checkpoint again at every start.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.protocol.calibrate import compile_model
 from common.protocol.card import CompiledModel
+from common.protocol.decoder_card import CompiledDecoder, DecoderCard
 
 log = logging.getLogger("comet.server")
 
@@ -20,6 +32,19 @@ TOKENIZER_FILES = (
     "vocab.txt",
     "vocab.json",
     "merges.txt",
+    "chat_template.jinja",
+)
+DECODER_TYPES = ("llama", "gpt2")
+# The sources a decoder card depends on: a change invalidates cached cards.
+_COMPILER_SOURCES = (
+    "common/protocol/decoder_hf.py",
+    "common/protocol/decoder.py",
+    "common/protocol/decoder_card.py",
+    "common/protocol/calibrate.py",
+    "common/protocol/calibration_texts.py",
+    "common/approx/functions.py",
+    "common/approx/forms.py",
+    "common/approx/rsqrt_fit.py",
 )
 
 
@@ -27,27 +52,79 @@ TOKENIZER_FILES = (
 class ServedModel:
     name: str
     path: Path
-    compiled: CompiledModel
+    compiled: CompiledModel | CompiledDecoder
     tokenizer_files: dict[str, bytes]
 
     @property
     def card_json(self) -> str:
         return self.compiled.card.to_json()
 
+    @property
+    def is_decoder(self) -> bool:
+        """A causal LM (served by generation sessions only)."""
+        return isinstance(self.compiled, CompiledDecoder)
+
 
 def resolve(spec: str) -> tuple[str, Path]:
-    """`default` / `original` (the bundled models, built on first use), `NAME=DIR` or DIR."""
+    """`default` / `original` (the bundled encoders), `smollm2` (the bundled decoder) —
+    each built on first use and cached —, `NAME=DIR` or DIR."""
     if spec in ("default", "original"):
         from comet_server.adapt.default import default_model_dir, original_model_dir
 
         return spec, (default_model_dir if spec == "default" else original_model_dir)(build=True)
+    if spec == "smollm2":
+        from comet_server.adapt.smollm2 import smollm2_model_dir
+
+        return spec, smollm2_model_dir(build=True)
     name, _, path = spec.rpartition("=")
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(
-            f"model {spec!r}: not 'default', 'original' or a checkpoint directory (no config.json)"
+            f"model {spec!r}: not 'default', 'original', 'smollm2' or a checkpoint directory "
+            "(no config.json)"
         )
     return name or p.name, p
+
+
+def is_decoder_dir(path: Path) -> bool:
+    """Whether the checkpoint at `path` is a causal LM of a supported family."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    return config.get("model_type") in DECODER_TYPES
+
+
+def _card_key(path: Path, name: str) -> str:
+    """Digest of what a decoder card is computed from: the checkpoint's files (config,
+    tokenizer, weights by size and mtime), the name and the compiler's source."""
+    h = hashlib.sha256(name.encode())
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    root = Path(__file__).resolve().parents[1]
+    for src in _COMPILER_SOURCES:
+        h.update((root / src).read_bytes())
+    return h.hexdigest()[:20]
+
+
+def compile_decoder_cached(path: Path, name: str) -> tuple[CompiledDecoder, Any]:
+    """The compiled decoder at `path`: its card from the cache when the key matches,
+    else calibrated (minutes) and cached; the weights always from the checkpoint."""
+    from comet_server.adapt.default import cache_root
+    from common.protocol.decoder_hf import compile_decoder_dir, decoder_weights, load_causal_lm
+
+    cached = cache_root() / "cards" / f"{name}-{_card_key(path, name)}.json"
+    if cached.is_file():
+        card = DecoderCard.from_json(cached.read_text())
+        model, _, tok = load_causal_lm(path)
+        log.info("decoder %s: card from the cache (%s)", name, cached)
+        return CompiledDecoder(card, decoder_weights(model, card.arch)), tok
+    log.info("calibrating decoder %s (minutes; the card is cached for next time)", name)
+    compiled, tok = compile_decoder_dir(path, name=name)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(compiled.card.to_json())
+    tmp.replace(cached)
+    return compiled, tok
 
 
 def load_models(specs: list[str], approx: str = "auto") -> dict[str, ServedModel]:
@@ -57,8 +134,18 @@ def load_models(specs: list[str], approx: str = "auto") -> dict[str, ServedModel
         name, path = resolve(spec)
         if name in out:
             raise ValueError(f"two models are named {name!r}; use NAME=DIR to tell them apart")
-        log.info("compiling %s from %s (approximations: %s)", name, path, approx)
-        compiled, _ = compile_model(path, approx=approx, name=name)
+        compiled: CompiledModel | CompiledDecoder
+        if is_decoder_dir(path):
+            if approx == "comet":
+                raise ValueError(
+                    f"model {name!r} is a decoder: it runs the reference set only "
+                    "(--approx auto or reference)"
+                )
+            log.info("compiling decoder %s from %s (reference set)", name, path)
+            compiled, _ = compile_decoder_cached(path, name)
+        else:
+            log.info("compiling %s from %s (approximations: %s)", name, path, approx)
+            compiled, _ = compile_model(path, approx=approx, name=name)
         files = {f: (path / f).read_bytes() for f in TOKENIZER_FILES if (path / f).is_file()}
         if not files:
             raise FileNotFoundError(f"model {name!r}: no tokenizer files in {path}")

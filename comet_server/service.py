@@ -28,6 +28,7 @@ from common.he.executor import HeExecutor
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import SERVER
 from common.protocol.card import ModelCard
+from common.protocol.generate import check_generate, generate_party
 from common.protocol.prepared import (
     PreparedError,
     PreparedStore,
@@ -78,6 +79,7 @@ class Limits:
     handshake_timeout: float = 30.0  # for Hello, Start and the final Goodbye
     max_tokens: int | None = None  # batch × seq_len; None: `default_max_tokens`
     outputs: str = "auto"  # auto: logits for a classifier, hidden for a bare encoder
+    max_new_tokens: int = 64  # decoders: the most tokens one generation session produces
 
 
 def token_bytes(card: ModelCard) -> int:
@@ -228,11 +230,12 @@ class CometService(pb_grpc.CometServicer):
                 pb.ModelInfo(
                     name=m.name,
                     approx=m.compiled.card.approx.kind,
-                    head=a.head,
+                    head="lm" if m.is_decoder else a.head,
                     layers=a.layers,
                     hidden=a.hidden,
-                    max_positions=a.max_positions,
+                    max_positions=a.max_context if m.is_decoder else a.max_positions,
                     card_digest=m.compiled.card.digest(),
+                    kind="decoder" if m.is_decoder else "encoder",
                 )
             )
         return pb.ListModelsResponse(protocol_version=PROTOCOL_VERSION, models=infos)
@@ -394,10 +397,14 @@ class CometService(pb_grpc.CometServicer):
                     max_tokens=lim.max_tokens or 0,
                     keeps_prepared=self.prepared is not None,
                     prepared_store=self.store_id,
+                    max_new_tokens=lim.max_new_tokens if model.is_decoder else 0,
                 )
             )
         )
         start = _expect(inbox, pb.Start, lim.handshake_timeout)
+        if model.is_decoder or start.HasField("generate"):
+            self._generate(sid, peer, model, start, inbox, send)
+            return
         output = resolve_output(card, start.output or "auto")
         allowed = allowed_outputs(card, lim.outputs)
         if output not in allowed:
@@ -468,6 +475,86 @@ class CometService(pb_grpc.CometServicer):
         log.info(
             "session %s: sent %d B, received %d B (payload)", sid, ch.payload_sent,
             ch.payload_received,
+        )  # fmt: skip
+
+    def _generate(
+        self, sid: str, peer: str, model: ServedModel, start: pb.Start, inbox: Inbox,
+        send: Callable,
+    ) -> None:  # fmt: skip
+        """The server's side of one generation session (common.protocol.generate):
+        prefill, then one step per token until the client's flag says stop, never more
+        than the `max_new_tokens` agreed in Start (≤ `Limits.max_new_tokens`)."""
+        lim, name = self.limits, model.name
+        if not model.is_decoder:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {name!r} is not a decoder: it cannot generate (use `comet-client "
+                "classify`); decoders here: "
+                + (", ".join(m.name for m in self.models.values() if m.is_decoder) or "none"),
+            )
+        if not start.HasField("generate"):
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {name!r} is a decoder: it serves generation sessions only "
+                "(use `comet-client generate`)",
+            )
+        card = model.compiled.card
+        g = start.generate
+        assert lim.max_tokens is not None
+        if g.prompt_len > lim.max_tokens:
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a prompt of {g.prompt_len} tokens exceeds this server's limit of "
+                f"{lim.max_tokens} tokens per session",
+            )
+        if g.max_new_tokens > lim.max_new_tokens:
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{g.max_new_tokens} new tokens exceeds this server's limit of "
+                f"{lim.max_new_tokens} per session",
+            )
+        check_generate(card, g.prompt_len, g.max_new_tokens)  # type: ignore[arg-type]
+        # Every step processes ≤ 1 new position (the prefill: the prompt): the same
+        # per-token·layer budget as a classification session of that many tokens.
+        positions = g.prompt_len + g.max_new_tokens
+        budget = (
+            lim.session_timeout
+            + 2 * lim.handshake_timeout
+            + positions * card.arch.layers * TOKEN_LAYER_SECONDS * lim.max_sessions
+        )
+        deadline = time.monotonic() + budget
+
+        def check() -> None:
+            if self.stopping.is_set():
+                raise ShuttingDown("the server is shutting down")
+            if time.monotonic() > deadline:
+                raise SessionDeadline(f"session closed: it ran past its deadline of {budget:.0f} s")
+
+        log.info(
+            "session %s (%s): model %s, generation: prompt of %d tokens, ≤ %d new",
+            sid, peer, name, g.prompt_len, g.max_new_tokens,
+        )  # fmt: skip
+        ch = StreamChannel(
+            SERVER,
+            inbox,
+            lambda f: send(pb.ServerMessage(frame=f)),
+            timeout=lim.session_timeout,
+            chunk_bytes=lim.chunk_bytes,
+            max_frame_bytes=lim.max_frame_bytes,
+            check=check,
+        )
+        res = generate_party(
+            ch,
+            card,  # type: ignore[arg-type]
+            make_provider(self.provider, executor=self.executor),
+            g.prompt_len,
+            g.max_new_tokens,
+            weights=model.compiled.weights,
+        )
+        _expect(inbox, pb.Goodbye, lim.handshake_timeout)
+        log.info(
+            "session %s: generated %d tokens; sent %d B, received %d B (payload)", sid,
+            len(res.costs), ch.payload_sent, ch.payload_received,
         )  # fmt: skip
 
     # -- prepared offline phases ----------------------------------------------------------

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/comet.proto\x12\x08\x63omet.v1\"E\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\"\x88\x02\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tcard_json\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61rd_digest\x18\x04 \x01(\t\x12*\n\ttokenizer\x18\x05 \x03(\x0b\x32\x17.comet.v1.TokenizerFile\x12\x11\n\tmax_batch\x18\x06 \x01(\r\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x17\n\x0fmax_frame_bytes\x18\x08 \x01(\x04\x12\x12\n\nmax_tokens\x18\n \x01(\x04\x12\x16\n\x0ekeeps_prepared\x18\x0b \x01(\x08\x12\x16\n\x0eprepared_store\x18\x0c \x01(\t\"+\n\rTokenizerFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x8b\x01\n\x05Start\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\r\x12\x0f\n\x07seq_len\x18\x02 \x01(\r\x12\x16\n\x0e\x61ttention_mask\x18\x03 \x01(\x0c\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\x13\n\x0bprepared_id\x18\n \x01(\t\x12\x0f\n\x07prepare\x18\x0b \x01(\x08\x12\x14\n\x0chide_lengths\x18\x0c \x01(\x08\"R\n\x0ePreparedAnswer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x01\"\x9c\x01\n\x05\x46rame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\r\n\x05\x63lock\x18\x03 \x01(\x04\x12\x13\n\x0bscope_clock\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04more\x18\x06 \x01(\x08\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\r\n\x05shape\x18\x08 \x03(\x04\x12\r\n\x05\x64type\x18\t \x01(\t\x12\r\n\x05label\x18\n \x01(\t\"\t\n\x07Goodbye\"\xa3\x01\n\rClientMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.comet.v1.HelloH\x00\x12 \n\x05start\x18\x02 \x01(\x0b\x32\x0f.comet.v1.StartH\x00\x12 \n\x05\x66rame\x18\x03 \x01(\x0b\x32\x0f.comet.v1.FrameH\x00\x12$\n\x07goodbye\x18\x04 \x01(\x0b\x32\x11.comet.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\x8d\x01\n\rServerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.comet.v1.WelcomeH\x00\x12 \n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.comet.v1.FrameH\x00\x12,\n\x08prepared\x18\n \x01(\x0b\x32\x18.comet.v1.PreparedAnswerH\x00\x42\x06\n\x04kind\"\x13\n\x11ListModelsRequest\"\x83\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61pprox\x18\x02 \x01(\t\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x01(\r\x12\x0e\n\x06hidden\x18\x05 \x01(\r\x12\x15\n\rmax_positions\x18\x06 \x01(\r\x12\x13\n\x0b\x63\x61rd_digest\x18\x07 \x01(\t\"S\n\x12ListModelsResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12#\n\x06models\x18\x02 \x03(\x0b\x32\x13.comet.v1.ModelInfo2\x91\x01\n\x05\x43omet\x12?\n\x07Session\x12\x17.comet.v1.ClientMessage\x1a\x17.comet.v1.ServerMessage(\x01\x30\x01\x12G\n\nListModels\x12\x1b.comet.v1.ListModelsRequest\x1a\x1c.comet.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/comet.proto\x12\x08\x63omet.v1\"E\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\"\xa0\x02\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tcard_json\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61rd_digest\x18\x04 \x01(\t\x12*\n\ttokenizer\x18\x05 \x03(\x0b\x32\x17.comet.v1.TokenizerFile\x12\x11\n\tmax_batch\x18\x06 \x01(\r\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x17\n\x0fmax_frame_bytes\x18\x08 \x01(\x04\x12\x12\n\nmax_tokens\x18\n \x01(\x04\x12\x16\n\x0ekeeps_prepared\x18\x0b \x01(\x08\x12\x16\n\x0eprepared_store\x18\x0c \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x14 \x01(\r\"+\n\rTokenizerFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xb6\x01\n\x05Start\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\r\x12\x0f\n\x07seq_len\x18\x02 \x01(\r\x12\x16\n\x0e\x61ttention_mask\x18\x03 \x01(\x0c\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\x13\n\x0bprepared_id\x18\n \x01(\t\x12\x0f\n\x07prepare\x18\x0b \x01(\x08\x12\x14\n\x0chide_lengths\x18\x0c \x01(\x08\x12)\n\x08generate\x18\x14 \x01(\x0b\x32\x17.comet.v1.GenerateStart\"R\n\x0ePreparedAnswer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nexpires_in\x18\x04 \x01(\x01\";\n\rGenerateStart\x12\x12\n\nprompt_len\x18\x01 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\"\x9c\x01\n\x05\x46rame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\r\n\x05\x63lock\x18\x03 \x01(\x04\x12\x13\n\x0bscope_clock\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04more\x18\x06 \x01(\x08\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\r\n\x05shape\x18\x08 \x03(\x04\x12\r\n\x05\x64type\x18\t \x01(\t\x12\r\n\x05label\x18\n \x01(\t\"\t\n\x07Goodbye\"\xa3\x01\n\rClientMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.comet.v1.HelloH\x00\x12 \n\x05start\x18\x02 \x01(\x0b\x32\x0f.comet.v1.StartH\x00\x12 \n\x05\x66rame\x18\x03 \x01(\x0b\x32\x0f.comet.v1.FrameH\x00\x12$\n\x07goodbye\x18\x04 \x01(\x0b\x32\x11.comet.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\x8d\x01\n\rServerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.comet.v1.WelcomeH\x00\x12 \n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.comet.v1.FrameH\x00\x12,\n\x08prepared\x18\n \x01(\x0b\x32\x18.comet.v1.PreparedAnswerH\x00\x42\x06\n\x04kind\"\x13\n\x11ListModelsRequest\"\x91\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61pprox\x18\x02 \x01(\t\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x01(\r\x12\x0e\n\x06hidden\x18\x05 \x01(\r\x12\x15\n\rmax_positions\x18\x06 \x01(\r\x12\x13\n\x0b\x63\x61rd_digest\x18\x07 \x01(\t\x12\x0c\n\x04kind\x18\x14 \x01(\t\"S\n\x12ListModelsResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12#\n\x06models\x18\x02 \x03(\x0b\x32\x13.comet.v1.ModelInfo2\x91\x01\n\x05\x43omet\x12?\n\x07Session\x12\x17.comet.v1.ClientMessage\x1a\x17.comet.v1.ServerMessage(\x01\x30\x01\x12G\n\nListModels\x12\x1b.comet.v1.ListModelsRequest\x1a\x1c.comet.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=31
   _globals['_HELLO']._serialized_end=100
   _globals['_WELCOME']._serialized_start=103
-  _globals['_WELCOME']._serialized_end=367
-  _globals['_TOKENIZERFILE']._serialized_start=369
-  _globals['_TOKENIZERFILE']._serialized_end=412
-  _globals['_START']._serialized_start=415
-  _globals['_START']._serialized_end=554
-  _globals['_PREPAREDANSWER']._serialized_start=556
-  _globals['_PREPAREDANSWER']._serialized_end=638
-  _globals['_FRAME']._serialized_start=641
-  _globals['_FRAME']._serialized_end=797
-  _globals['_GOODBYE']._serialized_start=799
-  _globals['_GOODBYE']._serialized_end=808
-  _globals['_CLIENTMESSAGE']._serialized_start=811
-  _globals['_CLIENTMESSAGE']._serialized_end=974
-  _globals['_SERVERMESSAGE']._serialized_start=977
-  _globals['_SERVERMESSAGE']._serialized_end=1118
-  _globals['_LISTMODELSREQUEST']._serialized_start=1120
-  _globals['_LISTMODELSREQUEST']._serialized_end=1139
-  _globals['_MODELINFO']._serialized_start=1142
-  _globals['_MODELINFO']._serialized_end=1273
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1275
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1358
-  _globals['_COMET']._serialized_start=1361
-  _globals['_COMET']._serialized_end=1506
+  _globals['_WELCOME']._serialized_end=391
+  _globals['_TOKENIZERFILE']._serialized_start=393
+  _globals['_TOKENIZERFILE']._serialized_end=436
+  _globals['_START']._serialized_start=439
+  _globals['_START']._serialized_end=621
+  _globals['_PREPAREDANSWER']._serialized_start=623
+  _globals['_PREPAREDANSWER']._serialized_end=705
+  _globals['_GENERATESTART']._serialized_start=707
+  _globals['_GENERATESTART']._serialized_end=766
+  _globals['_FRAME']._serialized_start=769
+  _globals['_FRAME']._serialized_end=925
+  _globals['_GOODBYE']._serialized_start=927
+  _globals['_GOODBYE']._serialized_end=936
+  _globals['_CLIENTMESSAGE']._serialized_start=939
+  _globals['_CLIENTMESSAGE']._serialized_end=1102
+  _globals['_SERVERMESSAGE']._serialized_start=1105
+  _globals['_SERVERMESSAGE']._serialized_end=1246
+  _globals['_LISTMODELSREQUEST']._serialized_start=1248
+  _globals['_LISTMODELSREQUEST']._serialized_end=1267
+  _globals['_MODELINFO']._serialized_start=1270
+  _globals['_MODELINFO']._serialized_end=1415
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1417
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1500
+  _globals['_COMET']._serialized_start=1503
+  _globals['_COMET']._serialized_end=1648
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., client_name: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "model", "card_json", "card_digest", "tokenizer", "max_batch", "provider", "max_frame_bytes", "max_tokens", "keeps_prepared", "prepared_store")
+    __slots__ = ("protocol_version", "model", "card_json", "card_digest", "tokenizer", "max_batch", "provider", "max_frame_bytes", "max_tokens", "keeps_prepared", "prepared_store", "max_new_tokens")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Welcome(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KEEPS_PREPARED_FIELD_NUMBER: _ClassVar[int]
     PREPARED_STORE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     model: str
     card_json: str
@@ -40,7 +41,8 @@ class Welcome(_message.Message):
     max_tokens: int
     keeps_prepared: bool
     prepared_store: str
-    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., card_json: _Optional[str] = ..., card_digest: _Optional[str] = ..., tokenizer: _Optional[_Iterable[_Union[TokenizerFile, _Mapping]]] = ..., max_batch: _Optional[int] = ..., provider: _Optional[str] = ..., max_frame_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., keeps_prepared: _Optional[bool] = ..., prepared_store: _Optional[str] = ...) -> None: ...
+    max_new_tokens: int
+    def __init__(self, protocol_version: _Optional[int] = ..., model: _Optional[str] = ..., card_json: _Optional[str] = ..., card_digest: _Optional[str] = ..., tokenizer: _Optional[_Iterable[_Union[TokenizerFile, _Mapping]]] = ..., max_batch: _Optional[int] = ..., provider: _Optional[str] = ..., max_frame_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., keeps_prepared: _Optional[bool] = ..., prepared_store: _Optional[str] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class TokenizerFile(_message.Message):
     __slots__ = ("name", "data")
@@ -51,7 +53,7 @@ class TokenizerFile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Start(_message.Message):
-    __slots__ = ("batch", "seq_len", "attention_mask", "output", "prepared_id", "prepare", "hide_lengths")
+    __slots__ = ("batch", "seq_len", "attention_mask", "output", "prepared_id", "prepare", "hide_lengths", "generate")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +61,7 @@ class Start(_message.Message):
     PREPARED_ID_FIELD_NUMBER: _ClassVar[int]
     PREPARE_FIELD_NUMBER: _ClassVar[int]
     HIDE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
     batch: int
     seq_len: int
     attention_mask: bytes
@@ -66,7 +69,8 @@ class Start(_message.Message):
     prepared_id: str
     prepare: bool
     hide_lengths: bool
-    def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., attention_mask: _Optional[bytes] = ..., output: _Optional[str] = ..., prepared_id: _Optional[str] = ..., prepare: _Optional[bool] = ..., hide_lengths: _Optional[bool] = ...) -> None: ...
+    generate: GenerateStart
+    def __init__(self, batch: _Optional[int] = ..., seq_len: _Optional[int] = ..., attention_mask: _Optional[bytes] = ..., output: _Optional[str] = ..., prepared_id: _Optional[str] = ..., prepare: _Optional[bool] = ..., hide_lengths: _Optional[bool] = ..., generate: _Optional[_Union[GenerateStart, _Mapping]] = ...) -> None: ...
 
 class PreparedAnswer(_message.Message):
     __slots__ = ("id", "accepted", "reason", "expires_in")
@@ -79,6 +83,14 @@ class PreparedAnswer(_message.Message):
     reason: str
     expires_in: float
     def __init__(self, id: _Optional[str] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., expires_in: _Optional[float] = ...) -> None: ...
+
+class GenerateStart(_message.Message):
+    __slots__ = ("prompt_len", "max_new_tokens")
+    PROMPT_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_len: int
+    max_new_tokens: int
+    def __init__(self, prompt_len: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("seq", "tag", "clock", "scope_clock", "data", "more", "kind", "shape", "dtype", "label")
@@ -135,7 +147,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "approx", "head", "layers", "hidden", "max_positions", "card_digest")
+    __slots__ = ("name", "approx", "head", "layers", "hidden", "max_positions", "card_digest", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     APPROX_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +155,7 @@ class ModelInfo(_message.Message):
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     MAX_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     CARD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     approx: str
     head: str
@@ -150,7 +163,8 @@ class ModelInfo(_message.Message):
     hidden: int
     max_positions: int
     card_digest: str
-    def __init__(self, name: _Optional[str] = ..., approx: _Optional[str] = ..., head: _Optional[str] = ..., layers: _Optional[int] = ..., hidden: _Optional[int] = ..., max_positions: _Optional[int] = ..., card_digest: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., approx: _Optional[str] = ..., head: _Optional[str] = ..., layers: _Optional[int] = ..., hidden: _Optional[int] = ..., max_positions: _Optional[int] = ..., card_digest: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("protocol_version", "models")

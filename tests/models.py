@@ -66,3 +66,27 @@ def tiny_causal_lm(family: str, seed: int = 0, layers: int = 2):
         initializer_range=0.2, bos_token_id=None, eos_token_id=None,
     )  # fmt: skip
     return GPT2LMHeadModel(cfg).eval(), cfg
+
+
+CHARS = [chr(c) for c in range(32, 126)]  # 94 printable characters: ids 2 … 95
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer of 96 ids (0 <unk>, 1 <eos>, then ' ' … '}'),
+    built here (no download): the tiny causal LMs' vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>")
+
+
+def tiny_causal_lm_dir(path: Path, family: str = "llama", seed: int = 0, layers: int = 2) -> Path:
+    """`tiny_causal_lm` saved at `path` with `char_tokenizer` (a servable checkpoint)."""
+    model, _ = tiny_causal_lm(family, seed, layers)
+    model.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path

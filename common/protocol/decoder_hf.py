@@ -240,27 +240,29 @@ def compile_decoder(
     return CompiledDecoder(card, weights)
 
 
-def compile_decoder_dir(
-    model_dir: str | Path,
-    calibration_texts: Sequence[str] | None = None,
-    name: str | None = None,
-    max_context: int = DEFAULT_MAX_CONTEXT,
-) -> tuple[CompiledDecoder, Any]:
-    """Load a local causal-LM checkpoint directory (never the network), convert and
-    calibrate it on sample texts (as plain prompts and, if the tokenizer has a chat
-    template, as chat prompts). Returns (compiled model, tokenizer)."""
+def load_causal_lm(model_dir: str | Path) -> tuple[Any, Any, Any]:
+    """Load (model, config, tokenizer) of a local causal-LM checkpoint directory (never
+    the network); the model in float32, eval mode."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from common.protocol.calibration_texts import default_calibration_texts
-
     path = Path(model_dir)
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    texts = list(calibration_texts or default_calibration_texts())
+    return model.eval(), config, tok
+
+
+def calibration_prompts(
+    tok: Any, texts: Sequence[str] | None = None, max_context: int = DEFAULT_MAX_CONTEXT
+) -> list[list[int]]:
+    """Token ids of sample texts as plain prompts and, if the tokenizer has a chat
+    template, the first half of them as chat prompts too."""
+    from common.protocol.calibration_texts import default_calibration_texts
+
+    texts = list(texts or default_calibration_texts())
     prompts = [tok(t)["input_ids"][: max_context // 2] for t in texts]
     if getattr(tok, "chat_template", None):
         for t in texts[: len(texts) // 2]:
@@ -269,5 +271,20 @@ def compile_decoder_dir(
             if not isinstance(ids, list):
                 ids = ids["input_ids"]
             prompts.append(list(ids)[: max_context // 2])
-    compiled = compile_decoder(model.eval(), config, prompts, name or path.name, max_context)
+    return prompts
+
+
+def compile_decoder_dir(
+    model_dir: str | Path,
+    calibration_texts: Sequence[str] | None = None,
+    name: str | None = None,
+    max_context: int = DEFAULT_MAX_CONTEXT,
+) -> tuple[CompiledDecoder, Any]:
+    """Load a local causal-LM checkpoint directory (never the network), convert and
+    calibrate it on sample texts (`calibration_prompts`). Returns (compiled model,
+    tokenizer). Cost: one plaintext prefill per prompt (≈ 7 min for SmolLM2-135M)."""
+    path = Path(model_dir)
+    model, config, tok = load_causal_lm(path)
+    prompts = calibration_prompts(tok, calibration_texts, max_context)
+    compiled = compile_decoder(model, config, prompts, name or path.name, max_context)
     return compiled, tok

@@ -30,7 +30,8 @@ from common.mpc.roles import CLIENT, SERVER
 from common.prg import SecureRng
 from common.protocol.decoder import KvCache, Weights, decoder_forward
 from common.protocol.decoder_card import CompiledDecoder, DecoderCard
-from common.transport import Channel, run_local
+from common.protocol.session import InvalidInput
+from common.transport import Channel, ProtocolMismatch, run_local
 from common.transport.meter import Counts, Label
 
 
@@ -176,6 +177,28 @@ class DecoderSession:
         return None if logits is None else logits[0]
 
 
+def check_generate(
+    card: DecoderCard, prompt_len: int, max_new_tokens: int, limit: int | None = None
+) -> None:
+    """Validate a generation's public parameters for `card` (and a server's token
+    `limit`); raises `InvalidInput` naming the bound that was crossed. Run by the client
+    before it starts and by the server on receipt."""
+    a = card.arch
+    if prompt_len < 1:
+        raise InvalidInput("empty prompt: at least one token is needed")
+    if max_new_tokens < 1:
+        raise InvalidInput("at least one new token must be asked for")
+    if limit is not None and max_new_tokens > limit:
+        raise InvalidInput(
+            f"{max_new_tokens} new tokens exceeds this server's limit of {limit} per session"
+        )
+    if prompt_len + max_new_tokens - 1 > a.max_context:
+        raise InvalidInput(
+            f"prompt of {prompt_len} + {max_new_tokens} new tokens exceeds the context of "
+            f"model {card.name!r} ({a.max_context} tokens)"
+        )
+
+
 def generate_party(
     ch: Channel,
     card: DecoderCard,
@@ -193,20 +216,15 @@ def generate_party(
 
     Public to both: the card, `prompt_len`, `max_new_tokens`, and — one flag per
     token — whether the client continues (it stops at an end-of-sequence token of the
-    card or at the limit). The server passes `weights`, the client `prompt_ids` and
+    card or at the limit; the server ends the session with `ProtocolMismatch` if asked
+    for more than `max_new_tokens`). The server passes `weights`, the client `prompt_ids` and
     `sampling` (and `on_token`, called with each id as soon as it is picked).
     Cost: one prefill of prompt_len positions, then per token one step over the cache
     (docs/BENCHMARKS.md, "Generation"); per call an offline phase for that call only.
     """
     client = ch.party == CLIENT
     a = card.arch
-    if prompt_len < 1 or max_new_tokens < 1:
-        raise ValueError("a prompt of at least one token and at least one new token are needed")
-    if prompt_len + max_new_tokens - 1 > a.max_context:
-        raise ValueError(
-            f"prompt of {prompt_len} + {max_new_tokens} new tokens exceeds the model's context "
-            f"of {a.max_context}"
-        )
+    check_generate(card, prompt_len, max_new_tokens)
     if client:
         if prompt_ids is None or len(prompt_ids) != prompt_len:
             raise ValueError(f"the client needs its {prompt_len} prompt token ids")
@@ -237,8 +255,13 @@ def generate_party(
             with ch.scope(phase="online", layer="control", op="control"):
                 flag = int(ch.recv_array("gen.more", (1,), np.uint8)[0])
             if flag not in (0, 1):
-                raise ValueError("malformed continue flag")
+                raise ProtocolMismatch("malformed continue flag")
             more = bool(flag)
+            if more and len(sess.costs) >= max_new_tokens:
+                # The server bounds the steps whatever the client asks for.
+                raise ProtocolMismatch(
+                    f"the client asked for more than the {max_new_tokens} tokens agreed"
+                )
         if not more:
             break
         if kv_cache:
