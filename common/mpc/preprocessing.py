@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
+from common.he.packing import choose_blocking
 from common.mpc.correlations import (
     Bind,
     GroupSpec,
@@ -195,29 +196,67 @@ class HeProvider:
         binds: tuple[Bind | None, Bind | None],
         outputs: Mapping[str, Ring],
     ) -> tuple[Ring, Ring, Ring]:
+        """A batch of matrix triples C = A·B (A: …×m×k, B: …×k×n), each party's cross
+        terms by HE. Small matrices (one head's attention) would each fill whole
+        ciphertexts, so `g` of them (chosen by `matmul_group_size`) are stacked into one
+        (g·m)×k by k×(g·n) product whose diagonal blocks are the g wanted products; the
+        off-diagonal blocks are masked and flooded like every returned coefficient and
+        dropped. Rounds: 4 per group of g matrices."""
         *batch, m, k, n = shape
         rng, he = self.rng, self.he
+        assert he is not None
         client = ch.party == CLIENT
         a = _mask_share(rng, (*batch, m, k), binds[0], outputs, client)
         b = _mask_share(rng, (*batch, k, n), binds[1], outputs, client)
-        c = np.empty((*batch, m, n), U64)
-        for idx in np.ndindex(*batch):
-            ai, bi = a[idx], b[idx]
-            # cross terms a_c·b_s and (b_c^T·a_s^T)^T, the client's matrix always on the left
-            s1 = he_matmul(
-                ch, he, ai if client else bi.view(np.int64), (m, k, n), 63, rng, self.executor
+        count = int(np.prod(batch, dtype=np.int64)) if batch else 1
+        af, bf = a.reshape(count, m, k), b.reshape(count, k, n)
+        c = np.empty((count, m, n), U64)
+        g = matmul_group_size(count, m, k, n, he)
+        for grp in np.array_split(np.arange(count), -(-count // g)):
+            h = len(grp)
+            ag, bg = af[grp], bf[grp]
+            if client:  # the client's matrices on the left, stacked by rows
+                lhs1 = ag.reshape(h * m, k)
+                lhs2 = bg.transpose(0, 2, 1).reshape(h * n, k)
+            else:  # the server's on the right, stacked by columns
+                lhs1 = bg.transpose(1, 0, 2).reshape(k, h * n).view(np.int64)
+                lhs2 = ag.transpose(2, 0, 1).reshape(k, h * m).view(np.int64)
+            # cross terms a_c·b_s and (b_c^T·a_s^T)^T of every matrix in the group
+            s1 = he_matmul(ch, he, lhs1, (h * m, k, h * n), 63, rng, self.executor)
+            s2 = he_matmul(ch, he, lhs2, (h * n, k, h * m), 63, rng, self.executor)
+            for t, idx in enumerate(grp):
+                d1 = s1[t * m : (t + 1) * m, t * n : (t + 1) * n]
+                d2 = s2[t * n : (t + 1) * n, t * m : (t + 1) * m]
+                c[idx] = ring_matmul(af[idx], bf[idx]) + d1 + d2.T
+        return a, b, c.reshape(*batch, m, n)
+
+
+def matmul_group_size(count: int, m: int, k: int, n: int, he: CrtBfvClient | CrtBfvServer) -> int:
+    """How many of `count` independent m×k·k×n products share one stacked HE product:
+    the g that minimises the bytes of both cross terms (uploads + returns, from the
+    coefficient packing's block choice), then their ct×pt products. Public: both parties
+    compute it from the shapes and the HE parameters."""
+    params = he.params
+    N = params.slots
+    up_b = N * (len(params.coeff_bits) - 1) * 8
+    down_b = he.return_size()
+    best: tuple[tuple[int, int], int] | None = None
+    for g in range(1, count + 1):
+        nbytes = products = 0
+        for size in {len(x) for x in np.array_split(np.arange(count), -(-count // g))}:
+            groups = sum(
+                1 for x in np.array_split(np.arange(count), -(-count // g)) if len(x) == size
             )
-            s2 = he_matmul(
-                ch,
-                he,
-                bi.T.copy() if client else ai.T.copy().view(np.int64),
-                (n, k, m),
-                63,
-                rng,
-                self.executor,
-            )
-            c[idx] = ring_matmul(ai, bi) + s1 + s2.T
-        return a, b, c
+            for blk in (
+                choose_blocking(size * m, k, size * n, N, up_b, down_b),
+                choose_blocking(size * n, k, size * m, N, up_b, down_b),
+            ):
+                nbytes += groups * (blk.uploads * up_b + blk.returns * down_b)
+                products += groups * blk.products
+        if best is None or (nbytes, products) < best[0]:
+            best = ((nbytes, products), g)
+    assert best is not None
+    return best[1]
 
 
 class InsecureDealer:

@@ -131,6 +131,22 @@ def test_matrix_triple_and_linear_mask_exact():
     assert np.array_equal(l0.share + l1.share, ring_matmul_public(l1.r, w))
 
 
+def test_stacked_matrix_triples_exact():
+    """Small matrices (one attention head each, batch × heads of them) share stacked HE
+    products; every triple of the batch stays exact and the blocks do not mix."""
+    from common.he.crt_bfv import CrtBfvClient, CrtBfvParams
+    from common.mpc.preprocessing import matmul_group_size
+
+    shape = (2, 12, 10, 32, 10)  # batch 2 × 12 heads of (10×32)·(32×10): QKᵀ of 10 tokens
+    assert matmul_group_size(24, 10, 32, 10, CrtBfvClient(CrtBfvParams())) > 1
+    (p0, _), (p1, _) = _gen(Plan(matmuls=[shape]), {})
+    A0, B0, C0 = p0.matmul_triple(shape)
+    A1, B1, C1 = p1.matmul_triple(shape)
+    A, B = A0 + A1, B0 + B1
+    for idx in np.ndindex(2, 12):
+        assert np.array_equal(C0[idx] + C1[idx], ring_matmul(A[idx], B[idx]))
+
+
 def test_weights_beyond_public_bound_rejected():
     w = np.full((4, 4), 2**40)
     with pytest.raises(ValueError, match="bound"):
