@@ -118,8 +118,11 @@ def main() -> None:
     "--buckets",
     default="16,32,64,128,256,512",
     show_default=True,
-    help="Pad each batch to the smallest of these lengths that holds it (so prepared "
-    "sets fit many texts); 'none': to its longest text.",
+    help="With --hide-lengths: pad each batch that has no prepared set to the smallest "
+    "of these lengths that holds it (the server learns only that length); 'none': to its "
+    "longest text. Without --hide-lengths token counts are public and such a batch runs "
+    "at its own length (the cheapest offline phase). A batch that uses a prepared set "
+    "pads to the set's length.",
 )
 @click.option(
     "--hide-lengths",

@@ -683,7 +683,11 @@ def infer_many(
         limit = card.arch.max_positions - card.arch.position_offset
         lengths = [len(r) for r in rows]
         sets = usable_sets(store, _owner(st, conn), st, kind, hide_lengths)
-        chunks = plan_chunks(lengths, w.max_batch, limit, sets, buckets, w.max_tokens)
+        # A batch with no fitting set runs at its own length, the cheapest offline phase:
+        # its token counts are public anyway. Only with hide_lengths does it pad to a
+        # bucket (the server then learns just the bucket).
+        inline_buckets = buckets if hide_lengths else ()
+        chunks = plan_chunks(lengths, w.max_batch, limit, sets, inline_buckets, w.max_tokens)
         n, L_all = len(texts), max(lengths)
         left = getattr(tok, "padding_side", "right") == "left"
         mask_all = np.zeros((n, L_all), dtype=np.int64)
