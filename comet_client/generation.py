@@ -33,6 +33,7 @@ from comet_client.session import (
     _describe,
     _ProgressMeter,
     _tokenizer,
+    preload_tokenizer_library,
 )
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import CLIENT
@@ -190,7 +191,7 @@ def generate(
     Cost: one prefill of the prompt, then one step per token over the shared cache
     (each with its own offline phase); see docs/BENCHMARKS.md, "Generation".
     """
-    import transformers  # noqa: F401  (before the handshake timer starts; see `infer`)
+    preload_tokenizer_library()  # before the handshake timer starts
 
     stream = _Stream(conn)
     stream.send(pb.ClientMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, model=model)))

@@ -169,8 +169,18 @@ def cost_report(meter: Meter) -> dict[str, Any]:
     return rep
 
 
+def preload_tokenizer_library() -> None:
+    """Import the tokenizer classes before a session opens: the server gives a client
+    --handshake-timeout between Hello and Start, and the import can take seconds (tens
+    on a loaded machine)."""
+    from transformers import PreTrainedTokenizerFast  # noqa: F401
+
+
 def _tokenizer(files: Sequence[pb.TokenizerFile]) -> Any:
-    from transformers import AutoTokenizer
+    """The server's (public) tokenizer files as a tokenizer. A `tokenizer.json` is loaded
+    by the generic fast tokenizer (the same ids as AutoTokenizer's class, without the
+    ~1.5 s import of every model's configuration); other files by AutoTokenizer."""
+    from transformers import PreTrainedTokenizerFast
 
     with tempfile.TemporaryDirectory(prefix="comet-tok-") as d:
         for f in files:
@@ -178,6 +188,10 @@ def _tokenizer(files: Sequence[pb.TokenizerFile]) -> Any:
             if name != f.name or name.startswith("."):
                 raise CometError(f"server sent a tokenizer file with a bad name: {f.name!r}")
             (Path(d) / name).write_bytes(f.data)
+        if (Path(d) / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(d, local_files_only=True)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(d, local_files_only=True)
 
 
@@ -457,10 +471,7 @@ def infer(
 
     `progress(phase, layer)` is called whenever the protocol enters a new layer.
     """
-    # Import the tokenizer library before the session opens: the server gives a client
-    # --handshake-timeout between Hello and Start, and this import alone can take tens
-    # of seconds on a loaded machine.
-    import transformers  # noqa: F401
+    preload_tokenizer_library()
 
     st = _Stream(conn, model, allow_insecure_dealer)
     try:
@@ -671,7 +682,7 @@ def infer_many(
     `progress(batch, batches, phase, layer)` is called whenever a batch's protocol
     enters a new layer.
     """
-    import transformers  # noqa: F401  (before the session opens: see `infer`)
+    preload_tokenizer_library()
 
     st: _Stream | None = _Stream(conn, model, allow_insecure_dealer)
     assert st is not None
@@ -761,7 +772,7 @@ def prepare(
 ) -> list[SetInfo]:
     """Run `count` offline phases for batch × length now (one session each); both
     parties store their halves. Returns the client's sets."""
-    import transformers  # noqa: F401
+    preload_tokenizer_library()
 
     made = []
     for i in range(count):

@@ -18,12 +18,12 @@ meaning (wrap-around for the integer kinds).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from common.mpc.correlations import Bind, GroupSpec
@@ -31,13 +31,17 @@ from common.mpc.engine import Mpc, OpenedGroup
 from common.mpc.ring import U64, public_const_extra_bits
 from common.mpc.roles import CLIENT, SERVER
 
+if TYPE_CHECKING:
+    import torch
+
 Value = Any  # numpy uint64 shares (SharedBackend) or a torch tensor (PlainBackend)
 
 
 def _writable(x: object) -> NDArray[np.float64]:
     """float64 array torch can wrap without a warning: read-only inputs (broadcast
     views, shared tables) are copied, writable ones are not."""
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.detach().to(torch.float64).numpy()
     return np.require(np.asarray(x, dtype=np.float64), requirements="W")
 
@@ -246,6 +250,8 @@ class PlainBackend:
         return self.frac_bits is not None
 
     def encode(self, x: NDArray | float | torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        import torch  # lazily: the client never loads it
+
         t = torch.as_tensor(_writable(x))
         if not self.fixed:
             return t
@@ -258,6 +264,8 @@ class PlainBackend:
         return (x.double() / 2.0**self.frac_bits).numpy()
 
     def _trunc(self, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        import torch  # lazily: the client never loads it
+
         if self.track_risk:
             risk = float(x.abs().sum(dtype=torch.float64)) * 2.0**-64
             self.truncation_risk += risk
@@ -278,6 +286,8 @@ class PlainBackend:
         return x + self.encode(c)
 
     def mul_public(self, x: Value, c: NDArray | float) -> Value:
+        import torch  # lazily: the client never loads it
+
         if not self.fixed:
             return x * torch.as_tensor(_writable(c))
         # Same encoding rule as Mpc.mul_public: small constants get extra bits.
@@ -322,6 +332,8 @@ class PlainBackend:
         return x.expand(*shape).contiguous()
 
     def concat(self, xs: list[Value], axis: int) -> Value:
+        import torch  # lazily: the client never loads it
+
         return torch.cat(xs, dim=axis)
 
     def linear(
@@ -344,6 +356,8 @@ class PlainBackend:
         out: int,
         table: NDArray | None,
     ) -> Value:
+        import torch  # lazily: the client never loads it
+
         if onehot is None or table is None:
             raise ValueError(f"plain back-end needs the one-hot rows and the table {key!r}")
         # The one-hot is an integer: the product is the table at its own scale.

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linprog
 
 NEAR_FACTOR = 2.0  # plans stay accurate on [lo/NEAR_FACTOR, hi·NEAR_FACTOR] …
 NEAR_TOL = 0.2  # … to this relative error (or 2× the target of a rough plan)
@@ -179,6 +178,8 @@ def _fit_start(a: float, b: float, degree: int) -> tuple[np.ndarray, float]:
     near = (xo >= a / NEAR_FACTOR) & (xo <= b * NEAR_FACTOR)
     floor = np.where(near, NEAR_FLOOR, 1 / 64)
     b_ub = np.concatenate([np.zeros(len(x)), -np.ones(len(x)), np.zeros(len(xo)), -floor])
+    from scipy.optimize import linprog  # lazily: only fitting needs it (not a client)
+
     res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=[(None, None)] * n + [(1.0, None)])
     if not res.success:
         raise ValueError(f"start polynomial fit failed on [{a}, {b}]: {res.message}")
