@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from comet_client.options import connection_options
 from comet_client.session import CometError, Connection, Result, infer_many
 from common.protocol.session import InvalidInput
 
@@ -103,15 +104,7 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--save-report", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--server-name", help="TLS: the name in the server's certificate, if not HOST.")
-@click.option("--insecure", is_flag=True, help="Allow a plaintext channel to a remote host.")
-@click.option(
-    "--allow-insecure-dealer",
-    is_flag=True,
-    help="TESTS ONLY: accept a server whose offline phase is the insecure dealer.",
-)
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0)
+@connection_options
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--truncate", is_flag=True, help="Cut texts longer than the model takes.")
 @click.option(

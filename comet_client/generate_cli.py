@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from comet_client.generation import Generation, generate
+from comet_client.options import connection_options
 from comet_client.session import CometError, Connection
 from common.protocol.generate import Sampling
 from common.protocol.session import InvalidInput
@@ -76,15 +78,7 @@ def generation_table(gen: Generation) -> Table:
 )
 @click.option("--seed", type=int, default=None, help="Reproducible draws (default: from the OS).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False))
-@click.option("--server-name", help="TLS: the name in the server's certificate, if not HOST.")
-@click.option("--insecure", is_flag=True, help="Allow a plaintext channel to a remote host.")
-@click.option(
-    "--allow-insecure-dealer",
-    is_flag=True,
-    help="TESTS ONLY: accept a server whose offline phase is the insecure dealer.",
-)
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0)
+@connection_options
 @click.option("--quiet", is_flag=True, help="No status lines on stderr.")
 def generate_command(
     prompt: str,
@@ -97,7 +91,7 @@ def generate_command(
     top_p: float,
     seed: int | None,
     as_json: bool,
-    tls_ca: str | None,
+    tls_ca: Path | None,
     server_name: str | None,
     insecure: bool,
     allow_insecure_dealer: bool,
@@ -107,10 +101,9 @@ def generate_command(
     """Continue PROMPT privately: the server never sees the prompt nor the generated
     tokens, this client never sees the weights. Revealed to the server: the prompt's
     length, the number of tokens generated, timing."""
-    from pathlib import Path
 
     err = Console(stderr=True)
-    conn = Connection(target, Path(tls_ca) if tls_ca else None, insecure, server_name)
+    conn = Connection(target, tls_ca, insecure, server_name)
     sampling = Sampling(temperature, top_k, top_p, seed)
     started = [False]
 

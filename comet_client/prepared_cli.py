@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from comet_client.options import connection_options
 from comet_client.session import CometError, Connection, Result, prepare
 from common.protocol.prepared import LENGTH_BUCKETS, PreparedError, PreparedStore, comet_home
 from common.protocol.session import InvalidInput
@@ -79,11 +80,7 @@ def batch_table(res: Result) -> Table:
 @click.option(
     "--output", type=click.Choice(["auto", "logits", "hidden"]), default="auto", show_default=True
 )
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--server-name", help="TLS: the name in the server's certificate, if not HOST.")
-@click.option("--insecure", is_flag=True, help="Allow a plaintext channel to a remote host.")
-@click.option("--allow-insecure-dealer", is_flag=True, help="TESTS ONLY (see classify).")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0)
+@connection_options
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--hide-lengths", is_flag=True, help="Sets for `classify --hide-lengths`.")
 def prepare_cmd(

@@ -428,32 +428,11 @@ class CometService(pb_grpc.CometServicer):
             np.frombuffer(start.attention_mask, dtype=np.uint8),
             lim.max_batch,
         )
-        budget = (
-            lim.session_timeout
-            + 2 * lim.handshake_timeout
-            + tokens * card.arch.layers * TOKEN_LAYER_SECONDS * lim.max_sessions
-        )
-        deadline = time.monotonic() + budget
-
-        def check() -> None:
-            if self.stopping.is_set():
-                raise ShuttingDown("the server is shutting down")
-            if time.monotonic() > deadline:
-                raise SessionDeadline(f"session closed: it ran past its deadline of {budget:.0f} s")
-
         log.info(
             "session %s (%s): model %s, batch %d × %d tokens, output %s",
             sid, peer, name, start.batch, start.seq_len, output,
         )  # fmt: skip
-        ch = StreamChannel(
-            SERVER,
-            inbox,
-            lambda f: send(pb.ServerMessage(frame=f)),
-            timeout=lim.session_timeout,
-            chunk_bytes=lim.chunk_bytes,
-            max_frame_bytes=lim.max_frame_bytes,
-            check=check,
-        )
+        ch = self._channel(inbox, send, tokens * card.arch.layers)
         run_card = card_for_output(card, output)
         shape = (start.batch, start.seq_len)
         if start.hide_lengths and not mask.all():
@@ -476,6 +455,34 @@ class CometService(pb_grpc.CometServicer):
             "session %s: sent %d B, received %d B (payload)", sid, ch.payload_sent,
             ch.payload_received,
         )  # fmt: skip
+
+    def _channel(self, inbox: Inbox, send: Callable, token_layers: int) -> StreamChannel:
+        """The session's protocol channel, ended by shutdown or by a total deadline of
+        the session timeout + two handshakes + `TOKEN_LAYER_SECONDS` per token·layer
+        (times the sessions that may share the machine)."""
+        lim = self.limits
+        budget = (
+            lim.session_timeout
+            + 2 * lim.handshake_timeout
+            + token_layers * TOKEN_LAYER_SECONDS * lim.max_sessions
+        )
+        deadline = time.monotonic() + budget
+
+        def check() -> None:
+            if self.stopping.is_set():
+                raise ShuttingDown("the server is shutting down")
+            if time.monotonic() > deadline:
+                raise SessionDeadline(f"session closed: it ran past its deadline of {budget:.0f} s")
+
+        return StreamChannel(
+            SERVER,
+            inbox,
+            lambda f: send(pb.ServerMessage(frame=f)),
+            timeout=lim.session_timeout,
+            chunk_bytes=lim.chunk_bytes,
+            max_frame_bytes=lim.max_frame_bytes,
+            check=check,
+        )
 
     def _generate(
         self, sid: str, peer: str, model: ServedModel, start: pb.Start, inbox: Inbox,
@@ -517,32 +524,11 @@ class CometService(pb_grpc.CometServicer):
         # Every step processes ≤ 1 new position (the prefill: the prompt): the same
         # per-token·layer budget as a classification session of that many tokens.
         positions = g.prompt_len + g.max_new_tokens
-        budget = (
-            lim.session_timeout
-            + 2 * lim.handshake_timeout
-            + positions * card.arch.layers * TOKEN_LAYER_SECONDS * lim.max_sessions
-        )
-        deadline = time.monotonic() + budget
-
-        def check() -> None:
-            if self.stopping.is_set():
-                raise ShuttingDown("the server is shutting down")
-            if time.monotonic() > deadline:
-                raise SessionDeadline(f"session closed: it ran past its deadline of {budget:.0f} s")
-
         log.info(
             "session %s (%s): model %s, generation: prompt of %d tokens, ≤ %d new",
             sid, peer, name, g.prompt_len, g.max_new_tokens,
         )  # fmt: skip
-        ch = StreamChannel(
-            SERVER,
-            inbox,
-            lambda f: send(pb.ServerMessage(frame=f)),
-            timeout=lim.session_timeout,
-            chunk_bytes=lim.chunk_bytes,
-            max_frame_bytes=lim.max_frame_bytes,
-            check=check,
-        )
+        ch = self._channel(inbox, send, positions * card.arch.layers)
         res = generate_party(
             ch,
             card,  # type: ignore[arg-type]
