@@ -243,10 +243,12 @@ def matmul_group_size(count: int, m: int, k: int, n: int, he: CrtBfvClient | Crt
     best: tuple[tuple[int, int], int] | None = None
     for g in range(1, count + 1):
         nbytes = products = 0
-        for size in {len(x) for x in np.array_split(np.arange(count), -(-count // g))}:
-            groups = sum(
-                1 for x in np.array_split(np.arange(count), -(-count // g)) if len(x) == size
-            )
+        # `count` split into ceil(count/g) near-equal groups (as `np.array_split` cuts)
+        calls = -(-count // g)
+        small, extra = divmod(count, calls)
+        for size, groups in ((small + 1, extra), (small, calls - extra)):
+            if not groups:
+                continue
             for blk in (
                 choose_blocking(size * m, k, size * n, N, up_b, down_b),
                 choose_blocking(size * n, k, size * m, N, up_b, down_b),
