@@ -15,10 +15,7 @@ classification path is unchanged).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +28,7 @@ from comet_client.session import (
     Connection,
     _code,
     _describe,
+    _Outbox,
     _ProgressMeter,
     _tokenizer,
     preload_tokenizer_library,
@@ -132,42 +130,9 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     return [int(t) for t in ids]
 
 
-class _Stream:
-    """The client's end of one `Session` stream (as in `infer`): a bounded outbox, a
-    send that keeps the reader accepting while the server does not read."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.channel = conn.channel()
-        self.outbox: queue.Queue = queue.Queue(maxsize=32)
-        self.closed = threading.Event()
-        self.relax: list = []
-
-    def requests(self):
-        while True:
-            item = self.outbox.get()
-            if item is None:
-                return
-            yield item
-
-    def send(self, msg: pb.ClientMessage) -> None:
-        try:
-            while not self.closed.is_set():
-                try:
-                    self.outbox.put(msg, timeout=0.25)
-                    return
-                except queue.Full:
-                    for inbox in self.relax:
-                        inbox.set_relaxed(True)
-        finally:
-            for inbox in self.relax:
-                inbox.set_relaxed(False)
-        raise PeerError("the session is closed")
-
-    def close(self) -> None:
-        self.closed.set()
-        with contextlib.suppress(queue.Full):
-            self.outbox.put_nowait(None)
-        self.channel.close()
+class _Stream(_Outbox):
+    """The client's end of one generation `Session` stream (its handshake is
+    `generate`'s own)."""
 
 
 def generate(

@@ -215,22 +215,19 @@ def tokenize(tokenizer: Any, texts: Sequence[str], card: ModelCard) -> ClientInp
     return ClientInput(ids, enc["attention_mask"].astype(np.int64))
 
 
-class _Stream:
-    """One open `Session` stream, from Hello to the server's Welcome (checked)."""
+class _Outbox:
+    """The client's sending end of one `Session` stream: a bounded outbox that gRPC
+    drains (`requests`), and a `send` that keeps this client's reader accepting while
+    the server does not read (see `Inbox`: no deadlock)."""
 
-    def __init__(self, conn: Connection, model: str, allow_insecure_dealer: bool) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.channel = conn.channel()
         self.outbox: queue.Queue = queue.Queue(maxsize=32)
         self.closed = threading.Event()
-        self.relax: list = []  # the inbox, once it exists (see `Inbox`: no deadlock)
+        self.relax: list = []  # the inbox, once it exists
         self.reader: StreamReader | None = None
-        try:
-            self._open(model, allow_insecure_dealer)
-        except BaseException:
-            self.close()
-            raise
 
-    def _requests(self):
+    def requests(self):
         while True:
             item = self.outbox.get()
             if item is None:
@@ -259,6 +256,24 @@ class _Stream:
                 inbox.set_relaxed(False)
         raise PeerError("the session is closed")
 
+    def close(self) -> None:
+        self.closed.set()
+        with contextlib.suppress(queue.Full):
+            self.outbox.put_nowait(None)
+        self.channel.close()
+
+
+class _Stream(_Outbox):
+    """One open `Session` stream, from Hello to the server's Welcome (checked)."""
+
+    def __init__(self, conn: Connection, model: str, allow_insecure_dealer: bool) -> None:
+        super().__init__(conn)
+        try:
+            self._open(model, allow_insecure_dealer)
+        except BaseException:
+            self.close()
+            raise
+
     def _next(self) -> pb.ServerMessage:
         try:
             return next(self.responses)
@@ -270,7 +285,7 @@ class _Stream:
     def _open(self, model: str, allow_insecure_dealer: bool) -> None:
         stub = pb_grpc.CometStub(self.channel)
         self.send(pb.ClientMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, model=model)))
-        self.responses = stub.Session(self._requests())
+        self.responses = stub.Session(self.requests())
         first = self._next()
         if first.WhichOneof("kind") != "welcome":
             raise CometError("protocol error: the server did not start with a welcome")
@@ -344,12 +359,6 @@ class _Stream:
         # Let the server read the Goodbye and close with OK before the channel goes.
         if self.reader is not None:
             self.reader.thread.join(timeout=10)
-
-    def close(self) -> None:
-        self.closed.set()
-        with contextlib.suppress(queue.Full):
-            self.outbox.put_nowait(None)
-        self.channel.close()
 
 
 def _with_table(card: ModelCard, inp: ClientInput) -> ClientInput:
