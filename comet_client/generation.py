@@ -31,6 +31,7 @@ from comet_client.session import (
     _Outbox,
     _ProgressMeter,
     _tokenizer,
+    check_welcome,
     preload_tokenizer_library,
 )
 from common.mpc.preprocessing import make_provider
@@ -168,19 +169,7 @@ def generate(
             raise CometError(_describe(e), e.code().name) from None
         except StopIteration:
             raise CometError("the server closed the session without a welcome") from None
-        if first.WhichOneof("kind") != "welcome":
-            raise CometError("protocol error: the server did not start with a welcome")
-        w = first.welcome
-        if w.protocol_version != PROTOCOL_VERSION:
-            raise CometError(
-                f"protocol version mismatch: the server speaks {w.protocol_version}, "
-                f"this client {PROTOCOL_VERSION}"
-            )
-        if w.provider != "he" and not allow_insecure_dealer:
-            raise CometError(
-                f"the server uses the {w.provider!r} offline phase, which is NOT secure; "
-                "refusing (pass --allow-insecure-dealer for tests)"
-            )
+        w = check_welcome(first, allow_insecure_dealer)
         try:
             kind = json.loads(w.card_json).get("kind")
         except ValueError:

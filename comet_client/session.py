@@ -215,6 +215,26 @@ def tokenize(tokenizer: Any, texts: Sequence[str], card: ModelCard) -> ClientInp
     return ClientInput(ids, enc["attention_mask"].astype(np.int64))
 
 
+def check_welcome(first: pb.ServerMessage, allow_insecure_dealer: bool) -> pb.Welcome:
+    """The server's first message must be a Welcome of this protocol version whose
+    offline phase is HE — the insecure dealer only when the user allowed it (tests)."""
+    if first.WhichOneof("kind") != "welcome":
+        raise CometError("protocol error: the server did not start with a welcome")
+    w = first.welcome
+    if w.protocol_version != PROTOCOL_VERSION:
+        raise CometError(
+            f"protocol version mismatch: the server speaks {w.protocol_version}, "
+            f"this client {PROTOCOL_VERSION}"
+        )
+    if w.provider != "he" and not allow_insecure_dealer:
+        raise CometError(
+            f"the server uses the {w.provider!r} offline phase, which is NOT secure; "
+            "refusing (pass --allow-insecure-dealer for tests)"
+        )
+
+    return w
+
+
 class _Outbox:
     """The client's sending end of one `Session` stream: a bounded outbox that gRPC
     drains (`requests`), and a `send` that keeps this client's reader accepting while
@@ -287,19 +307,7 @@ class _Stream(_Outbox):
         self.send(pb.ClientMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, model=model)))
         self.responses = stub.Session(self.requests())
         first = self._next()
-        if first.WhichOneof("kind") != "welcome":
-            raise CometError("protocol error: the server did not start with a welcome")
-        w = first.welcome
-        if w.protocol_version != PROTOCOL_VERSION:
-            raise CometError(
-                f"protocol version mismatch: the server speaks {w.protocol_version}, "
-                f"this client {PROTOCOL_VERSION}"
-            )
-        if w.provider != "he" and not allow_insecure_dealer:
-            raise CometError(
-                f"the server uses the {w.provider!r} offline phase, which is NOT secure; "
-                "refusing (pass --allow-insecure-dealer for tests)"
-            )
+        w = check_welcome(first, allow_insecure_dealer)
         try:
             if json.loads(w.card_json).get("kind") == "decoder":
                 raise CometError(
