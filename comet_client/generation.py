@@ -211,6 +211,7 @@ def generate(
             return getattr(msg, k) if k else None
 
         reader = StreamReader(responses, frame_of)
+        stream.reader = reader  # a send fails fast once the server's stream has ended
         stream.relax.append(reader.inbox)
         meter = _ProgressMeter(progress)
         ch = StreamChannel(

@@ -16,6 +16,13 @@ reveals nothing more than the ciphertext it replaces.
 
 Wire layout per ciphertext: c0 as N uint64 (bits 56..119), then c1 as N uint64
 (bits 48..111) and N uint8 (bits 112..119): 17·N bytes.
+
+Sparse returns: a coefficient-packed product (`common.he.packing`) is useful at only
+mb·nb of its N coefficients. Decrypting coefficient i needs c0[i] and all of c1, so the
+server may send c0 at those positions only (`keep`, public: both parties compute it
+from the shapes) and the client fills the rest with zeros, which decrypt to garbage it
+never reads: 9·N + 8·|keep| bytes. Sending a subset of a flooded ciphertext's
+coefficients reveals no more than the whole ciphertext.
 """
 
 from __future__ import annotations
@@ -33,9 +40,9 @@ K0, K1 = 56, 48  # low bits dropped from c0 and c1
 _M32 = U64(0xFFFFFFFF)
 
 
-def compact_bytes(degree: int) -> int:
-    """Bytes of one rounded ciphertext."""
-    return 17 * degree
+def compact_bytes(degree: int, kept: int | None = None) -> int:
+    """Bytes of one rounded ciphertext whose c0 is sent at `kept` positions (all: None)."""
+    return 9 * degree + 8 * (degree if kept is None else kept)
 
 
 def check_room(moduli: list[int], plain_modulus: int, degree: int, flood_bits: int) -> None:
@@ -86,29 +93,40 @@ def _round_shift(hi: NDArray, lo: NDArray, k: int) -> tuple[NDArray, NDArray]:
     return hi >> U64(k), (hi << U64(64 - k)) | (lo2 >> U64(k))
 
 
-def pack(data: NDArray[np.uint64], moduli: list[int]) -> bytes:
-    """(2, 2, N) RNS residues of (c0, c1) → the rounded wire form (17·N bytes)."""
+def pack(
+    data: NDArray[np.uint64], moduli: list[int], keep: NDArray[np.int64] | None = None
+) -> bytes:
+    """(2, 2, N) RNS residues of (c0, c1) → the rounded wire form (`compact_bytes`):
+    c0 at the coefficient positions `keep` only (None: all), c1 whole."""
     q0, q1 = moduli
-    hi0, lo0 = _round_shift(*_integers(data[0], q0, q1), K0)
+    c0 = data[0] if keep is None else data[0][:, keep]
+    hi0, lo0 = _round_shift(*_integers(c0, q0, q1), K0)
     hi1, lo1 = _round_shift(*_integers(data[1], q0, q1), K1)
     # c0: x < 2^120 and Q ≤ 2^120 − 2^64 keep round(x/2^56) below 2^64 (hi0 is 0)
     assert not hi0.any()
     return lo0.tobytes() + lo1.tobytes() + hi1.astype(np.uint8).tobytes()
 
 
-def unpack(raw: bytes, moduli: list[int], degree: int) -> NDArray[np.uint64]:
-    """The rounded wire form → (2, 2, N) RNS residues of (c0', c1') (multiples of 2^K)."""
-    if len(raw) != compact_bytes(degree):
-        raise ValueError(f"result ciphertext has {len(raw)} bytes, expected {17 * degree}")
+def unpack(
+    raw: bytes, moduli: list[int], degree: int, keep: NDArray[np.int64] | None = None
+) -> NDArray[np.uint64]:
+    """The rounded wire form → (2, 2, N) RNS residues of (c0', c1') (multiples of 2^K);
+    c0 is zero outside `keep` (the positions `pack` was given)."""
     n = degree
-    y0 = np.frombuffer(raw, dtype="<u8", count=n).astype(U64)
-    y1 = np.frombuffer(raw, dtype="<u8", count=n, offset=8 * n).astype(U64)
-    y1h = np.frombuffer(raw, dtype=np.uint8, count=n, offset=16 * n).astype(U64)
+    k = n if keep is None else len(keep)
+    if len(raw) != compact_bytes(n, k):
+        raise ValueError(f"result ciphertext has {len(raw)} bytes, expected {compact_bytes(n, k)}")
+    y0 = np.frombuffer(raw, dtype="<u8", count=k).astype(U64)
+    y1 = np.frombuffer(raw, dtype="<u8", count=n, offset=8 * k).astype(U64)
+    y1h = np.frombuffer(raw, dtype=np.uint8, count=n, offset=8 * (k + n)).astype(U64)
     # x0 = y0·2^56, x1 = (y1h·2^64 + y1)·2^48, as 64-bit limbs
     x0 = [y0 << U64(K0), y0 >> U64(64 - K0)]
     x1 = [y1 << U64(K1), (y1 >> U64(64 - K1)) | (y1h << U64(K1))]
-    out = np.empty((2, 2, n), dtype=U64)
+    out = np.zeros((2, 2, n), dtype=U64)
     for j, q in enumerate(moduli):
-        out[0, j] = _limbs_mod(x0, q)
+        if keep is None:
+            out[0, j] = _limbs_mod(x0, q)
+        else:
+            out[0, j, keep] = _limbs_mod(x0, q)
         out[1, j] = _limbs_mod(x1, q)
     return out

@@ -15,6 +15,7 @@ encryption of zero (re-randomises the mask part), then add uniform "flooding" no
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -28,6 +29,10 @@ from common.he.seal_io import SealIO, plaintext_coeffs, plaintext_members, split
 from common.prg import SecureRng, require_secure
 
 U64 = np.uint64
+
+
+def _parms_bytes(parms_id: object) -> bytes:
+    return struct.pack("<4Q", *parms_id)
 
 
 @dataclass(frozen=True)
@@ -165,10 +170,10 @@ class _Base:
         """A plaintext for prime i: values in SIMD slots, or as polynomial coefficients."""
         return self._plain_coeffs(i, residues) if coeffs else self._plain_slots(i, residues)
 
-    def return_size(self) -> int:
+    def return_size(self, kept: int | None = None) -> int:
         """Bytes of one returned ciphertext (2 polynomials at the return level, their
-        low bits rounded away: `common.he.compact`)."""
-        return compact_bytes(self.params.poly_degree)
+        low bits rounded away, c0 at `kept` coefficients or all: `common.he.compact`)."""
+        return compact_bytes(self.params.poly_degree, kept)
 
 
 class CrtBfvClient(_Base):
@@ -207,8 +212,10 @@ class CrtBfvClient(_Base):
             )[0]
         return self._prefix[i]
 
-    def load_result(self, i: int, raw: bytes) -> object:
-        data = unpack(raw, self._moduli[i], self.params.poly_degree)
+    def load_result(self, i: int, raw: bytes, keep: NDArray[np.int64] | None = None) -> object:
+        """A returned ciphertext under prime i; c0 was sent at the positions `keep`
+        only (None: all), so only those coefficients decrypt to meaningful values."""
+        data = unpack(raw, self._moduli[i], self.params.poly_degree, keep)
         ct = seal.Ciphertext(self.primes[i].context)
         return self.io.load(
             ct, self.primes[i].context, wrap(self._return_prefix(i) + data.tobytes())
@@ -244,14 +251,27 @@ class CrtBfvServer(_Base):
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)
         self._room_checked: set[int] = set()
 
-    def load(self, i: int, blob: bytes) -> object:
-        """A client ciphertext under prime i (raises ValueError if malformed)."""
-        ct = seal.Ciphertext(self.primes[i].context)
+    def load(self, i: int, blob: bytes, host: int | None = None) -> object:
+        """A client ciphertext under prime i (raises ValueError if malformed).
+
+        With `host`, it is loaded into prime `host`'s context instead (its parameter id
+        rewritten): every prime has the same ring and coefficient modulus, so products
+        with plaintexts of small signed coefficients — the same NTT form under every
+        prime — can run there and share one weight NTT (`seal_result(…, host=…)`
+        finishes them under prime i).
+        """
+        pr = self.primes[i if host is None else host]
+        ct = seal.Ciphertext(pr.context)
         try:
-            self.io.load(ct, self.primes[i].context, blob)
+            if host is not None and host != i:
+                members = self.io.body(blob)
+                if members[:32] != _parms_bytes(self.primes[i].first_parms):
+                    raise ValueError("not a ciphertext of this prime")
+                blob = wrap(_parms_bytes(pr.first_parms) + members[32:])
+            self.io.load(ct, pr.context, blob)
         except Exception as exc:  # SEAL raises generic errors on bad input
             raise ValueError(f"malformed ciphertext: {exc}") from exc
-        if ct.size() != 2 or ct.parms_id() != self.primes[i].first_parms:
+        if ct.size() != 2 or ct.parms_id() != pr.first_parms:
             raise ValueError("ciphertext is not a fresh encryption at the first level")
         return ct
 
@@ -295,33 +315,49 @@ class CrtBfvServer(_Base):
         return self._accumulate(i, cts, pts, ntt=True)
 
     def seal_result(
-        self, i: int, ct: object, mask: NDArray[np.uint64], coeffs: bool, flood_bits: int
+        self,
+        i: int,
+        ct: object,
+        mask: NDArray[np.uint64],
+        coeffs: bool,
+        flood_bits: int,
+        keep: NDArray[np.int64] | None = None,
+        host: int | None = None,
     ) -> bytes:
         """Add the plaintext mask, switch to the return level, re-randomise, flood.
 
         Returns the coefficients with their low bits rounded away (`common.he.compact`,
-        17 bytes per coefficient; the client knows the metadata).
-        Cost: one mod switch, one public-key encryption of zero, one serialization.
+        17 bytes per coefficient, or 9 + 8·|keep|/N when c0 is sent at the coefficient
+        positions `keep` only; the client knows the metadata). `host`: the prime whose
+        context `ct` was computed in (`load(…, host=…)`), if not i.
+        Cost: one mod switch, one public-key encryption of zero, one serialization
+        (two with `host`).
         """
         if flood_bits not in self._room_checked:
             for j, pr in enumerate(self.primes):
                 check_room(self._moduli[j], pr.p, self.params.poly_degree, flood_bits)
             self._room_checked.add(flood_bits)
         pr = self.primes[i]
-        ev = pr.evaluator
+        n, levels = self.params.poly_degree, self.params.return_moduli
+        hp = pr if host is None else self.primes[host]
         if ct.is_ntt_form():
-            ev.transform_from_ntt_inplace(ct)
-        ev.mod_switch_to_inplace(ct, pr.return_parms)
-        ev.add_plain_inplace(ct, self.plain(i, mask, coeffs))
+            hp.evaluator.transform_from_ntt_inplace(ct)
+        # BFV's modulus switch divides by the last prime: the same under every prime
+        hp.evaluator.mod_switch_to_inplace(ct, hp.return_parms)
         zero = seal.Ciphertext(pr.context)
         pr.extras["encryptor"].encrypt_zero(pr.return_parms, zero)
-        ev.add_inplace(ct, zero)
-        _, data = split_ciphertext(
-            self.io.members(ct), self.params.poly_degree, self.params.return_moduli
-        )
-        n = self.params.poly_degree
+        if hp is pr:
+            pr.evaluator.add_plain_inplace(ct, self.plain(i, mask, coeffs))
+            pr.evaluator.add_inplace(ct, zero)
+            _, data = split_ciphertext(self.io.members(ct), n, levels)
+        else:  # the product ran under another prime: add Δ_i·mask + Enc_i(0) here
+            pr.evaluator.add_plain_inplace(zero, self.plain(i, mask, coeffs))
+            _, data = split_ciphertext(self.io.members(ct), n, levels)
+            _, z = split_ciphertext(self.io.members(zero), n, levels)
+            for j, q in enumerate(self._moduli[i]):
+                data[:, j] = (data[:, j] + z[:, j]) % U64(q)
         noise = self.rng.signed_uniform(flood_bits, n)
         for j, q in enumerate(self._moduli[i]):
             e = np.mod(noise, np.int64(q)).astype(U64)
             data[0, j] = (data[0, j] + e) % U64(q)
-        return pack(data, self._moduli[i])
+        return pack(data, self._moduli[i], keep)

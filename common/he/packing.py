@@ -4,6 +4,7 @@ A block X (mb×kb) is encoded with X[i,l] at coefficient i·kb·nb + l, a block 
 with W[l,j] at j·kb + kb−1−l. In the negacyclic product the coefficient
 i·kb·nb + j·kb + kb−1 is exactly Σ_l X[i,l]·W[l,j] when mb·kb·nb ≤ N; every other
 coefficient holds cross terms and must be masked before it returns to the client.
+Only the useful coefficients' c0 travels back (`Blocking.keep`, `common.he.compact`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ class Blocking:
         i, j = np.meshgrid(np.arange(self.mb), np.arange(self.nb), indexing="ij")
         return i * self.kb * self.nb + j * self.kb + self.kb - 1
 
+    def keep(self, a: int, c: int, wanted: NDArray[np.bool_] | None = None) -> NDArray[np.int64]:
+        """Sorted coefficient positions of output block (a, c) that carry a result the
+        client needs: inside the (m, n) product (not padding) and, if given, where the
+        (m, n) boolean `wanted` is set. Public: both parties compute it."""
+        rows = np.arange(a * self.mb, (a + 1) * self.mb) < self.m
+        cols = np.arange(c * self.nb, (c + 1) * self.nb) < self.n
+        sel = rows[:, None] & cols[None, :]
+        if wanted is not None:
+            w = np.zeros((self.mb, self.nb), dtype=bool)
+            blk = wanted[a * self.mb : (a + 1) * self.mb, c * self.nb : (c + 1) * self.nb]
+            w[: blk.shape[0], : blk.shape[1]] = blk
+            sel &= w
+        return self.output_index()[sel].astype(np.int64)
+
     def decode_output(self, coeffs: NDArray) -> NDArray:
         """(Mb, Nb, N) output coefficients → the (m, n) product."""
         Mb, _, Nb = self.grid
@@ -91,7 +106,10 @@ class Blocking:
 def choose_blocking(
     m: int, k: int, n: int, degree: int, up_bytes: int, down_bytes: int
 ) -> Blocking:
-    """The block shape that minimises bytes on the wire, then ct×pt products."""
+    """The block shape that minimises bytes on the wire, then ct×pt products.
+
+    `down_bytes` is a return's size without its useful coefficients: those (8 bytes
+    each, `common.he.compact`) add up to the same m·n whatever the blocking."""
     best: tuple[tuple[int, int], Blocking] | None = None
     for mb in range(1, min(m, degree) + 1):
         Mb = math.ceil(m / mb)

@@ -28,17 +28,22 @@ U64 = np.uint64
 
 @dataclass(frozen=True)
 class MatmulJob:
-    """Block columns `cols` of X·W under plaintext prime `prime` (coefficient packing)."""
+    """Block columns `cols` of X·W under the plaintext primes `primes` (coefficient
+    packing). With `shared`, W's coefficients are small signed integers whose NTT form
+    is the same under every prime: each W block is encoded and transformed once, under
+    the first prime, and every prime's product runs in that prime's context."""
 
     params: CrtBfvParams
     public_keys: tuple[bytes, ...]
-    prime: int
-    blobs: list[bytes]  # the Mb·Kb uploaded ciphertexts of this prime, row-major
+    primes: tuple[int, ...]
+    blobs: list[list[bytes]]  # per prime: the Mb·Kb uploaded ciphertexts, row-major
     w: NDArray[np.int64]  # the server's k×n operand
     blk: Blocking
     cols: tuple[int, ...]
-    mask_res: NDArray[np.uint64]  # (Mb, len(cols), N) mask residues mod this prime
+    mask_res: NDArray[np.uint64]  # (len(primes), Mb, len(cols), N) mask residues
     flood: int
+    wanted: NDArray[np.bool_] | None = None  # (m, n): the entries the client needs
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,23 +59,94 @@ class ProductsJob:
     flood: int
 
 
-def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[bytes]:
-    """Sealed results for (row block a, column job.cols[c]) at index a·len(cols) + c.
-    Cost: Mb·Kb ciphertext NTTs, Kb plaintext NTTs and Mb·Kb ct×pt per column."""
-    i, blk = job.prime, job.blk
+def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
+    """Per prime of the job, the sealed results for (row block a, column job.cols[c])
+    at index a·len(cols) + c, c0 at the block's wanted coefficients only
+    (`Blocking.keep`); b"" for a block with none.
+    Cost per prime: Mb·Kb ciphertext NTTs and Mb·Kb ct×pt per column, plus Kb
+    plaintext NTTs per column (once for all primes with `shared`)."""
+    blk = job.blk
     Mb, Kb, _ = blk.grid
-    p = he.primes[i].p
-    cts = [[he.to_ntt(i, he.load(i, job.blobs[a * Kb + b])) for b in range(Kb)] for a in range(Mb)]
-    out: list[bytes] = [b""] * (Mb * len(job.cols))
+    host = job.primes[0] if job.shared else None
+    cts = [
+        [
+            [
+                he.to_ntt(i if host is None else host, he.load(i, blobs[a * Kb + b], host))
+                for b in range(Kb)
+            ]
+            for a in range(Mb)
+        ]
+        for i, blobs in zip(job.primes, job.blobs, strict=True)
+    ]
+    out: list[list[bytes]] = [[b""] * (Mb * len(job.cols)) for _ in job.primes]
+    keeps = [[blk.keep(a, c, job.wanted) for c in job.cols] for a in range(Mb)]
     for ci, c in enumerate(job.cols):
         # One block column of W at a time: Kb plaintexts in memory, not Kb·Nb.
-        w_res = np.mod(blk.encode_rhs(job.w, col=c), np.int64(p)).astype(U64)
-        pts = [he.to_ntt(i, he.plain(i, w_res[b], coeffs=True), plain=True) for b in range(Kb)]
-        for a in range(Mb):
-            acc = he.dot(i, cts[a], pts)
-            out[a * len(job.cols) + ci] = he.seal_result(
-                i, acc, job.mask_res[a, ci], coeffs=True, flood_bits=job.flood
-            )
+        enc = blk.encode_rhs(job.w, col=c)
+        pts_host = None
+        for t, i in enumerate(job.primes):
+            if pts_host is None or not job.shared:
+                j = host if job.shared else i
+                w_res = np.mod(enc, np.int64(he.primes[j].p)).astype(U64)
+                pts_host = [
+                    he.to_ntt(j, he.plain(j, w_res[b], coeffs=True), plain=True) for b in range(Kb)
+                ]
+            # An all-zero W block column (padding) gives Enc(0), which must be under
+            # prime i's own key: it is made in prime i's context.
+            at = None if all(pt.is_zero() for pt in pts_host) else host
+            for a in range(Mb):
+                keep = keeps[a][ci]
+                if not keep.size:
+                    continue
+                if at is None and host is not None:
+                    acc = he.dot(i, [], [])
+                else:
+                    acc = he.dot(i if at is None else at, cts[t][a], pts_host)
+                out[t][a * len(job.cols) + ci] = he.seal_result(
+                    i, acc, job.mask_res[t, a, ci], coeffs=True, flood_bits=job.flood,
+                    keep=keep, host=at,
+                )  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class TrackProductsJob:
+    """SIMD chunks of the mask-group outputs Σ_t Enc(U_t) ⊙ Y_{p,t} under every prime
+    (`common.mpc.tracks`): each chunk's uploads are loaded once and serve all its
+    outputs."""
+
+    params: CrtBfvParams
+    public_keys: tuple[bytes, ...]
+    primes: int
+    blobs: list[list[bytes]]  # per chunk: P·T_c ciphertexts (prime-major)
+    terms: list[list[list[tuple[int, NDArray[np.uint64]]]]]  # per chunk, output: (upload, Y)
+    mask_res: NDArray[np.uint64]  # (P, outputs of the job's chunks in order, N)
+    flood: int
+
+
+def run_track_products(he: CrtBfvServer, job: TrackProductsJob) -> list[list[list[bytes]]]:
+    """Per chunk, per output, the P sealed results (one per prime).
+    Cost per chunk and prime: T_c ciphertext loads and NTTs; per output and term one
+    plaintext NTT and one ct×pt; per output one `seal_result`."""
+    P = job.primes
+    out: list[list[list[bytes]]] = []
+    k = 0
+    for blobs, chunk_terms in zip(job.blobs, job.terms, strict=True):
+        tc = len(blobs) // P
+        cts = [[he.to_ntt(i, he.load(i, blobs[i * tc + t])) for t in range(tc)] for i in range(P)]
+        per_out = []
+        for terms in chunk_terms:
+            raws = []
+            for i in range(P):
+                p = U64(he.primes[i].p)
+                pts = [he.to_ntt(i, he.plain(i, y % p, coeffs=False), plain=True) for _, y in terms]
+                acc = he.dot(i, [cts[i][t] for t, _ in terms], pts)
+                raws.append(
+                    he.seal_result(i, acc, job.mask_res[i, k], coeffs=False, flood_bits=job.flood)
+                )
+            per_out.append(raws)
+            k += 1
+        out.append(per_out)
     return out
 
 
@@ -108,7 +184,7 @@ def _worker_server(params: CrtBfvParams, public_keys: tuple[bytes, ...]) -> CrtB
     return he
 
 
-def matmul_in_worker(job: MatmulJob) -> tuple[list[bytes], float]:
+def matmul_in_worker(job: MatmulJob) -> tuple[list[list[bytes]], float]:
     """`run_matmul` in a worker; also returns the CPU seconds the job took there."""
     t = time.thread_time()
     return run_matmul(_worker_server(job.params, job.public_keys), job), time.thread_time() - t
@@ -118,4 +194,11 @@ def products_in_worker(job: ProductsJob) -> tuple[list[list[bytes]], float]:
     """`run_products` in a worker; also returns the CPU seconds the job took there."""
     t = time.thread_time()
     out = run_products(_worker_server(job.params, job.public_keys), job)
+    return out, time.thread_time() - t
+
+
+def track_products_in_worker(job: TrackProductsJob) -> tuple[list[list[list[bytes]]], float]:
+    """`run_track_products` in a worker; also returns the CPU seconds it took there."""
+    t = time.thread_time()
+    out = run_track_products(_worker_server(job.params, job.public_keys), job)
     return out, time.thread_time() - t

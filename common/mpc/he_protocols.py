@@ -17,19 +17,23 @@ import struct
 import numpy as np
 from numpy.typing import NDArray
 
-from common.he.crt_bfv import CrtBfvClient, CrtBfvServer
+from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
 from common.he.packing import choose_blocking
 from common.he.server_jobs import (
     MatmulJob,
     ProductsJob,
+    TrackProductsJob,
     matmul_in_worker,
     products_in_worker,
     run_matmul,
     run_products,
+    run_track_products,
+    track_products_in_worker,
 )
 from common.mpc.ring import U64, Ring, random_ring
 from common.mpc.roles import CLIENT
+from common.mpc.tracks import TrackLayout, chunk
 from common.prg import SecureRng
 from common.transport import Channel
 
@@ -41,6 +45,18 @@ def pack_blobs(blobs: list[bytes]) -> bytes:
         parts.append(struct.pack("<I", len(b)))
         parts.append(b)
     return b"".join(parts)
+
+
+def upload_bound(params: CrtBfvParams, count: int) -> int:
+    """Most bytes a batch of `count` client ciphertexts (seeded, SEAL-serialized) may
+    take: c0 at every level plus 1% and 4 KiB of slack for the serialization, each."""
+    one = 8 * params.poly_degree * (len(params.coeff_bits) - 1)
+    return 4 + count * (4 + one + one // 100 + 4096)
+
+
+def batch_size(sizes: list[int]) -> int:
+    """Exact bytes of `pack_blobs` for blobs of these sizes."""
+    return 4 + sum(4 + s for s in sizes)
 
 
 def unpack_blobs(data: bytes, expected: int) -> list[bytes]:
@@ -105,9 +121,10 @@ def he_products(
             ]
             ch.send("he.prod.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
         basis = he.basis(P)
+        down = he.return_size()
         out = np.empty(chunks * N, dtype=U64)
         for c in range(chunks):
-            raws = unpack_blobs(ch.recv("he.prod.down"), P)
+            raws = unpack_blobs(ch.recv("he.prod.down", batch_size([down] * P)), P)
             res = [he.decrypt(i, he.load_result(i, raws[i])) for i in range(P)]
             out[c * N : (c + 1) * N] = basis.to_ring(res)
         return out[:n]
@@ -116,7 +133,8 @@ def he_products(
     flood = params.flood_bits(J, he.primes[0].p / math.sqrt(12))
     basis = he.basis(P)
     # The client sends every chunk before it reads: take them all, then work in parallel.
-    ups = [unpack_blobs(ch.recv("he.prod.up"), P * J) for _ in range(chunks)]
+    bound = upload_bound(params, P * J)
+    ups = [unpack_blobs(ch.recv("he.prod.up", max_bytes=bound), P * J) for _ in range(chunks)]
     limbs = _mask(rng, sigma, (chunks, N))
     mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, chunks, N)
     ys = np.stack([np.stack([chunk(y, c) for y in operands]) for c in range(chunks)])
@@ -132,6 +150,107 @@ def he_products(
         for raws in per_chunk:
             ch.send("he.prod.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
     return (-limbs[0]).reshape(-1)[:n]
+
+
+def he_track_products(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    layout: TrackLayout,
+    operands: list[Ring] | list[dict[int, Ring]],
+    rng: SecureRng,
+    executor: HeExecutor | None = None,
+) -> list[Ring]:
+    """Shares of the mask-group outputs of `layout` (`common.mpc.tracks`): per output p
+    a vector of `layout.output_extent[p]` slots holding Σ_t U_t ⊙ Y_{p,t} mod 2^64.
+
+    The client passes its upload vectors (`layout.uploads`), the server its terms
+    (`layout.terms`). Each upload vector goes up once, whatever the number of products
+    it enters; at most two terms are non-zero per slot, so values stay below 2^129
+    (3 primes). Cost per N slots and prime: one seeded ciphertext up per track present
+    (~24 B/slot), one return per output present (~17 B/slot); rounds: 2.
+    """
+    params = he.params
+    N = params.slots
+    if layout.degree != N:
+        raise ValueError(f"layout made for {layout.degree} slots, the HE ring has {N}")
+    chunks = math.ceil(layout.slots / N)
+    tracks, outs = layout.chunk_tracks, layout.chunk_outputs
+    value_bits = 129.0  # ≤ 2 terms per slot, each a product of two ring elements
+    P = params.primes_for(value_bits)
+    sigma = math.ceil(value_bits) + params.stat_sec
+
+    if ch.party == CLIENT:
+        assert isinstance(he, CrtBfvClient)
+        ups = operands
+        for c in range(chunks):
+            blobs = [
+                he.encrypt(i, chunk(ups[t], c, N) % U64(he.primes[i].p))  # type: ignore[arg-type]
+                for i in range(P)
+                for t in tracks[c]
+            ]
+            ch.send("he.tp.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
+        basis = he.basis(P)
+        down = he.return_size()
+        res = [np.empty(e, dtype=U64) for e in layout.output_extent]
+        for c in range(chunks):
+            n_out = len(outs[c])
+            raws = unpack_blobs(ch.recv("he.tp.down", batch_size([down] * (P * n_out))), P * n_out)
+            for o, p in enumerate(outs[c]):
+                vals = basis.to_ring(
+                    [he.decrypt(i, he.load_result(i, raws[o * P + i])) for i in range(P)]
+                )
+                part = res[p][c * N : (c + 1) * N]
+                part[:] = vals[: part.size]
+        return res
+
+    assert isinstance(he, CrtBfvServer)
+    terms_of: list[dict[int, Ring]] = operands  # type: ignore[assignment]
+    ups = []
+    for c in range(chunks):
+        bound = upload_bound(params, P * len(tracks[c]))
+        ups.append(unpack_blobs(ch.recv("he.tp.up", max_bytes=bound), P * len(tracks[c])))
+    chunk_terms: list[list[list[tuple[int, Ring]]]] = []
+    for c in range(chunks):
+        pos = {t: k for k, t in enumerate(tracks[c])}
+        per_out = []
+        for p in outs[c]:
+            terms = []
+            for t, y in sorted(terms_of[p].items()):
+                yc = chunk(y, c, N)
+                if yc.any():
+                    terms.append((pos[t], yc))
+            per_out.append(terms)
+        chunk_terms.append(per_out)
+    J = max((len(t) for per in chunk_terms for t in per), default=1)
+    flood = params.flood_bits(max(J, 1), he.primes[0].p / math.sqrt(12))
+    n_masks = sum(len(o) for o in outs)
+    limbs = _mask(rng, sigma, (n_masks, N))
+    mask_res = np.stack(he.basis(P).residues_of_limbs(limbs))  # (P, n_masks, N)
+    first = np.cumsum([0] + [len(o) for o in outs])
+    groups = _split(chunks, _parts(executor, chunks))
+    jobs = [
+        TrackProductsJob(
+            params,
+            he.public_key_blobs,
+            P,
+            [ups[c] for c in g],
+            [chunk_terms[c] for c in g],
+            mask_res[:, first[g[0]] : first[g[-1] + 1]],
+            flood,
+        )
+        for g in groups
+    ]
+    results = _run(ch, executor, he, run_track_products, track_products_in_worker, jobs)
+    for per_chunk in results:
+        for per_out in per_chunk:
+            raws = [r for rs in per_out for r in rs]
+            ch.send("he.tp.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
+    res = [np.empty(e, dtype=U64) for e in layout.output_extent]
+    for c in range(chunks):
+        for o, p in enumerate(outs[c]):
+            part = res[p][c * N : (c + 1) * N]
+            part[:] = (-limbs[0][first[c] + o])[: part.size]
+    return res
 
 
 def _parts(executor: HeExecutor | None, units: int) -> int:
@@ -162,11 +281,17 @@ def he_matmul(
     rhs_bits: int,
     rng: SecureRng,
     executor: HeExecutor | None = None,
+    wanted: NDArray[np.bool_] | None = None,
 ) -> Ring:
     """Shares of X·W mod 2^64: the client holds X (m×k, uint64), the server W (k×n).
 
     The server's W is signed int64 with |W| < 2^rhs_bits (63 for uniform ring values
-    read as signed). Coefficient packing (`common.he.packing`); rounds: 2.
+    read as signed). Coefficient packing (`common.he.packing`); rounds: 2. Returns carry
+    c0 at the useful coefficients only; with `wanted` (public, (m, n) bool) only at the
+    entries the caller needs: the others' shares are meaningless (the client's are set
+    to 0), and an output block with none is neither computed nor sent.
+    Bytes per prime: Mb·Kb uploads of 8·N·(levels) and Mb·Nb returns of 9·N, plus 8 per
+    needed entry.
     """
     m, k, n = shape
     params = he.params
@@ -175,8 +300,10 @@ def he_matmul(
     P = params.primes_for(value_bits)
     sigma = math.ceil(value_bits) + params.stat_sec
     up_b = N * (len(params.coeff_bits) - 1) * 8
-    blk = choose_blocking(m, k, n, N, up_b, he.return_size())
+    blk = choose_blocking(m, k, n, N, up_b, he.return_size(0))
     Mb, Kb, Nb = blk.grid
+    if wanted is not None and wanted.shape != (m, n):
+        raise ValueError(f"wanted has shape {wanted.shape}, the product {(m, n)}")
     if ch.party == CLIENT:
         assert isinstance(he, CrtBfvClient)
         enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
@@ -186,12 +313,23 @@ def he_matmul(
                 he.encrypt(i, enc[a, b] % p, coeffs=True) for a in range(Mb) for b in range(Kb)
             ]
             ch.send("he.mm.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
+        keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
         res = []
         for i in range(P):
-            raws = unpack_blobs(ch.recv("he.mm.down"), Mb * Nb)
-            res.append(np.stack([he.decrypt(i, he.load_result(i, r), coeffs=True) for r in raws]))
+            want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
+            raws = unpack_blobs(ch.recv("he.mm.down", want), Mb * Nb)
+            coeffs = np.zeros((Mb * Nb, N), dtype=U64)
+            for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
+                if keep.size:
+                    coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
+                elif raw:
+                    raise ValueError("a return for an output block with nothing wanted")
+            res.append(coeffs)
         full = he.basis(P).to_ring(res).reshape(Mb, Nb, N)
-        return blk.decode_output(full)
+        out = blk.decode_output(full)
+        if wanted is not None:
+            out[~wanted] = 0
+        return out
 
     assert isinstance(he, CrtBfvServer)
     w = np.asarray(operand, dtype=np.int64)
@@ -203,31 +341,40 @@ def he_matmul(
     mask_res = basis.residues_of_limbs(limbs)
     # The client sends every prime's uploads before it reads: take them all, then cut
     # the work by prime and block column.
-    ups = [unpack_blobs(ch.recv("he.mm.up"), Mb * Kb) for _ in range(P)]
+    bound = upload_bound(params, Mb * Kb)
+    ups = [unpack_blobs(ch.recv("he.mm.up", max_bytes=bound), Mb * Kb) for _ in range(P)]
     workers = 1 if executor is None else executor.workers
-    col_groups = _split(Nb, 1 if workers <= 1 else min(Nb, math.ceil(2 * workers / P)))
+    # Small signed W (a weight, not a ring share) has the same NTT form under every
+    # prime: one job then runs all primes of its columns and transforms W once.
+    shared = P > 1 and min(pr.p for pr in he.primes[:P]) > 1 << (rhs_bits + 1)
+    per_job = P if shared else 1
+    col_groups = _split(Nb, 1 if workers <= 1 else min(Nb, math.ceil(2 * workers / (P // per_job))))
+    prime_sets = [tuple(range(P))] if shared else [(i,) for i in range(P)]
     jobs = [
         MatmulJob(
             params,
             he.public_key_blobs,
-            i,
-            ups[i],
+            primes,
+            [ups[i] for i in primes],
             w,
             blk,
             tuple(int(c) for c in g),
-            mask_res[i][:, g],
+            np.stack([mask_res[i][:, g] for i in primes]),
             flood,
+            wanted,
+            shared,
         )
-        for i in range(P)
+        for primes in prime_sets
         for g in col_groups
     ]
-    results = iter(_run(ch, executor, he, run_matmul, matmul_in_worker, jobs))
-    for _i in range(P):
-        raws: list[bytes] = [b""] * (Mb * Nb)
-        for g in col_groups:
-            part = next(results)
+    raws = [[b""] * (Mb * Nb) for _ in range(P)]
+    for job, per_prime in zip(
+        jobs, _run(ch, executor, he, run_matmul, matmul_in_worker, jobs), strict=True
+    ):
+        for i, part in zip(job.primes, per_prime, strict=True):
             for a in range(Mb):
-                for ci, c in enumerate(g):
-                    raws[a * Nb + int(c)] = part[a * len(g) + ci]
-        ch.send("he.mm.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
+                for ci, c in enumerate(job.cols):
+                    raws[i][a * Nb + c] = part[a * len(job.cols) + ci]
+    for i in range(P):
+        ch.send("he.mm.down", pack_blobs(raws[i]), kind="ciphertexts", shape=(len(raws[i]),))
     return blk.decode_output(-limbs[0])

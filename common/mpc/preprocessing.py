@@ -30,7 +30,13 @@ from common.mpc.correlations import (
     PreprocessingError,
 )
 from common.mpc.engine import Mpc
-from common.mpc.he_protocols import he_matmul, he_products, pack_blobs, unpack_blobs
+from common.mpc.he_protocols import (
+    he_matmul,
+    he_products,
+    he_track_products,
+    pack_blobs,
+    unpack_blobs,
+)
 from common.mpc.ring import (
     U64,
     FixedPoint,
@@ -41,6 +47,7 @@ from common.mpc.ring import (
     ring_matmul_public,
 )
 from common.mpc.roles import CLIENT, SERVER
+from common.mpc.tracks import TrackLayout
 from common.prg import SecureRng, require_secure
 from common.transport import Channel, NullChannel, ProtocolMismatch
 
@@ -167,9 +174,8 @@ class HeProvider:
         self, ch: Channel, specs: list[GroupSpec], outputs: Mapping[str, Ring]
     ) -> list[MaskGroup]:
         """Every group's masks at random (a bound mask's client share: the client's
-        linear output share, see `Bind`); their planned products with one SIMD square
-        batch and one product batch over all groups (2 + 2 rounds), the same HE
-        protocols as square pairs and triples."""
+        linear output share, see `Bind`); their planned products in one SIMD batch over
+        all groups in which each mask goes up once (`common.mpc.tracks`; 2 rounds)."""
         if not specs:
             return []
         rng, he = self.rng, self.he
@@ -178,16 +184,17 @@ class HeProvider:
             [_mask_share(rng, shp, spec.bind(i), outputs, client) for i, shp in enumerate(sh)]
             for spec, sh in ((sp, sp.shapes) for sp in specs)
         ]
-        sq_in, left, right = _pair_operands(specs, masks)
-        sq = sq_in * sq_in
-        if sq.size:
-            sq += he_products(ch, he, [sq_in if client else U64(2) * sq_in], rng, self.executor)
-        cross = left * right
-        if cross.size:
-            cross += he_products(
-                ch, he, [left, right] if client else [right, left], rng, self.executor
+        N = he.params.slots
+        up_b = N * (len(he.params.coeff_bits) - 1) * 8
+        layout = TrackLayout(specs, N, up_b, he.return_size())
+        ops = layout.uploads(masks) if client else layout.terms(masks)
+        shares = he_track_products(ch, he, layout, ops, rng, self.executor)
+        return [
+            MaskGroup(spec, ms, prods)
+            for spec, ms, prods in zip(
+                specs, masks, layout.products(masks, shares, specs), strict=True
             )
-        return _assemble_groups(specs, masks, sq, cross)
+        ]
 
     def _matmul_triple(
         self,
@@ -200,8 +207,9 @@ class HeProvider:
         terms by HE. Small matrices (one head's attention) would each fill whole
         ciphertexts, so `g` of them (chosen by `matmul_group_size`) are stacked into one
         (g·m)×k by k×(g·n) product whose diagonal blocks are the g wanted products; the
-        off-diagonal blocks are masked and flooded like every returned coefficient and
-        dropped. Rounds: 4 per group of g matrices."""
+        server returns c0 only at the diagonal blocks' coefficients (`he_matmul`'s
+        `wanted`), so the off-diagonal ones cannot even be decrypted. Rounds: 4 per
+        group of g matrices."""
         *batch, m, k, n = shape
         rng, he = self.rng, self.he
         assert he is not None
@@ -222,8 +230,10 @@ class HeProvider:
                 lhs1 = bg.transpose(1, 0, 2).reshape(k, h * n).view(np.int64)
                 lhs2 = ag.transpose(2, 0, 1).reshape(k, h * m).view(np.int64)
             # cross terms a_c·b_s and (b_c^T·a_s^T)^T of every matrix in the group
-            s1 = he_matmul(ch, he, lhs1, (h * m, k, h * n), 63, rng, self.executor)
-            s2 = he_matmul(ch, he, lhs2, (h * n, k, h * m), 63, rng, self.executor)
+            # only the diagonal blocks return (c0 of the rest is not sent)
+            diag1 = np.kron(np.eye(h, dtype=bool), np.ones((m, n), dtype=bool))
+            s1 = he_matmul(ch, he, lhs1, (h * m, k, h * n), 63, rng, self.executor, diag1)
+            s2 = he_matmul(ch, he, lhs2, (h * n, k, h * m), 63, rng, self.executor, diag1.T)
             for t, idx in enumerate(grp):
                 d1 = s1[t * m : (t + 1) * m, t * n : (t + 1) * n]
                 d2 = s2[t * n : (t + 1) * n, t * m : (t + 1) * m]
@@ -239,7 +249,7 @@ def matmul_group_size(count: int, m: int, k: int, n: int, he: CrtBfvClient | Crt
     params = he.params
     N = params.slots
     up_b = N * (len(params.coeff_bits) - 1) * 8
-    down_b = he.return_size()
+    down_b = he.return_size(0)  # the useful coefficients: 8·count·m·n whatever g is
     best: tuple[tuple[int, int], int] | None = None
     for g in range(1, count + 1):
         nbytes = products = 0

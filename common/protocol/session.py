@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from common.protocol.card import ModelCard
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 OUTPUTS = ("logits", "hidden")
 
 

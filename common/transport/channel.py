@@ -132,9 +132,13 @@ class Channel(ABC):
         self._put(frame)
         self.meter.record_send(len(frame.payload), _ciphertexts(frame))
 
-    def recv_frame(self, tag: str, nbytes: int | None = None) -> Frame:
-        """Receive the next frame, which must carry `tag` (and `nbytes` if given)."""
-        frame = self._get(self.timeout, nbytes)
+    def recv_frame(
+        self, tag: str, nbytes: int | None = None, max_bytes: int | None = None
+    ) -> Frame:
+        """Receive the next frame, which must carry `tag` (and exactly `nbytes`, or at
+        most `max_bytes`, if given: a reassembling transport refuses it at the first
+        chunk past that size)."""
+        frame = self._get(self.timeout, nbytes if nbytes is not None else max_bytes)
         if frame.seq != self._recv_seq or frame.tag != tag:
             raise ProtocolMismatch(
                 f"party {self.party} expected message #{self._recv_seq} {tag!r}, "
@@ -145,6 +149,10 @@ class Channel(ABC):
             raise ProtocolMismatch(
                 f"message {tag!r}: expected {nbytes} bytes, got {len(frame.payload)}"
             )
+        if max_bytes is not None and len(frame.payload) > max_bytes:
+            raise ProtocolMismatch(
+                f"message {tag!r}: at most {max_bytes} bytes expected, got {len(frame.payload)}"
+            )
         self._recv_seq += 1
         self.clock = max(self.clock, frame.clock + 1)
         new_scope = max(self.scope_clock, frame.scope_clock + 1)
@@ -154,9 +162,9 @@ class Channel(ABC):
         self.scope_clock = new_scope
         return frame
 
-    def recv(self, tag: str, nbytes: int | None = None) -> bytes:
+    def recv(self, tag: str, nbytes: int | None = None, max_bytes: int | None = None) -> bytes:
         """Receive the next message's payload (see `recv_frame`)."""
-        return self.recv_frame(tag, nbytes).payload
+        return self.recv_frame(tag, nbytes, max_bytes).payload
 
     # -- arrays -----------------------------------------------------------------------
     def send_array(self, tag: str, arr: np.ndarray) -> None:

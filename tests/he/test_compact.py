@@ -64,3 +64,25 @@ def test_constant_mulmod_is_exact(moduli):
     for w in (1, q - 1, 0x123456789ABCDEF % q):
         got = compact._mulmod_const(a, w, q)
         assert [int(g) for g in got] == [int(x) * w % q for x in a.tolist()]
+
+
+def test_sparse_returns_carry_c0_at_the_kept_positions_only(moduli):
+    """With `keep`, c0 travels at those coefficients only (8 bytes each, c1 whole): they
+    come back exactly as in the full form, and c0 is zero everywhere else."""
+    n = 8192
+    rng = SecureRng(4)
+    data = np.empty((2, 2, n), np.uint64)
+    for j, q in enumerate(moduli):
+        data[:, j] = rng.below(q, 2 * n).reshape(2, n).astype(np.uint64)
+    keep = np.sort(rng.below(n, 300).astype(np.int64))
+    keep = np.unique(keep)
+    raw = compact.pack(data, moduli, keep)
+    assert len(raw) == compact.compact_bytes(n, keep.size) == 9 * n + 8 * keep.size
+    full = compact.unpack(compact.pack(data, moduli), moduli, n)
+    back = compact.unpack(raw, moduli, n, keep)
+    assert np.array_equal(back[1], full[1])
+    assert np.array_equal(back[0][:, keep], full[0][:, keep])
+    rest = np.setdiff1d(np.arange(n), keep)
+    assert not back[0][:, rest].any()
+    with pytest.raises(ValueError, match="bytes"):
+        compact.unpack(raw, moduli, n)  # read as a full return: wrong size

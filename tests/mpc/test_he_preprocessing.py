@@ -440,3 +440,90 @@ def _pid_exists(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_matmul_returns_only_the_wanted_entries():
+    """`he_matmul(…, wanted)`: the wanted entries are exact, the client's share of the
+    others is 0, and the returns shrink by the c0 coefficients not sent (a block with
+    nothing wanted is not returned at all)."""
+    from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+    from common.mpc.he_protocols import he_matmul
+
+    params = CrtBfvParams()
+    client = CrtBfvClient(params)
+    server = CrtBfvServer(params, client.public_keys(), SecureRng(7))
+    rng = np.random.default_rng(5)
+    m, k, n = 30, 40, 30
+    x = rng.integers(0, 2**63, (m, k), dtype=np.uint64) * np.uint64(2)
+    w = rng.integers(-(2**20), 2**20, (k, n))
+    wanted = np.kron(np.eye(3, dtype=bool), np.ones((10, 10), dtype=bool))
+
+    def run(want):
+        def body(ch: Channel):
+            if ch.party == CLIENT:
+                out = he_matmul(ch, client, x, (m, k, n), 21, SecureRng(8), wanted=want)
+            else:
+                out = he_matmul(ch, server, w, (m, k, n), 21, SecureRng(9), wanted=want)
+            return out, ch.meter.totals().recv_bytes
+
+        (s_srv, _), (s_cli, down) = run_local(body)
+        return s_srv, s_cli, down
+
+    s_srv, s_cli, down_part = run(wanted)
+    full = ring_matmul_public(x, w)
+    assert np.array_equal((s_srv + s_cli)[wanted], full[wanted])
+    assert not s_cli[~wanted].any()
+    f_srv, f_cli, down_all = run(None)
+    assert np.array_equal(f_srv + f_cli, full)
+    assert down_part < down_all
+
+
+@pytest.mark.parametrize("rhs_bits", [21, 63])
+def test_matmul_exact_with_zero_weight_columns(rhs_bits):
+    """All primes' products share one weight NTT when W is small (rhs_bits 21), not
+    when it is a ring share (63); an all-zero W block column still decrypts under each
+    prime's own key."""
+    from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+    from common.mpc.he_protocols import he_matmul
+
+    params = CrtBfvParams()
+    client = CrtBfvClient(params)
+    server = CrtBfvServer(params, client.public_keys(), SecureRng(7))
+    rng = np.random.default_rng(6)
+    m, k, n = 8, 64, 600
+    x = rng.integers(0, 2**63, (m, k), dtype=np.uint64)
+    w = rng.integers(-(2**20), 2**20, (k, n))
+    w[:, 100:] = 0  # whole block columns of zeros
+
+    def body(ch: Channel):
+        if ch.party == CLIENT:
+            return he_matmul(ch, client, x, (m, k, n), rhs_bits, SecureRng(8))
+        return he_matmul(ch, server, w, (m, k, n), rhs_bits, SecureRng(9))
+
+    s_srv, s_cli = run_local(body)
+    assert np.array_equal(s_srv + s_cli, ring_matmul_public(x, w))
+
+
+def test_oversized_upload_batch_is_refused():
+    """The server bounds a ciphertext batch by what the plan implies (count × the size
+    of one upload), not by the session's 2 GiB frame limit."""
+    from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+    from common.mpc.he_protocols import he_matmul, pack_blobs, upload_bound
+    from common.transport import ProtocolMismatch
+
+    params = CrtBfvParams()
+    client = CrtBfvClient(params)
+    server = CrtBfvServer(params, client.public_keys(), SecureRng(7))
+    w = np.ones((16, 4), dtype=np.int64)
+    blob = client.encrypt(0, np.zeros(params.poly_degree, np.uint64), coeffs=True)
+    assert 4 + 4 + len(blob) <= upload_bound(params, 1) < 4 + 2 * (4 + len(blob))
+
+    def body(ch: Channel):
+        if ch.party == CLIENT:
+            ch.send("he.mm.up", pack_blobs([blob, blob]), kind="ciphertexts")  # 1 expected
+            return None
+        with pytest.raises(ProtocolMismatch, match="at most"):
+            he_matmul(ch, server, w, (2, 16, 4), 21, SecureRng(9))
+        return "refused"
+
+    assert run_local(body)[SERVER] == "refused"
