@@ -57,6 +57,13 @@ from comet_server.service import Limits
     "available memory shared by --max-sessions, and the frame limit).",
 )
 @click.option(
+    "--session-memory",
+    type=click.IntRange(1),
+    default=None,
+    help="Bytes one session may use, estimated from its plan before it starts; a larger "
+    "request is refused (default: the available memory shared by --max-sessions).",
+)
+@click.option(
     "--max-new-tokens",
     type=click.IntRange(1),
     default=64,
@@ -132,6 +139,7 @@ def main(
     session_timeout: float,
     handshake_timeout: float,
     max_tokens: int | None,
+    session_memory: int | None,
     max_new_tokens: int,
     outputs: str,
     tls_cert: Path | None,
@@ -186,6 +194,7 @@ def main(
                 max_batch,
                 handshake_timeout=handshake_timeout,
                 max_tokens=max_tokens,
+                session_memory=session_memory,
                 outputs=outputs,
                 max_new_tokens=max_new_tokens,
             ),
@@ -208,10 +217,10 @@ def main(
                f"{', '.join(served)}", err=True)  # fmt: skip
     lim = service.limits
     log.info(
-        "limits: %d sessions, batch ≤ %d, ≤ %d tokens per session, outputs %s, "
+        "limits: %d sessions, batch ≤ %d, ≤ %d tokens and ≤ %.2f GiB per session, outputs %s, "
         "timeouts %g s (handshake) / %g s (protocol)",
-        lim.max_sessions, lim.max_batch, lim.max_tokens, lim.outputs, lim.handshake_timeout,
-        lim.session_timeout,
+        lim.max_sessions, lim.max_batch, lim.max_tokens, (lim.session_memory or 0) / 2**30,
+        lim.outputs, lim.handshake_timeout, lim.session_timeout,
     )  # fmt: skip
     # `kill -USR1 <pid>` prints every thread's stack to stderr (diagnosing a stuck server).
     faulthandler.register(signal.SIGUSR1, all_threads=True)

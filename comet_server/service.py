@@ -27,6 +27,7 @@ from comet_server.registry import ServedModel
 from common.he.executor import HeExecutor
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import SERVER
+from common.protocol.budget import refusal, session_budget
 from common.protocol.card import ModelCard
 from common.protocol.generate import check_generate, generate_party
 from common.protocol.prepared import (
@@ -78,6 +79,7 @@ class Limits:
     max_frame_bytes: int = MAX_FRAME_BYTES
     handshake_timeout: float = 30.0  # for Hello, Start and the final Goodbye
     max_tokens: int | None = None  # batch × seq_len; None: `default_max_tokens`
+    session_memory: int | None = None  # bytes per session (plan estimate); None: a share
     outputs: str = "auto"  # auto: logits for a classifier, hidden for a bare encoder
     max_new_tokens: int = 64  # decoders: the most tokens one generation session produces
 
@@ -204,6 +206,8 @@ class CometService(pb_grpc.CometServicer):
         if self.limits.max_tokens is None:
             cards = [m.compiled.card for m in models.values()]
             self.limits.max_tokens = default_max_tokens(cards, self.limits, available_memory())
+        if self.limits.session_memory is None:
+            self.limits.session_memory = available_memory() // self.limits.max_sessions
         self.stopping = threading.Event()
         self._inboxes: set[Inbox] = set()
         self._slots = threading.BoundedSemaphore(self.limits.max_sessions)
@@ -441,13 +445,16 @@ class CometService(pb_grpc.CometServicer):
             SERVER, run_card, shape, mask, model.compiled.weights, None,
             hide_lengths=start.hide_lengths,
         )  # fmt: skip
+        provider = make_provider(self.provider, executor=self.executor)
+        budget = session_budget(planned.segments(), SERVER, provider)
+        why = refusal(budget, lim.max_frame_bytes, lim.session_memory)
+        if why is not None:
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
         if start.prepare:
-            provider = make_provider(self.provider, executor=self.executor)
             self._prepare(sid, peer, name, card, output, planned, start, send, ch, provider)
         else:
             pools = self._claim(sid, name, card, output, planned, start, send)
             if pools is None:
-                provider = make_provider(self.provider, executor=self.executor)
                 pools = offline_phase(ch, planned, provider)
             online_phase(ch, planned, pools)
         _expect(inbox, pb.Goodbye, lim.handshake_timeout)

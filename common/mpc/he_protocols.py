@@ -17,6 +17,7 @@ import struct
 import numpy as np
 from numpy.typing import NDArray
 
+from common.he.compact import compact_bytes
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
 from common.he.packing import choose_blocking
@@ -152,6 +153,30 @@ def he_products(
     return (-limbs[0]).reshape(-1)[:n]
 
 
+SLICE_BYTES = 256 << 20  # the HE working set of one slice of a mask-group batch
+
+
+def track_slices(layout: TrackLayout, params: CrtBfvParams) -> list[range]:
+    """The chunks of `layout` cut into consecutive slices whose server working set
+    (uploads, returns, masks) stays within `SLICE_BYTES` (public: both parties cut the
+    same way). Each slice costs one round trip."""
+    N = params.slots
+    P = params.primes_for(129.0)
+    up_b = 8 * N * (len(params.coeff_bits) - 1)
+    down_b = compact_bytes(N)
+    out: list[range] = []
+    first, held = 0, 0
+    for c, (t, o) in enumerate(zip(layout.chunk_tracks, layout.chunk_outputs, strict=True)):
+        cost = P * (len(t) * up_b + len(o) * (down_b + (3 + P) * N * 8))
+        if c > first and held + cost > SLICE_BYTES:
+            out.append(range(first, c))
+            first, held = c, 0
+        held += cost
+    if first < len(layout.chunk_tracks):
+        out.append(range(first, len(layout.chunk_tracks)))
+    return out
+
+
 def he_track_products(
     ch: Channel,
     he: CrtBfvClient | CrtBfvServer,
@@ -167,89 +192,95 @@ def he_track_products(
     (`layout.terms`). Each upload vector goes up once, whatever the number of products
     it enters; at most two terms are non-zero per slot, so values stay below 2^129
     (3 primes). Cost per N slots and prime: one seeded ciphertext up per track present
-    (~24 B/slot), one return per output present (~17 B/slot); rounds: 2.
+    (~24 B/slot), one return per output present (~17 B/slot); rounds: 2 per slice
+    (`track_slices`: the server's memory for this batch stays within `SLICE_BYTES`).
     """
     params = he.params
     N = params.slots
     if layout.degree != N:
         raise ValueError(f"layout made for {layout.degree} slots, the HE ring has {N}")
-    chunks = math.ceil(layout.slots / N)
     tracks, outs = layout.chunk_tracks, layout.chunk_outputs
     value_bits = 129.0  # ≤ 2 terms per slot, each a product of two ring elements
     P = params.primes_for(value_bits)
     sigma = math.ceil(value_bits) + params.stat_sec
+    res = [np.empty(e, dtype=U64) for e in layout.output_extent]
+
+    def put(p: int, c: int, vals: Ring) -> None:
+        part = res[p][c * N : (c + 1) * N]
+        part[:] = vals[: part.size]
 
     if ch.party == CLIENT:
         assert isinstance(he, CrtBfvClient)
         ups = operands
-        for c in range(chunks):
-            blobs = [
-                he.encrypt(i, chunk(ups[t], c, N) % U64(he.primes[i].p))  # type: ignore[arg-type]
-                for i in range(P)
-                for t in tracks[c]
-            ]
-            ch.send("he.tp.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
         basis = he.basis(P)
         down = he.return_size()
-        res = [np.empty(e, dtype=U64) for e in layout.output_extent]
-        for c in range(chunks):
-            n_out = len(outs[c])
-            raws = unpack_blobs(ch.recv("he.tp.down", batch_size([down] * (P * n_out))), P * n_out)
-            for o, p in enumerate(outs[c]):
-                vals = basis.to_ring(
-                    [he.decrypt(i, he.load_result(i, raws[o * P + i])) for i in range(P)]
-                )
-                part = res[p][c * N : (c + 1) * N]
-                part[:] = vals[: part.size]
+        for sl in track_slices(layout, params):
+            for c in sl:
+                blobs = [
+                    he.encrypt(i, chunk(ups[t], c, N) % U64(he.primes[i].p))  # type: ignore[arg-type]
+                    for i in range(P)
+                    for t in tracks[c]
+                ]
+                ch.send("he.tp.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
+            for c in sl:
+                n_out = len(outs[c])
+                want = batch_size([down] * (P * n_out))
+                raws = unpack_blobs(ch.recv("he.tp.down", want), P * n_out)
+                for o, p in enumerate(outs[c]):
+                    put(p, c, basis.to_ring(
+                        [he.decrypt(i, he.load_result(i, raws[o * P + i])) for i in range(P)]
+                    ))  # fmt: skip
         return res
 
     assert isinstance(he, CrtBfvServer)
     terms_of: list[dict[int, Ring]] = operands  # type: ignore[assignment]
-    ups = []
-    for c in range(chunks):
-        bound = upload_bound(params, P * len(tracks[c]))
-        ups.append(unpack_blobs(ch.recv("he.tp.up", max_bytes=bound), P * len(tracks[c])))
-    chunk_terms: list[list[list[tuple[int, Ring]]]] = []
-    for c in range(chunks):
-        pos = {t: k for k, t in enumerate(tracks[c])}
-        per_out = []
-        for p in outs[c]:
-            terms = []
-            for t, y in sorted(terms_of[p].items()):
-                yc = chunk(y, c, N)
-                if yc.any():
-                    terms.append((pos[t], yc))
-            per_out.append(terms)
-        chunk_terms.append(per_out)
-    J = max((len(t) for per in chunk_terms for t in per), default=1)
-    flood = params.flood_bits(max(J, 1), he.primes[0].p / math.sqrt(12))
-    n_masks = sum(len(o) for o in outs)
-    limbs = _mask(rng, sigma, (n_masks, N))
-    mask_res = np.stack(he.basis(P).residues_of_limbs(limbs))  # (P, n_masks, N)
-    first = np.cumsum([0] + [len(o) for o in outs])
-    groups = _split(chunks, _parts(executor, chunks))
-    jobs = [
-        TrackProductsJob(
-            params,
-            he.public_key_blobs,
-            P,
-            [ups[c] for c in g],
-            [chunk_terms[c] for c in g],
-            mask_res[:, first[g[0]] : first[g[-1] + 1]],
-            flood,
-        )
-        for g in groups
-    ]
-    results = _run(ch, executor, he, run_track_products, track_products_in_worker, jobs)
-    for per_chunk in results:
-        for per_out in per_chunk:
-            raws = [r for rs in per_out for r in rs]
-            ch.send("he.tp.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
-    res = [np.empty(e, dtype=U64) for e in layout.output_extent]
-    for c in range(chunks):
-        for o, p in enumerate(outs[c]):
-            part = res[p][c * N : (c + 1) * N]
-            part[:] = (-limbs[0][first[c] + o])[: part.size]
+    basis = he.basis(P)
+    flood = None
+    for sl in track_slices(layout, params):
+        ups = []
+        for c in sl:
+            bound = upload_bound(params, P * len(tracks[c]))
+            ups.append(unpack_blobs(ch.recv("he.tp.up", max_bytes=bound), P * len(tracks[c])))
+        chunk_terms: list[list[list[tuple[int, Ring]]]] = []
+        for c in sl:
+            pos = {t: k for k, t in enumerate(tracks[c])}
+            per_out = []
+            for p in outs[c]:
+                terms = []
+                for t, y in sorted(terms_of[p].items()):
+                    yc = chunk(y, c, N)
+                    if yc.any():
+                        terms.append((pos[t], yc))
+                per_out.append(terms)
+            chunk_terms.append(per_out)
+        if flood is None:  # the widest sum of the whole batch (at most the track count)
+            J = max(1, max(map(len, tracks), default=1))
+            flood = params.flood_bits(J, he.primes[0].p / math.sqrt(12))
+        n_masks = sum(len(outs[c]) for c in sl)
+        limbs = _mask(rng, sigma, (n_masks, N))
+        mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, n_masks, N)
+        first = np.cumsum([0] + [len(outs[c]) for c in sl])
+        groups = _split(len(sl), _parts(executor, len(sl)))
+        jobs = [
+            TrackProductsJob(
+                params,
+                he.public_key_blobs,
+                P,
+                [ups[k] for k in g],
+                [chunk_terms[k] for k in g],
+                mask_res[:, first[g[0]] : first[g[-1] + 1]],
+                flood,
+            )
+            for g in groups
+        ]
+        results = _run(ch, executor, he, run_track_products, track_products_in_worker, jobs)
+        for per_chunk in results:
+            for per_out in per_chunk:
+                raws = [r for rs in per_out for r in rs]
+                ch.send("he.tp.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
+        for k, c in enumerate(sl):
+            for o, p in enumerate(outs[c]):
+                put(p, c, -limbs[0][first[k] + o])
     return res
 
 

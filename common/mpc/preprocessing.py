@@ -9,6 +9,7 @@ shares, so it is for tests and benchmarks of higher layers only, and warns.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from common.he.compact import compact_bytes
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
 from common.he.packing import choose_blocking
@@ -31,11 +33,13 @@ from common.mpc.correlations import (
 )
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import (
+    SLICE_BYTES,
     he_matmul,
     he_products,
     he_track_products,
     pack_blobs,
     unpack_blobs,
+    upload_bound,
 )
 from common.mpc.ring import (
     U64,
@@ -96,6 +100,58 @@ class HeProvider:
         self.he: CrtBfvClient | CrtBfvServer | None = None
         # Where the server's HE work runs (None: this thread); the client's is light.
         self.executor = executor
+
+    def requirements(self, plan: Plan) -> tuple[int, int]:
+        """(largest message, peak working bytes) of this plan's HE offline phase on the
+        server, from the public shapes only (upper bounds: uploads at their bound
+        `upload_bound`, returns exact), so that a session can be refused before any
+        work. The working set is that of the largest single HE product (its uploads,
+        returns and masks), which is freed before the next."""
+        params = self.params
+        N = params.slots
+        up_b = N * (len(params.coeff_bits) - 1) * 8
+        down_b = compact_bytes(N)
+        frame = work = 0
+
+        def matmul(m: int, k: int, n: int, rhs_bits: int, useful: int) -> None:
+            nonlocal frame, work
+            P = params.primes_for(64 + rhs_bits + math.log2(max(k, 2)))
+            blk = choose_blocking(m, k, n, N, up_b, compact_bytes(N, 0))
+            Mb, Kb, Nb = blk.grid
+            up = upload_bound(params, Mb * Kb)
+            down = 4 + Mb * Nb * (4 + compact_bytes(N, 0)) + 8 * useful
+            frame = max(frame, up, down)
+            work = max(work, P * (up + down) + (3 + P) * Mb * Nb * N * 8)
+
+        def simd(slots: int, ups_per_chunk: int, outs_per_chunk: int, P: int) -> None:
+            nonlocal frame, work
+            chunks = -(-slots // N)
+            up = upload_bound(params, P * ups_per_chunk)
+            down = 4 + P * outs_per_chunk * (4 + down_b)
+            frame = max(frame, up, down)
+            work = max(work, chunks * (up + down) + chunks * outs_per_chunk * (3 + P) * N * 8)
+
+        for spec in plan.linears:
+            matmul(spec.rows, spec.k, spec.n, self.weight_bits, spec.rows * spec.n)
+        for (*batch, m, k, n), _ in plan.matmul_specs():
+            count = int(np.prod(batch, dtype=np.int64)) if batch else 1
+            g = matmul_group_size(count, m, k, n, params)
+            matmul(g * m, k, g * n, 63, g * m * n)
+            matmul(g * n, k, g * m, 63, g * m * n)
+        P3 = params.primes_for(129)
+        if plan.triples:
+            simd(plan.triples, 2, 1, P3)
+        if plan.squares:
+            simd(plan.squares, 1, 1, P3)
+        if plan.groups:
+            layout = TrackLayout(plan.groups, N, up_b, down_b)
+            ups = [upload_bound(params, P3 * len(t)) for t in layout.chunk_tracks]
+            downs = [4 + P3 * len(o) * (4 + down_b) for o in layout.chunk_outputs]
+            frame = max(frame, *ups, *downs)
+            # one slice's uploads, returns and masks (`track_slices`), and the server's
+            # operands of the whole batch (≤ 2 per output slot)
+            work = max(work, SLICE_BYTES + ups[0] + 16 * layout.output_slots)
+        return frame, work
 
     def setup(self, ch: Channel) -> None:
         """Key setup: the client generates keys and sends its public keys (~0.4 MB/prime)."""
@@ -241,15 +297,18 @@ class HeProvider:
         return a, b, c.reshape(*batch, m, n)
 
 
-def matmul_group_size(count: int, m: int, k: int, n: int, he: CrtBfvClient | CrtBfvServer) -> int:
+def matmul_group_size(
+    count: int, m: int, k: int, n: int, he: CrtBfvClient | CrtBfvServer | CrtBfvParams
+) -> int:
     """How many of `count` independent m×k·k×n products share one stacked HE product:
     the g that minimises the bytes of both cross terms (uploads + returns, from the
     coefficient packing's block choice), then their ct×pt products. Public: both parties
-    compute it from the shapes and the HE parameters."""
-    params = he.params
+    compute it from the shapes and the HE parameters (`he`: the parameters, or a party's
+    HE objects)."""
+    params = he if isinstance(he, CrtBfvParams) else he.params
     N = params.slots
     up_b = N * (len(params.coeff_bits) - 1) * 8
-    down_b = he.return_size(0)  # the useful coefficients: 8·count·m·n whatever g is
+    down_b = compact_bytes(N, 0)  # the useful coefficients: 8·count·m·n whatever g is
     best: tuple[tuple[int, int], int] | None = None
     for g in range(1, count + 1):
         nbytes = products = 0
@@ -289,6 +348,12 @@ class InsecureDealer:
         )
         log.warning("insecure_dealer provider in use: no security")
         self.rng = new_rng() if rng is None else require_secure(rng, type(self).__name__)
+
+    def requirements(self, plan: Plan) -> tuple[int, int]:
+        """(largest message, peak working bytes) of the dealer's offline phase: the
+        seed, and the client's share of each linear output (8 bytes per entry)."""
+        frame = max((8 * s.rows * s.n for s in plan.linears), default=32)
+        return frame, frame
 
     def setup(self, ch: Channel) -> None:
         pass

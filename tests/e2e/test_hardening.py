@@ -59,6 +59,11 @@ def test_output_policy_and_token_limit(model_dir, tmp_path) -> None:
         assert res.returncode == 1 and "[RESOURCE_EXHAUSTED]" in res.stderr
         assert "exceeds this server's limit of 6 tokens" in res.stderr
         assert client_json("--server", srv.address, DEALER, "hi")["label"]
+    # Old code: only batch × length was checked; now the plan's memory estimate too.
+    with Server(tmp_path, "--model", str(model_dir), DEALER, "--session-memory", "4096") as srv:
+        res = client("--server", srv.address, DEALER, "hi")
+        assert res.returncode == 1 and "[RESOURCE_EXHAUSTED]" in res.stderr
+        assert "KiB one session may use" in " ".join(res.stderr.split())
     with Server(tmp_path, "--model", str(model_dir), DEALER, "--outputs", "both") as srv:
         out = client_json("--server", srv.address, DEALER, "--output", "hidden", "hi")
         assert out["output_kind"] == "hidden"

@@ -82,3 +82,17 @@ def test_small_regions_with_many_products_are_unrolled_and_exact():
         masks = [a + b for a, b in zip(g0.masks, g1.masks, strict=True)]
         for i, j in spec.pairs:
             assert np.array_equal(g0.products[(i, j)] + g1.products[(i, j)], masks[i] * masks[j])
+
+
+def test_batch_cut_into_slices_stays_exact(monkeypatch):
+    """With a small working-set budget the batch is cut into several round trips
+    (`track_slices`), each chunk in exactly one, and every product stays exact."""
+    import common.mpc.he_protocols as hp
+    from common.he.crt_bfv import CrtBfvParams
+
+    monkeypatch.setattr(hp, "SLICE_BYTES", 1)
+    layout = TrackLayout(SPECS)
+    slices = hp.track_slices(layout, CrtBfvParams())
+    assert len(slices) == len(layout.chunk_tracks) > 1
+    assert [c for s in slices for c in s] == list(range(len(layout.chunk_tracks)))
+    test_products_exact_across_chunks()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Issue 15: a user classifying 40 short texts (held-out test tweets of at most 16
+# tokens) with the default model over loopback, HE offline phase — once inline (5
+# batches of 8, each at its own length), once after `comet-client prepare --batch 8
+# --length 16 --count 5` (each batch then runs only its online phase). Each client
+# call on a fresh server process. Isolated COMET_HOME (the built models are linked in).
+set -uo pipefail
+cd "$(dirname "$0")/.." && . .venv/bin/activate
+export HF_HUB_OFFLINE=1
+T=${T:-/tmp/forty}; rm -rf "$T"; mkdir -p "$T/home"
+ln -s "$HOME/.cache/comet/models" "$T/home/models"
+export COMET_HOME=$T/home
+python - "$T/texts" <<'PY'
+import sys
+from comet_server.adapt.data import load_tweets
+from comet_server.adapt.default import default_model_dir
+from transformers import PreTrainedTokenizerFast
+texts, _ = load_tweets("test")
+tok = PreTrainedTokenizerFast(tokenizer_file=str(default_model_dir() / "tokenizer.json"))
+short = [t for t in texts if len(tok(t)["input_ids"]) <= 16 and "\n" not in t][:40]
+assert len(short) == 40
+open(sys.argv[1], "w").write("\n".join(short) + "\n")
+PY
+mapfile -t X < "$T/texts"
+start() {
+  comet-server --port 0 > "$T/log.$1" 2>&1 & echo $! > "$T/pid"
+  until A=$(grep -o 'listening on [^ ]*' "$T/log.$1" | cut -d' ' -f3); [ -n "$A" ]; do sleep 0.5; done
+}
+stop() { kill "$(cat "$T/pid")"; wait "$(cat "$T/pid")" 2>/dev/null; }
+t() { local s; s=$(date +%s.%N); "$@"; echo "WALL $(echo "$(date +%s.%N) - $s" | bc) :: ${*:1:4}" >&2; }
+start inline
+t comet-client --quiet --json --server "$A" "${X[@]}" > "$T/inline.json"
+stop
+start prepare
+t comet-client prepare --quiet --server "$A" --batch 8 --length 16 --count 5
+du -b "$T"/home/server/prepared/ready/* "$T"/home/prepared/ready/* >&2
+stop
+start prepared
+t comet-client --quiet --json --server "$A" "${X[@]}" > "$T/prepared.json"
+stop
+python - "$T" <<'PY' >&2
+import json, sys
+import numpy as np
+T = sys.argv[1]
+for n in ("inline", "prepared"):
+    d = json.load(open(f"{T}/{n}.json")); c = d["cost"]
+    print(n, "offline s", c["offline"]["seconds"], "online s", c["online"]["seconds"],
+          "offline bytes", c["offline"]["bytes_sent"] + c["offline"]["bytes_received"],
+          "online bytes", c["online"]["bytes_sent"] + c["online"]["bytes_received"],
+          [(b["batch"], b["seq_len"], bool(b["prepared"])) for b in d["batches"]])
+a, b = (json.load(open(f"{T}/{n}.json")) for n in ("inline", "prepared"))
+print("same labels:", a["label"] == b["label"], "labels:", a["label"])
+print("max |logit diff|", float(np.abs(np.array(a["output"]) - np.array(b["output"])).max()))
+PY
