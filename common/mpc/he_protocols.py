@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,7 +21,7 @@ from numpy.typing import NDArray
 from common.he.compact import compact_bytes
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
-from common.he.packing import choose_blocking
+from common.he.packing import Blocking, choose_blocking
 from common.he.server_jobs import (
     MatmulJob,
     ProductsJob,
@@ -192,8 +193,9 @@ def he_track_products(
     (`layout.terms`). Each upload vector goes up once, whatever the number of products
     it enters; at most two terms are non-zero per slot, so values stay below 2^129
     (3 primes). Cost per N slots and prime: one seeded ciphertext up per track present
-    (~24 B/slot), one return per output present (~17 B/slot); rounds: 2 per slice
-    (`track_slices`: the server's memory for this batch stays within `SLICE_BYTES`).
+    (~24 B/slot), one return per output present (~17 B/slot); rounds: 2 (the client
+    sends every slice before it reads; the server takes one slice at a time,
+    `track_slices`, so its memory for this batch stays within `SLICE_BYTES`).
     """
     params = he.params
     N = params.slots
@@ -214,7 +216,10 @@ def he_track_products(
         ups = operands
         basis = he.basis(P)
         down = he.return_size()
-        for sl in track_slices(layout, params):
+        # Every slice's uploads first: the client decrypts slice s while the server
+        # computes slice s + 1 (the server still takes them slice by slice).
+        slices = track_slices(layout, params)
+        for sl in slices:
             for c in sl:
                 blobs = [
                     he.encrypt(i, chunk(ups[t], c, N) % U64(he.primes[i].p))  # type: ignore[arg-type]
@@ -222,6 +227,7 @@ def he_track_products(
                     for t in tracks[c]
                 ]
                 ch.send("he.tp.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
+        for sl in slices:
             for c in sl:
                 n_out = len(outs[c])
                 want = batch_size([down] * (P * n_out))
@@ -324,45 +330,119 @@ def he_matmul(
     Bytes per prime: Mb·Kb uploads of 8·N·(levels) and Mb·Nb returns of 9·N, plus 8 per
     needed entry.
     """
+    if ch.party == CLIENT:
+        assert isinstance(he, CrtBfvClient)
+        return _matmul_receive(ch, he, _matmul_send(ch, he, operand, shape, rhs_bits, wanted))
+    return _matmul_serve(ch, he, operand, shape, rhs_bits, rng, executor, wanted)
+
+
+def he_matmul_many(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    items: list[tuple[NDArray, tuple[int, int, int], int, NDArray[np.bool_] | None]],
+    rng: SecureRng,
+    executor: HeExecutor | None = None,
+) -> list[Ring]:
+    """`he_matmul` for each (operand, shape, rhs_bits, wanted) of `items`, pipelined: the
+    client sends every product's uploads before it reads the first returns, so that it
+    encrypts and decrypts while the server computes the products one after another
+    (the server's order, and so the messages, are those of the calls one by one).
+    Rounds: 2 in all, instead of 2 per product."""
+    if ch.party == CLIENT:
+        assert isinstance(he, CrtBfvClient)
+        pending = [_matmul_send(ch, he, op, shape, bits, want) for op, shape, bits, want in items]
+        return [_matmul_receive(ch, he, st) for st in pending]
+    return [
+        _matmul_serve(ch, he, op, shape, bits, rng, executor, want)
+        for op, shape, bits, want in items
+    ]
+
+
+@dataclass
+class _Pending:
+    """A client's matrix product whose uploads are sent and whose returns are due."""
+
+    blk: Blocking
+    P: int
+    shape: tuple[int, int, int]
+    wanted: NDArray[np.bool_] | None
+
+
+def _layout(
+    params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: int
+) -> tuple[int, int, Blocking]:
+    """(primes, mask bits, block shape) of a product, from public values only."""
     m, k, n = shape
-    params = he.params
     N = params.slots
     value_bits = 64 + rhs_bits + math.log2(max(k, 2))
     P = params.primes_for(value_bits)
     sigma = math.ceil(value_bits) + params.stat_sec
     up_b = N * (len(params.coeff_bits) - 1) * 8
-    blk = choose_blocking(m, k, n, N, up_b, he.return_size(0))
-    Mb, Kb, Nb = blk.grid
-    if wanted is not None and wanted.shape != (m, n):
-        raise ValueError(f"wanted has shape {wanted.shape}, the product {(m, n)}")
-    if ch.party == CLIENT:
-        assert isinstance(he, CrtBfvClient)
-        enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
-        for i in range(P):
-            p = U64(he.primes[i].p)
-            blobs = [
-                he.encrypt(i, enc[a, b] % p, coeffs=True) for a in range(Mb) for b in range(Kb)
-            ]
-            ch.send("he.mm.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
-        keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
-        res = []
-        for i in range(P):
-            want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
-            raws = unpack_blobs(ch.recv("he.mm.down", want), Mb * Nb)
-            coeffs = np.zeros((Mb * Nb, N), dtype=U64)
-            for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
-                if keep.size:
-                    coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
-                elif raw:
-                    raise ValueError("a return for an output block with nothing wanted")
-            res.append(coeffs)
-        full = he.basis(P).to_ring(res).reshape(Mb, Nb, N)
-        out = blk.decode_output(full)
-        if wanted is not None:
-            out[~wanted] = 0
-        return out
+    return P, sigma, choose_blocking(m, k, n, N, up_b, compact_bytes(N, 0))
 
-    assert isinstance(he, CrtBfvServer)
+
+def _check_wanted(wanted: NDArray[np.bool_] | None, shape: tuple[int, int, int]) -> None:
+    if wanted is not None and wanted.shape != shape[::2]:
+        raise ValueError(f"wanted has shape {wanted.shape}, the product {shape[::2]}")
+
+
+def _matmul_send(
+    ch: Channel,
+    he: CrtBfvClient,
+    operand: NDArray,
+    shape: tuple[int, int, int],
+    rhs_bits: int,
+    wanted: NDArray[np.bool_] | None,
+) -> _Pending:
+    _check_wanted(wanted, shape)
+    P, _, blk = _layout(he.params, shape, rhs_bits)
+    Mb, Kb, _ = blk.grid
+    enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
+    for i in range(P):
+        p = U64(he.primes[i].p)
+        blobs = [he.encrypt(i, enc[a, b] % p, coeffs=True) for a in range(Mb) for b in range(Kb)]
+        ch.send("he.mm.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
+    return _Pending(blk, P, shape, wanted)
+
+
+def _matmul_receive(ch: Channel, he: CrtBfvClient, st: _Pending) -> Ring:
+    blk, P, wanted = st.blk, st.P, st.wanted
+    Mb, _, Nb = blk.grid
+    N = he.params.slots
+    keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
+    res = []
+    for i in range(P):
+        want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
+        raws = unpack_blobs(ch.recv("he.mm.down", want), Mb * Nb)
+        coeffs = np.zeros((Mb * Nb, N), dtype=U64)
+        for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
+            if keep.size:
+                coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
+            elif raw:
+                raise ValueError("a return for an output block with nothing wanted")
+        res.append(coeffs)
+    full = he.basis(P).to_ring(res).reshape(Mb, Nb, N)
+    out = blk.decode_output(full)
+    if wanted is not None:
+        out[~wanted] = 0
+    return out
+
+
+def _matmul_serve(
+    ch: Channel,
+    he: CrtBfvServer,
+    operand: NDArray,
+    shape: tuple[int, int, int],
+    rhs_bits: int,
+    rng: SecureRng,
+    executor: HeExecutor | None,
+    wanted: NDArray[np.bool_] | None,
+) -> Ring:
+    _check_wanted(wanted, shape)
+    params = he.params
+    N = params.slots
+    P, sigma, blk = _layout(params, shape, rhs_bits)
+    Mb, Kb, Nb = blk.grid
     w = np.asarray(operand, dtype=np.int64)
     # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.
     plain_std = min(2.0**rhs_bits, he.primes[0].p / 2)

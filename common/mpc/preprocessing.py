@@ -34,7 +34,7 @@ from common.mpc.correlations import (
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import (
     SLICE_BYTES,
-    he_matmul,
+    he_matmul_many,
     he_products,
     he_track_products,
     pack_blobs,
@@ -180,17 +180,17 @@ class HeProvider:
         with ch.scope(phase="offline"):
             _agree(ch, plan)
             # Linear masks first: bound masks (`Bind`) take the client's output shares.
-            outputs: dict[str, Ring] = {}
             with ch.scope(op="linear-masks"):
-                linears = []
-                for spec in plan.linears:
-                    shape = (spec.rows, spec.k, spec.n)
-                    if client:
-                        r = random_ring(rng, (spec.rows, spec.k))
-                        share = he_matmul(ch, he, r, shape, self.weight_bits, rng, self.executor)
-                        linears.append(LinearMask(spec, share, r))
-                        outputs[spec.key] = share
-                    else:
+                # all of the segment's linear layers in one pipelined batch
+                if client:
+                    rs = [random_ring(rng, (spec.rows, spec.k)) for spec in plan.linears]
+                    items = [
+                        (r, (spec.rows, spec.k, spec.n), self.weight_bits, None)
+                        for r, spec in zip(rs, plan.linears, strict=True)
+                    ]
+                else:
+                    items = []
+                    for spec in plan.linears:
                         if weights is None or spec.key not in weights:
                             raise KeyError(f"server has no weight {spec.key!r}")
                         w = weights[spec.key]
@@ -198,8 +198,17 @@ class HeProvider:
                             raise ValueError(
                                 f"weight {spec.key!r} exceeds the public bound 2^{self.weight_bits}"
                             )
-                        share = he_matmul(ch, he, w, shape, self.weight_bits, rng, self.executor)
-                        linears.append(LinearMask(spec, share))
+                        items.append((w, (spec.rows, spec.k, spec.n), self.weight_bits, None))
+                shares = he_matmul_many(ch, he, items, rng, self.executor)
+                linears = [
+                    LinearMask(spec, share, rs[t] if client else None)
+                    for t, (spec, share) in enumerate(zip(plan.linears, shares, strict=True))
+                ]
+                outputs: dict[str, Ring] = (
+                    {spec.key: sh for spec, sh in zip(plan.linears, shares, strict=True)}
+                    if client
+                    else {}
+                )
             with ch.scope(op="triples"):
                 n = plan.triples
                 a, b = random_ring(rng, n), random_ring(rng, n)
@@ -220,10 +229,7 @@ class HeProvider:
             with ch.scope(op="mask-groups"):
                 groups = self._groups(ch, plan.groups, outputs)
             with ch.scope(op="matmul-triples"):
-                matmuls = [
-                    self._matmul_triple(ch, shape, binds, outputs)
-                    for shape, binds in plan.matmul_specs()
-                ]
+                matmuls = self._matmul_triples(ch, plan.matmul_specs(), outputs)
         return Pool(triples, squares, matmuls, linears, groups)
 
     def _groups(
@@ -252,49 +258,60 @@ class HeProvider:
             )
         ]
 
-    def _matmul_triple(
+    def _matmul_triples(
         self,
         ch: Channel,
-        shape: tuple[int, ...],
-        binds: tuple[Bind | None, Bind | None],
+        specs: list[tuple[tuple[int, ...], tuple[Bind | None, Bind | None]]],
         outputs: Mapping[str, Ring],
-    ) -> tuple[Ring, Ring, Ring]:
-        """A batch of matrix triples C = A·B (A: …×m×k, B: …×k×n), each party's cross
-        terms by HE. Small matrices (one head's attention) would each fill whole
+    ) -> list[tuple[Ring, Ring, Ring]]:
+        """Batches of matrix triples C = A·B (A: …×m×k, B: …×k×n), each party's cross
+        terms by HE, all of a segment's in one pipelined batch (`he_matmul_many`; 2
+        rounds). Small matrices (one head's attention) would each fill whole
         ciphertexts, so `g` of them (chosen by `matmul_group_size`) are stacked into one
         (g·m)×k by k×(g·n) product whose diagonal blocks are the g wanted products; the
         server returns c0 only at the diagonal blocks' coefficients (`he_matmul`'s
-        `wanted`), so the off-diagonal ones cannot even be decrypted. Rounds: 4 per
-        group of g matrices."""
-        *batch, m, k, n = shape
+        `wanted`), so the off-diagonal ones cannot even be decrypted."""
         rng, he = self.rng, self.he
         assert he is not None
         client = ch.party == CLIENT
-        a = _mask_share(rng, (*batch, m, k), binds[0], outputs, client)
-        b = _mask_share(rng, (*batch, k, n), binds[1], outputs, client)
-        count = int(np.prod(batch, dtype=np.int64)) if batch else 1
-        af, bf = a.reshape(count, m, k), b.reshape(count, k, n)
-        c = np.empty((count, m, n), U64)
-        g = matmul_group_size(count, m, k, n, he)
-        for grp in np.array_split(np.arange(count), -(-count // g)):
-            h = len(grp)
-            ag, bg = af[grp], bf[grp]
-            if client:  # the client's matrices on the left, stacked by rows
-                lhs1 = ag.reshape(h * m, k)
-                lhs2 = bg.transpose(0, 2, 1).reshape(h * n, k)
-            else:  # the server's on the right, stacked by columns
-                lhs1 = bg.transpose(1, 0, 2).reshape(k, h * n).view(np.int64)
-                lhs2 = ag.transpose(2, 0, 1).reshape(k, h * m).view(np.int64)
-            # cross terms a_c·b_s and (b_c^T·a_s^T)^T of every matrix in the group
-            # only the diagonal blocks return (c0 of the rest is not sent)
-            diag1 = np.kron(np.eye(h, dtype=bool), np.ones((m, n), dtype=bool))
-            s1 = he_matmul(ch, he, lhs1, (h * m, k, h * n), 63, rng, self.executor, diag1)
-            s2 = he_matmul(ch, he, lhs2, (h * n, k, h * m), 63, rng, self.executor, diag1.T)
-            for t, idx in enumerate(grp):
-                d1 = s1[t * m : (t + 1) * m, t * n : (t + 1) * n]
-                d2 = s2[t * n : (t + 1) * n, t * m : (t + 1) * m]
-                c[idx] = ring_matmul(af[idx], bf[idx]) + d1 + d2.T
-        return a, b, c.reshape(*batch, m, n)
+        items: list[tuple[NDArray, tuple[int, int, int], int, NDArray[np.bool_] | None]] = []
+        layout = []  # per spec: a, b, and the groups' (indices, item positions)
+        for shape, binds in specs:
+            *batch, m, k, n = shape
+            a = _mask_share(rng, (*batch, m, k), binds[0], outputs, client)
+            b = _mask_share(rng, (*batch, k, n), binds[1], outputs, client)
+            count = int(np.prod(batch, dtype=np.int64)) if batch else 1
+            af, bf = a.reshape(count, m, k), b.reshape(count, k, n)
+            g = matmul_group_size(count, m, k, n, he)
+            groups = []
+            for grp in np.array_split(np.arange(count), -(-count // g)):
+                h = len(grp)
+                ag, bg = af[grp], bf[grp]
+                if client:  # the client's matrices on the left, stacked by rows
+                    lhs1 = ag.reshape(h * m, k)
+                    lhs2 = bg.transpose(0, 2, 1).reshape(h * n, k)
+                else:  # the server's on the right, stacked by columns
+                    lhs1 = bg.transpose(1, 0, 2).reshape(k, h * n).view(np.int64)
+                    lhs2 = ag.transpose(2, 0, 1).reshape(k, h * m).view(np.int64)
+                # cross terms a_c·b_s and (b_c^T·a_s^T)^T; only the diagonal blocks return
+                diag = np.kron(np.eye(h, dtype=bool), np.ones((m, n), dtype=bool))
+                groups.append((grp, len(items)))
+                items.append((lhs1, (h * m, k, h * n), 63, diag))
+                items.append((lhs2, (h * n, k, h * m), 63, diag.T))
+            layout.append((shape, a, b, af, bf, groups))
+        shares = he_matmul_many(ch, he, items, rng, self.executor)
+        out = []
+        for shape, a, b, af, bf, groups in layout:
+            *batch, m, k, n = shape
+            c = np.empty((af.shape[0], m, n), U64)
+            for grp, pos in groups:
+                s1, s2 = shares[pos], shares[pos + 1]
+                for t, idx in enumerate(grp):
+                    d1 = s1[t * m : (t + 1) * m, t * n : (t + 1) * n]
+                    d2 = s2[t * n : (t + 1) * n, t * m : (t + 1) * m]
+                    c[idx] = ring_matmul(af[idx], bf[idx]) + d1 + d2.T
+            out.append((a, b, c.reshape(*batch, m, n)))
+        return out
 
 
 def matmul_group_size(
