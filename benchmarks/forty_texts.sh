@@ -3,14 +3,13 @@
 # tokens) with the default model over loopback, HE offline phase — once inline (5
 # batches of 8, each at its own length), once after `comet-client prepare --batch 8
 # --length 16 --count 5` (each batch then runs only its online phase). Each client
-# call on a fresh server process. The server's store is raised to 4 GB (5 sets of 529 MB;
-# the run recorded in docs/BENCHMARKS.md used the 2 GB default and kept only 3). Isolated COMET_HOME (the built models are linked in).
+# call on a fresh server process, an isolated COMET_HOME (`benchmarks/lib.sh`). The
+# server's store is raised to 4 GB (5 sets of 529 MB; the run recorded in
+# docs/BENCHMARKS.md used the 2 GB default and kept only 3).
 set -uo pipefail
-cd "$(dirname "$0")/.." && . .venv/bin/activate
-export HF_HUB_OFFLINE=1
-T=${T:-/tmp/forty}; rm -rf "$T"; mkdir -p "$T/home"
-ln -s "$HOME/.cache/comet/models" "$T/home/models"
-export COMET_HOME=$T/home
+# shellcheck source=benchmarks/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_home "${T:-/tmp/forty}"
 python - "$T/texts" <<'PY'
 import sys
 from comet_server.adapt.data import load_tweets
@@ -23,13 +22,6 @@ assert len(short) == 40
 open(sys.argv[1], "w").write("\n".join(short) + "\n")
 PY
 mapfile -t X < "$T/texts"
-start() {  # start NAME [SERVER OPTIONS…]
-  local name=$1; shift
-  comet-server --port 0 "$@" > "$T/log.$name" 2>&1 & echo $! > "$T/pid"
-  until A=$(grep -o 'listening on [^ ]*' "$T/log.$name" | cut -d' ' -f3); [ -n "$A" ]; do sleep 0.5; done
-}
-stop() { kill "$(cat "$T/pid")"; wait "$(cat "$T/pid")" 2>/dev/null; }
-t() { local s; s=$(date +%s.%N); "$@"; echo "WALL $(echo "$(date +%s.%N) - $s" | bc) :: ${*:1:4}" >&2; }
 start inline
 t comet-client --quiet --json --server "$A" "${X[@]}" > "$T/inline.json"
 stop

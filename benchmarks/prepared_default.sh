@@ -4,17 +4,9 @@
 # port each, like `.ci/demo`), an inline run for comparison, and prepare throughput at
 # 32 tokens. Isolated COMET_HOME (the built models are linked in).
 set -uo pipefail
-cd "$(dirname "$0")/.." && . .venv/bin/activate
-export HF_HUB_OFFLINE=1
-T=${T:-/tmp/prep_demo}; rm -rf "$T"; mkdir -p "$T/home"
-ln -s "$HOME/.cache/comet/models" "$T/home/models"
-export COMET_HOME=$T/home
-start() {
-  comet-server --port 0 > "$T/log.$1" 2>&1 & echo $! > "$T/pid"
-  until A=$(grep -o 'listening on [^ ]*' "$T/log.$1" | cut -d' ' -f3); [ -n "$A" ]; do sleep 0.5; done
-}
-stop() { kill "$(cat "$T/pid")"; wait "$(cat "$T/pid")" 2>/dev/null; }
-t() { local s; s=$(date +%s.%N); "$@"; echo "WALL $(echo "$(date +%s.%N) - $s" | bc) :: ${*:1:4}" >&2; }
+# shellcheck source=benchmarks/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_home "${T:-/tmp/prep_demo}"
 D=("I love this sunny day" "this is the worst service ever")
 start 1
 t comet-client prepare --quiet --server "$A" --batch 2 --length 16 --count 2

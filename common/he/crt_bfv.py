@@ -57,6 +57,12 @@ class CrtBfvParams:
         return self.poly_degree
 
     @property
+    def upload_bytes(self) -> int:
+        """Bytes of the data of one seeded client ciphertext: c0 at every data level
+        (c1 travels as a seed)."""
+        return 8 * self.poly_degree * (len(self.coeff_bits) - 1)
+
+    @property
     def full_bits(self) -> int:
         return sum(self.coeff_bits[:-1])
 

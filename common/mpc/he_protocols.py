@@ -52,7 +52,7 @@ def pack_blobs(blobs: list[bytes]) -> bytes:
 def upload_bound(params: CrtBfvParams, count: int) -> int:
     """Most bytes a batch of `count` client ciphertexts (seeded, SEAL-serialized) may
     take: c0 at every level plus 1% and 4 KiB of slack for the serialization, each."""
-    one = 8 * params.poly_degree * (len(params.coeff_bits) - 1)
+    one = params.upload_bytes
     return 4 + count * (4 + one + one // 100 + 4096)
 
 
@@ -109,17 +109,13 @@ def he_products(
     sigma = math.ceil(value_bits) + params.stat_sec
     chunks = math.ceil(n / N)
 
-    def chunk(v: Ring, c: int) -> Ring:
-        out = np.zeros(N, dtype=U64)
-        part = v[c * N : (c + 1) * N]
-        out[: part.size] = part
-        return out
-
     if ch.party == CLIENT:
         assert isinstance(he, CrtBfvClient)
         for c in range(chunks):
             blobs = [
-                he.encrypt(i, chunk(x, c) % U64(he.primes[i].p)) for i in range(P) for x in operands
+                he.encrypt(i, chunk(x, c, N) % U64(he.primes[i].p))
+                for i in range(P)
+                for x in operands
             ]
             ch.send("he.prod.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
         basis = he.basis(P)
@@ -139,7 +135,7 @@ def he_products(
     ups = [unpack_blobs(ch.recv("he.prod.up", max_bytes=bound), P * J) for _ in range(chunks)]
     limbs = _mask(rng, sigma, (chunks, N))
     mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, chunks, N)
-    ys = np.stack([np.stack([chunk(y, c) for y in operands]) for c in range(chunks)])
+    ys = np.stack([np.stack([chunk(y, c, N) for y in operands]) for c in range(chunks)])
     groups = _split(chunks, _parts(executor, chunks))
     jobs = [
         ProductsJob(
@@ -163,7 +159,7 @@ def track_slices(layout: TrackLayout, params: CrtBfvParams) -> list[range]:
     same way). Each slice costs one round trip."""
     N = params.slots
     P = params.primes_for(129.0)
-    up_b = 8 * N * (len(params.coeff_bits) - 1)
+    up_b = params.upload_bytes
     down_b = compact_bytes(N)
     out: list[range] = []
     first, held = 0, 0
@@ -368,17 +364,16 @@ class _Pending:
     wanted: NDArray[np.bool_] | None
 
 
-def _layout(
+def matmul_layout(
     params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: int
 ) -> tuple[int, int, Blocking]:
-    """(primes, mask bits, block shape) of a product, from public values only."""
+    """(primes, mask bits, block shape) of `he_matmul` for `shape`, from public values."""
     m, k, n = shape
     N = params.slots
     value_bits = 64 + rhs_bits + math.log2(max(k, 2))
     P = params.primes_for(value_bits)
     sigma = math.ceil(value_bits) + params.stat_sec
-    up_b = N * (len(params.coeff_bits) - 1) * 8
-    return P, sigma, choose_blocking(m, k, n, N, up_b, compact_bytes(N, 0))
+    return P, sigma, choose_blocking(m, k, n, N, params.upload_bytes, compact_bytes(N, 0))
 
 
 def _check_wanted(wanted: NDArray[np.bool_] | None, shape: tuple[int, int, int]) -> None:
@@ -395,7 +390,7 @@ def _matmul_send(
     wanted: NDArray[np.bool_] | None,
 ) -> _Pending:
     _check_wanted(wanted, shape)
-    P, _, blk = _layout(he.params, shape, rhs_bits)
+    P, _, blk = matmul_layout(he.params, shape, rhs_bits)
     Mb, Kb, _ = blk.grid
     enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
     for i in range(P):
@@ -441,7 +436,7 @@ def _matmul_serve(
     _check_wanted(wanted, shape)
     params = he.params
     N = params.slots
-    P, sigma, blk = _layout(params, shape, rhs_bits)
+    P, sigma, blk = matmul_layout(params, shape, rhs_bits)
     Mb, Kb, Nb = blk.grid
     w = np.asarray(operand, dtype=np.int64)
     # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.

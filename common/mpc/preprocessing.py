@@ -9,7 +9,6 @@ shares, so it is for tests and benchmarks of higher layers only, and warns.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from common.mpc.he_protocols import (
     he_matmul_many,
     he_products,
     he_track_products,
+    matmul_layout,
     pack_blobs,
     unpack_blobs,
     upload_bound,
@@ -109,14 +109,13 @@ class HeProvider:
         returns and masks), which is freed before the next."""
         params = self.params
         N = params.slots
-        up_b = N * (len(params.coeff_bits) - 1) * 8
+        up_b = params.upload_bytes
         down_b = compact_bytes(N)
         frame = work = 0
 
         def matmul(m: int, k: int, n: int, rhs_bits: int, useful: int) -> None:
             nonlocal frame, work
-            P = params.primes_for(64 + rhs_bits + math.log2(max(k, 2)))
-            blk = choose_blocking(m, k, n, N, up_b, compact_bytes(N, 0))
+            P, _, blk = matmul_layout(params, (m, k, n), rhs_bits)
             Mb, Kb, Nb = blk.grid
             up = upload_bound(params, Mb * Kb)
             down = 4 + Mb * Nb * (4 + compact_bytes(N, 0)) + 8 * useful
@@ -246,9 +245,7 @@ class HeProvider:
             [_mask_share(rng, shp, spec.bind(i), outputs, client) for i, shp in enumerate(sh)]
             for spec, sh in ((sp, sp.shapes) for sp in specs)
         ]
-        N = he.params.slots
-        up_b = N * (len(he.params.coeff_bits) - 1) * 8
-        layout = TrackLayout(specs, N, up_b, he.return_size())
+        layout = TrackLayout(specs, he.params.slots, he.params.upload_bytes, he.return_size())
         ops = layout.uploads(masks) if client else layout.terms(masks)
         shares = he_track_products(ch, he, layout, ops, rng, self.executor)
         return [
@@ -324,7 +321,7 @@ def matmul_group_size(
     HE objects)."""
     params = he if isinstance(he, CrtBfvParams) else he.params
     N = params.slots
-    up_b = N * (len(params.coeff_bits) - 1) * 8
+    up_b = params.upload_bytes
     down_b = compact_bytes(N, 0)  # the useful coefficients: 8·count·m·n whatever g is
     best: tuple[tuple[int, int], int] | None = None
     for g in range(1, count + 1):

@@ -11,6 +11,7 @@ memory share of one session).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,10 +41,7 @@ def online_frame(plan: Plan) -> int:
     sizes = [16 * plan.triples, 8 * plan.squares]
     sizes += [8 * s.rows * max(s.k, s.n) for s in plan.linears]
     for (*batch, m, k, n), _ in plan.matmul_specs():
-        count = 1
-        for b in batch:
-            count *= b
-        sizes.append(8 * count * (m * k + k * n))
+        sizes.append(8 * math.prod(batch) * (m * k + k * n))
     sizes += [8 * g.elements()[0] for g in plan.groups]
     return max(sizes, default=0)
 
