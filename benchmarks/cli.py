@@ -36,6 +36,16 @@ def provider_option(
     )
 
 
+def truncation_option(help: str = "Exact truncation (the default) or SecureML local.") -> Callable:
+    return click.option(
+        "--truncation",
+        type=click.Choice(["exact", "local"]),
+        default="exact",
+        show_default=True,
+        help=help,
+    )
+
+
 def approx_option() -> Callable:
     return click.option(
         "--approx",
@@ -249,8 +259,15 @@ def _model_table(result: dict[str, Any]) -> Table:
 @shape_options()
 @approx_option()
 @provider_option()
+@truncation_option()
 def model_cmd(
-    as_json: bool, model: str, seq_len: int, batch: int, approx: str, provider: str
+    as_json: bool,
+    model: str,
+    seq_len: int,
+    batch: int,
+    approx: str,
+    provider: str,
+    truncation: str,
 ) -> None:
     """Private forward of a whole model: per-layer bytes, rounds, seconds; error."""
     from benchmarks import model as model_mod
@@ -263,6 +280,7 @@ def model_cmd(
         provider,
         batch,
         lambda msg: err.print(msg, highlight=False, markup=False),
+        exact=truncation == "exact",
     )
     _emit(result, as_json, _model_table(result))
 
@@ -382,20 +400,23 @@ def sites_cmd(as_json: bool, model: str, approx: str) -> None:
 
 def _risk_table(result: dict[str, Any]) -> Table:
     m = result["meta"]
-    total = result["total"]
+    total, other = result["total"], result["other"]
     table = Table(
         title=f"comet-bench risk {m['model']} ({m['approx']}, {m['seq_len']} tokens, "
         f"f = {m['frac_bits']})",
-        caption=f"expected failed truncations per inference: {total:.3g} "
-        f"({result['truncations']:,} truncated values); Σ|v|/2^64 over the fixed-point "
-        "emulation's truncations",
+        caption=f"expected failed truncations per inference, {m['truncation']} truncation: "
+        f"{total:.3g} ({result['truncations']:,} truncated values, the largest "
+        f"2^{result['max_log2_abs'] or 0:.1f}); "
+        f"{other['truncation']} truncation on the same values: {other['total']:.3g}",
     )
     table.add_column("site")
-    table.add_column("expected failures", justify="right")
+    table.add_column(f"{m['truncation']}", justify="right")
     table.add_column("share", justify="right")
+    table.add_column(f"{other['truncation']}", justify="right")
     for site, r in result["sites"].items():
-        table.add_row(site, f"{r:.3g}", f"{100 * r / total:.1f}%" if total else "-")
-    table.add_row("total", f"{total:.3g}", "100%" if total else "-")
+        o = other["sites"].get(site, 0.0)
+        table.add_row(site, f"{r:.3g}", f"{100 * r / total:.1f}%" if total else "-", f"{o:.3g}")
+    table.add_row("total", f"{total:.3g}", "100%" if total else "-", f"{other['total']:.3g}")
     return table
 
 
@@ -409,9 +430,10 @@ def _risk_table(result: dict[str, Any]) -> Table:
 )
 @click.option("--seq-len", type=click.IntRange(2, 512), default=64, show_default=True)
 @approx_option()
-@json_option('Print {"total", "sites", …} as JSON.')
-def risk_cmd(model: str, seq_len: int, approx: str, as_json: bool) -> None:
-    """Expected catastrophic failures (failed local truncations) per inference, per site."""
+@truncation_option("The policy whose risk is the total (the other is shown beside it).")
+@json_option('Print {"total", "sites", "other", …} as JSON.')
+def risk_cmd(model: str, seq_len: int, approx: str, truncation: str, as_json: bool) -> None:
+    """Expected catastrophic failures (failed truncations) per inference, per site."""
     from benchmarks import risk as risk_mod
 
     err = Console(stderr=True)
@@ -421,6 +443,7 @@ def risk_cmd(model: str, seq_len: int, approx: str, as_json: bool) -> None:
             seq_len,
             approx,
             progress=lambda msg: err.print(msg, highlight=False, markup=False),
+            exact=truncation == "exact",
         )
     except (risk_mod.ModelUnavailable, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.mpc.ring import FRAC_BITS
+from common.approx.backend import PlainBackend
+from common.mpc.ring import FRAC_BITS, FixedPoint
 from common.protocol.calibrate import compile_model
 from common.protocol.program import ClientInput
 from common.protocol.run import local_private_forward, plain_forward
@@ -87,8 +88,10 @@ def run_model(
     provider: str = "he",
     batch: int = 1,
     progress: Callable[[str], None] | None = None,
+    exact: bool = True,
 ) -> dict[str, Any]:
     say = progress or (lambda m: None)
+    fxp = FixedPoint(FRAC_BITS, exact_trunc=exact)
     model_dir = resolve_model(model)
     say(f"compiling {model_dir} ({approx}) …")
     t = time.perf_counter()
@@ -97,12 +100,12 @@ def run_model(
     inp = sample_input(tok, seq_len, batch)
     say(f"private forward: {seq_len} tokens, batch {batch}, provider {provider} …")
     t = time.perf_counter()
-    server, client = local_private_forward(compiled, inp, provider=provider)
+    server, client = local_private_forward(compiled, inp, provider=provider, fxp=fxp)
     wall = time.perf_counter() - t
     assert client.output is not None
     got = client.output
     want = plaintext_output(model_dir, compiled.card.approx.kind, inp)
-    emul = plain_forward(compiled, inp, FRAC_BITS)
+    emul = plain_forward(compiled, inp, backend=PlainBackend(FRAC_BITS, exact=exact))
     layers: dict[str, dict[str, Any]] = {}
     for m in (server.meter, client.meter):
         for (phase, layer), c in m.breakdown(by=("phase", "layer")).items():
@@ -137,6 +140,7 @@ def run_model(
             "seq_len": seq_len,
             "batch": batch,
             "provider": provider,
+            "truncation": "exact" if exact else "local",
             "compile_s": compile_s,
             "wall_s": wall,
         },

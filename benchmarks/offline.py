@@ -37,13 +37,14 @@ from common.protocol.run import private_forward
 from common.transport import NullChannel, run_local
 
 # The kinds in the order the provider produces them (`HeProvider.generate` scopes).
-KINDS = ("linear-masks", "triples", "squares", "mask-groups", "matmul-triples")
+KINDS = ("linear-masks", "triples", "squares", "wraps", "mask-groups", "matmul-triples")
 # Byte floors per element from DESIGN.md ("The offline phase at BERT-base size").
 FLOOR_B = {"triples": 91.0, "squares": 91.0, "mask-groups": 91.0, "linear-masks": 0.08}
 UNIT = {
     "linear-masks": "MAC",
     "triples": "product",
     "squares": "product",
+    "wraps": "truncation",
     "mask-groups": "product",
     "matmul-triples": "MAC",
 }
@@ -65,6 +66,7 @@ def plan_elements(plan: Plan) -> dict[str, int]:
         "linear-masks": sum(s.rows * s.k * s.n for s in plan.linears),
         "triples": plan.triples,
         "squares": plan.squares,
+        "wraps": plan.wraps,
         "mask-groups": groups,
         "matmul-triples": matmul,
     }

@@ -87,6 +87,11 @@ def _n(n: int) -> str:
 
 
 # -- cases ----------------------------------------------------------------------------
+def _wrap(n: int) -> int:
+    """Both parties' bytes for n exact truncations (`Mpc.trunc_many`: a bit each way)."""
+    return 2 * -(-n // 8)
+
+
 def case_mul(rng: np.random.Generator, n: int) -> Case:
     x, y = rng.standard_normal(n), rng.standard_normal(n)
 
@@ -99,7 +104,7 @@ def case_mul(rng: np.random.Generator, n: int) -> Case:
 
     return Case(
         "mul", f"{_n(n)} elementwise", n, "products", program, {"y": y}, {"x": x}, x * y,
-        online_bytes_model=2 * 16 * n, products=True,
+        online_bytes_model=2 * 16 * n + _wrap(n), products=True,
     )  # fmt: skip
 
 
@@ -114,7 +119,7 @@ def case_square(rng: np.random.Generator, n: int) -> Case:
 
     return Case(
         "square", f"{_n(n)} elementwise", n, "products", program, {}, {"x": x}, x * x,
-        online_bytes_model=2 * 8 * n, products=True,
+        online_bytes_model=2 * 8 * n + _wrap(n), products=True,
     )  # fmt: skip
 
 
@@ -133,7 +138,7 @@ def case_matmul(rng: np.random.Generator, heads: int, m_: int, k: int, n: int) -
     shape = f"{heads}×({shape})" if heads > 1 else f"{shape} (1 head)"
     return Case(
         "matmul", shape, heads * m_ * n, "outputs", program, {"y": y}, {"x": x}, x @ y,
-        online_bytes_model=2 * 8 * heads * (m_ * k + k * n),
+        online_bytes_model=2 * 8 * heads * (m_ * k + k * n) + _wrap(heads * m_ * n),
     )  # fmt: skip
 
 
@@ -150,7 +155,7 @@ def case_linear(rng: np.random.Generator, rows: int, k: int, out: int) -> Case:
 
     return Case(
         "linear", f"{rows}×{k}·{k}×{out} +bias", rows * out, "outputs", program,
-        {"w": w, "b": b}, {"x": x}, x @ w + b, online_bytes_model=8 * rows * k,
+        {"w": w, "b": b}, {"x": x}, x @ w + b, online_bytes_model=8 * rows * k + _wrap(rows * out),
     )  # fmt: skip
 
 
@@ -165,7 +170,7 @@ def case_mean(rng: np.random.Generator, rows: int, cols: int) -> Case:
 
     return Case(
         "mean", f"{rows}×{cols} last axis", rows * cols, "inputs", program, {}, {"x": x},
-        x.mean(axis=-1), online_bytes_model=0, correlated=False,
+        x.mean(axis=-1), online_bytes_model=_wrap(rows),
     )  # fmt: skip
 
 

@@ -93,6 +93,12 @@ class SecureRng:
             raise ValueError("negative count")
         return self._keystream(8 * n).view(np.uint64)
 
+    def random_bits(self, n: int) -> NDArray[np.uint8]:
+        """n uniform bits as a uint8 array of 0s and 1s. Cost: ceil(n/8) keystream bytes."""
+        if n < 0:
+            raise ValueError("negative count")
+        return np.unpackbits(self._keystream(-(-n // 8)))[:n]
+
     def uniform_bits(self, bits: int, n: int) -> NDArray[np.uint64]:
         """n uniform integers in [0, 2^bits), bits ≤ 64."""
         if not 0 < bits <= 64:

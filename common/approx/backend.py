@@ -19,15 +19,16 @@ meaning (wrap-around for the integer kinds).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from common.mpc.correlations import Bind, GroupSpec
-from common.mpc.engine import Mpc, OpenedGroup
+from common.mpc.engine import LOOKUP_BITS, Mpc, OpenedGroup
 from common.mpc.ring import U64, public_const_extra_bits
 from common.mpc.roles import CLIENT, SERVER
 
@@ -35,6 +36,16 @@ if TYPE_CHECKING:
     import torch
 
 Value = Any  # numpy uint64 shares (SharedBackend) or a torch tensor (PlainBackend)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A value before its truncation: `value` at scale 2^(f + bits); `trunc_many`
+    divides by 2^bits. Several raw terms truncated together cost one round, and a raw
+    product scaled by a public constant (`scaled`) is truncated once, not twice."""
+
+    value: Any
+    bits: int
 
 
 def _writable(x: object) -> NDArray[np.float64]:
@@ -55,6 +66,10 @@ class Backend(Protocol):
     def output(self, x: Value, to: int | None = CLIENT) -> NDArray[np.float64] | None: ...
     def add_public(self, x: Value, c: NDArray | float) -> Value: ...
     def mul_public(self, x: Value, c: NDArray | float) -> Value: ...
+    def mul_public_many(self, items: list[tuple[Value, NDArray | float]]) -> list[Value]: ...
+    def scaled(self, x: Value | Raw, c: float) -> Raw: ...
+    def trunc_many(self, items: list[Raw]) -> list[Value]: ...
+    def mul_raw(self, x: Value, y: Value) -> Raw: ...
     def mul(self, x: Value, y: Value) -> Value: ...
     def mul_many(self, pairs: list[tuple[Value, Value]]) -> list[Value]: ...
     def square(self, x: Value) -> Value: ...
@@ -84,10 +99,13 @@ class Backend(Protocol):
 class Group(Protocol):
     """Values opened once and multiplied many times (`common.mpc.engine.OpenedGroup`):
     `open({i: x_i, …})` costs one round and 8 bytes per element; `mul(i, j)` is the
-    truncated product x_i·x_j of two open values (planned in `pairs`), free."""
+    truncated product x_i·x_j of two open values (planned in `pairs`): local, plus the
+    truncation's round when exact; `mul_many` truncates several in that one round."""
 
     def open(self, values: dict[int, Value]) -> None: ...
     def mul(self, i: int, j: int) -> Value: ...
+    def mul_many(self, pairs: list[tuple[int, int]]) -> list[Value]: ...
+    def mul_raw(self, i: int, j: int) -> Raw: ...
 
 
 # ----------------------------------------------------------------------------------------
@@ -114,11 +132,37 @@ class SharedBackend:
         return self.mpc.add_public(x, c)
 
     def mul_public(self, x: Value, c: NDArray | float) -> Value:
+        return self.mpc.mul_public(*self._public_operands(x, c))
+
+    def mul_public_many(self, items: list[tuple[Value, NDArray | float]]) -> list[Value]:
+        """Several `mul_public`s, truncated in one round (`Mpc.mul_public_many`)."""
+        return self.mpc.mul_public_many([self._public_operands(x, c) for x, c in items])
+
+    def scaled(self, x: Value | Raw, c: float) -> Raw:
+        """x·c before truncation (a scalar c, encoded as `Mpc.mul_public` does). Local.
+
+        Under local truncation a raw x is truncated first (free there, and the larger
+        fused value would fail |v|/2^64 more often)."""
+        raw = x if isinstance(x, Raw) else Raw(x, 0)
+        if raw.bits and not self.mpc.exact:
+            raw = Raw(self.mpc.trunc(raw.value, raw.bits), 0)
+        v, bits = self.mpc._scaled(raw.value, c)
+        return Raw(v, raw.bits + bits)
+
+    def trunc_many(self, items: list[Raw]) -> list[Value]:
+        """Every raw term truncated, in one round (`Mpc.trunc_many`); terms with no bits
+        to drop pass through."""
+        cut = [(r.value, r.bits) for r in items if r.bits]
+        done = iter(self.mpc.trunc_many(cut) if cut else [])
+        return [next(done) if r.bits else r.value for r in items]
+
+    @staticmethod
+    def _public_operands(x: Value, c: NDArray | float) -> tuple[Value, NDArray]:
         c = np.asarray(c, dtype=np.float64)
         if c.shape and c.shape != x.shape:
             c = np.broadcast_to(c, np.broadcast_shapes(c.shape, x.shape))
             x = np.broadcast_to(x, c.shape)
-        return self.mpc.mul_public(x, c)
+        return x, c
 
     def _same(self, x: Value, y: Value) -> tuple[Value, Value]:
         if x.shape == y.shape:
@@ -129,6 +173,11 @@ class SharedBackend:
     def mul(self, x: Value, y: Value) -> Value:
         x, y = self._same(x, y)
         return self.mpc.mul(x, y)
+
+    def mul_raw(self, x: Value, y: Value) -> Raw:
+        """x·y before truncation (Beaver triple, 1 round)."""
+        x, y = self._same(x, y)
+        return Raw(self.mpc.mul_ring(x, y), self.mpc.f)
 
     def mul_many(self, pairs: list[tuple[Value, Value]]) -> list[Value]:
         fixed = []
@@ -148,7 +197,7 @@ class SharedBackend:
         """See `Group`; shares are made contiguous on opening. A value whose mask has a
         `Bind` (a linear layer's output, laid out as the bind says) is sent by the
         server only."""
-        spec = GroupSpec(tuple(map(tuple, shapes)), tuple(pairs), tuple(binds or ()))
+        spec = GroupSpec(tuple(map(tuple, shapes)), tuple(pairs), tuple(self._binds(binds or ())))
         return _SharedGroup(self.mpc.group(spec))
 
     def sum(self, x: Value, axis: int, keepdims: bool = False) -> Value:
@@ -160,7 +209,15 @@ class SharedBackend:
     def matmul(
         self, x: Value, y: Value, binds: tuple[Bind | None, Bind | None] = (None, None)
     ) -> Value:
-        return self.mpc.matmul(np.ascontiguousarray(x), np.ascontiguousarray(y), binds)
+        b0, b1 = self._binds(binds)
+        return self.mpc.matmul(np.ascontiguousarray(x), np.ascontiguousarray(y), (b0, b1))
+
+    def _binds(self, binds: Iterable[Bind | None]) -> list[Bind | None]:
+        """`Bind`s hold only under local truncation: a bound mask's client share is the
+        client's share of a linear output, fixed offline when truncated locally, but
+        data-dependent after an exact truncation (its wrap bit). So exact runs drop them
+        (the client then sends its part of those openings too)."""
+        return [None if self.mpc.exact else b for b in binds]
 
     def swap(self, x: Value, a: int, b: int) -> Value:
         return np.ascontiguousarray(np.swapaxes(x, a, b))
@@ -216,19 +273,43 @@ class PlainBackend:
     the value directly.
     """
 
-    def __init__(self, frac_bits: int | None = None, track_risk: bool = False) -> None:
+    def __init__(
+        self, frac_bits: int | None = None, track_risk: bool = False, exact: bool = True
+    ) -> None:
         if frac_bits is not None and not 8 <= frac_bits <= 30:
             raise ValueError("frac_bits must be in 8..30")
         self.frac_bits = frac_bits
-        # With `track_risk`: Σ |v| / 2^64 over every truncated value v, the expected
-        # number of local truncation failures the shared run of the same program would
-        # suffer (off by default: it costs a pass over every truncated tensor).
+        # With `track_risk`: the expected number of failed truncations the shared run of
+        # the same program would suffer (off by default: it costs a pass over every
+        # truncated tensor). `exact` says which truncation that run uses (`Mpc.exact`):
+        # local truncation fails with probability |v|/2^64 per truncated value v (and
+        # the lookup's local Z_2^48 → Z_2^64 lift with |v|/2^48); the exact one only for
+        # |v| ≥ 2^62 (2^46 for the lift), outside its range, counted as a certain failure.
         self.track_risk = track_risk
+        self.exact = exact
         self.truncation_risk = 0.0
         self.truncations = 0
+        self.max_truncated = 0.0  # the largest |v| truncated (exact: must stay < 2^62)
         # The same sum per site ("layer0.gelu", …: the labels of `scope`).
         self.risk_by_site: dict[str, float] = {}
+        self.other_risk_by_site: dict[str, float] = {}
         self._labels: dict[str, str] = {}
+
+    def _count_risk(self, x: torch.Tensor, ring_bits: int = 64) -> None:
+        import torch  # lazily: the client never loads it
+
+        local = float(x.abs().sum(dtype=torch.float64)) * 2.0**-ring_bits
+        exact = float((x.abs() >= 2 ** (ring_bits - 2)).sum())
+        risk = exact if self.exact else local
+        if x.numel():
+            self.max_truncated = max(self.max_truncated, float(x.abs().max()))
+        self.truncation_risk += risk
+        self.truncations += x.numel()
+        key = self.site()
+        self.risk_by_site[key] = self.risk_by_site.get(key, 0.0) + risk
+        # the other policy's risk on the same values, for comparison (`comet-bench risk`)
+        other = local if self.exact else exact
+        self.other_risk_by_site[key] = self.other_risk_by_site.get(key, 0.0) + other
 
     @contextmanager
     def scope(self, **labels: str) -> Iterator[None]:
@@ -264,14 +345,9 @@ class PlainBackend:
         return (x.double() / 2.0**self.frac_bits).numpy()
 
     def _trunc(self, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
-        import torch  # lazily: the client never loads it
 
         if self.track_risk:
-            risk = float(x.abs().sum(dtype=torch.float64)) * 2.0**-64
-            self.truncation_risk += risk
-            self.truncations += x.numel()
-            key = self.site()
-            self.risk_by_site[key] = self.risk_by_site.get(key, 0.0) + risk
+            self._count_risk(x)
         return x >> (self.frac_bits if bits is None else bits)
 
     def input(self, owner: int, x: NDArray | None, shape: tuple[int, ...]) -> Value:
@@ -296,8 +372,30 @@ class PlainBackend:
         extra = public_const_extra_bits(c, f)
         return self._trunc(x * self.encode(c, f + extra), f + extra)
 
+    def mul_public_many(self, items: list[tuple[Value, NDArray | float]]) -> list[Value]:
+        return [self.mul_public(x, c) for x, c in items]
+
+    def scaled(self, x: Value | Raw, c: float) -> Raw:
+        raw = x if isinstance(x, Raw) else Raw(x, 0)
+        if not self.fixed:
+            return Raw(raw.value * c, 0)
+        if raw.bits and not self.exact:  # as `SharedBackend.scaled`
+            raw = Raw(self._trunc(raw.value, raw.bits), 0)
+        f = self.frac_bits
+        assert f is not None
+        bits = f + public_const_extra_bits(c, f)
+        return Raw(raw.value * self.encode(c, bits), raw.bits + bits)
+
+    def trunc_many(self, items: list[Raw]) -> list[Value]:
+        if not self.fixed:
+            return [r.value for r in items]
+        return [self._trunc(r.value, r.bits) if r.bits else r.value for r in items]
+
     def mul(self, x: Value, y: Value) -> Value:
         return self._trunc(x * y) if self.fixed else x * y
+
+    def mul_raw(self, x: Value, y: Value) -> Raw:
+        return Raw(x * y, self.frac_bits or 0)
 
     def mul_many(self, pairs: list[tuple[Value, Value]]) -> list[Value]:
         return [self.mul(x, y) for x, y in pairs]
@@ -364,7 +462,10 @@ class PlainBackend:
         oh = torch.as_tensor(_writable(onehot))
         if self.fixed:
             oh = oh.to(torch.int64)
-        return oh @ self.encode(table)
+        y = oh @ self.encode(table)
+        if self.fixed and self.track_risk:  # the lift out of Z_2^48 (`Mpc.lookup`)
+            self._count_risk(y, LOOKUP_BITS)
+        return y
 
     def server_constant(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
         if c is None:
@@ -390,6 +491,12 @@ class _SharedGroup:
     def mul(self, i: int, j: int) -> Value:
         return self.g.product(i, j)
 
+    def mul_many(self, pairs: list[tuple[int, int]]) -> list[Value]:
+        return self.g.products(pairs)
+
+    def mul_raw(self, i: int, j: int) -> Raw:
+        return Raw(self.g.product_ring(i, j), self.g.mpc.f)
+
 
 class _PlainGroup:
     """Plain counterpart of `OpenedGroup`: the same truncated products, with the same
@@ -413,3 +520,13 @@ class _PlainGroup:
         if (i, j) not in self.spec.pairs:
             raise ValueError(f"product {(i, j)} was not planned")
         return self.ops.mul(self.values[i], self.values[j])
+
+    def mul_many(self, pairs: list[tuple[int, int]]) -> list[Value]:
+        return [self.mul(i, j) for i, j in pairs]
+
+    def mul_raw(self, i: int, j: int) -> Raw:
+        i, j = min(i, j), max(i, j)
+        if (i, j) not in self.spec.pairs:
+            raise ValueError(f"product {(i, j)} was not planned")
+        x, y = self.values[i], self.values[j]
+        return Raw(x * y, self.ops.frac_bits or 0)

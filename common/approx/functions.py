@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from common.approx.backend import Backend, Group, Value
+from common.approx.backend import Backend, Group, Raw, Value
 from common.approx.rsqrt_fit import RsqrtPlan, plan_rsqrt
 from common.mpc.correlations import Bind
 
@@ -56,6 +56,12 @@ class _Named:
     def mul(self, a: str, b: str) -> Value:
         return self.g.mul(self.index[a], self.index[b])
 
+    def mul_many(self, pairs: list[tuple[str, str]]) -> list[Value]:
+        return self.g.mul_many([(self.index[a], self.index[b]) for a, b in pairs])
+
+    def mul_raw(self, a: str, b: str) -> Raw:
+        return self.g.mul_raw(self.index[a], self.index[b])
+
 
 # Powers u^k from the opened values u, u², u⁴ (and u³ for degree 7–8): k → the pair.
 _POWER_PAIRS = {2: ("u", "u"), 3: ("u", "u2"), 4: ("u2", "u2"), 5: ("u", "u4"),
@@ -78,28 +84,40 @@ def _powers(g: _Named | None, u: Value, d: int) -> dict[int, Value]:
     if d < 2:
         return p
     assert g is not None
+    # Powers that are opened again are truncated (together, one round each time);
+    # the others stay `Raw`: `_poly_sum` truncates them once with their coefficient.
+    opened = {2} | ({4} if d >= 5 else set()) | ({3} if d >= 7 else set())
+
+    def take(ks: list[int]) -> None:
+        cut = [k for k in ks if k in opened]
+        p.update(zip(cut, g.mul_many([_POWER_PAIRS[k] for k in cut]), strict=True))
+        p.update({k: g.mul_raw(*_POWER_PAIRS[k]) for k in ks if k not in opened})
+
     g.open(u=u)
-    p[2] = g.mul("u", "u")
+    take([2] if d >= 3 else [])
+    if d == 2:
+        p[2] = g.mul_raw("u", "u")
     if d >= 3:
         g.open(u2=p[2])
-        p[3] = g.mul("u", "u2")
-        if d >= 4:
-            p[4] = g.mul("u2", "u2")
+        take([k for k in (3, 4) if k <= d])
     if d >= 5:
         g.open(u4=p[4], **({"u3": p[3]} if d >= 7 else {}))
-        for k in range(5, d + 1):
-            p[k] = g.mul(*_POWER_PAIRS[k])
+        take(list(range(5, d + 1)))
     return p
 
 
 def _poly_sum(
     ops: Backend, x: Value, p: dict[int, Value], coeffs: tuple[float, ...], scale: float
 ) -> Value:
-    # The linear term from x itself: full precision where x is small.
-    acc = ops.add_public(ops.mul_public(x, coeffs[1]), coeffs[0])
-    for k in range(2, len(coeffs)):
-        if coeffs[k] != 0.0:
-            acc = acc + ops.mul_public(p[k], coeffs[k] * scale**k)
+    # The linear term from x itself: full precision where x is small. All terms are
+    # truncated together (one round).
+    items = [ops.scaled(x, coeffs[1])] + [
+        ops.scaled(p[k], coeffs[k] * scale**k) for k in range(2, len(coeffs)) if coeffs[k] != 0.0
+    ]
+    terms = ops.trunc_many(items)
+    acc = ops.add_public(terms[0], coeffs[0])
+    for t in terms[1:]:
+        acc = acc + t
     return acc
 
 
@@ -118,7 +136,7 @@ def poly(ops: Backend, x: Value, coeffs: tuple[float, ...], norm: float = 1.0) -
     d = len(coeffs) - 1
     if d < 1 or d > 8:
         raise ValueError("polynomial degree must be 1..8")
-    base = ops.mul_public(x, 1.0 / norm) if norm > 1 and d > 1 else x
+    base = ops.trunc_many([ops.scaled(x, 1.0 / norm)])[0] if norm > 1 and d > 1 else x
     lay = _Layout()
     _power_masks(lay, d, tuple(x.shape))
     g = lay.build(ops) if d >= 2 else None
@@ -126,16 +144,19 @@ def poly(ops: Backend, x: Value, coeffs: tuple[float, ...], norm: float = 1.0) -
     return _poly_sum(ops, x, p, coeffs, norm if base is not x else 1.0)
 
 
-def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
-    """1/√x for x in the plan's calibrated range [lo, hi].
+def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan, scale: float = 1.0) -> Value:
+    """scale/√x for x in the plan's calibrated range [lo, hi] (a public `scale`).
 
     x' = c·x (public c), a fitted polynomial start, then Newton steps with per-step
-    public constants y ← y·(a − b·x'·y²), finally a public rescale by √c.
-    Cost: `plan.rounds()` rounds, 8·`plan.openings()` bytes per element and party.
+    public constants y ← y·(a − b·x'·y²); the public rescale by √c (and `scale`) is
+    folded into the last step's constants.
+    Cost: `plan.rounds()` rounds under local truncation (`plan.rounds_exact()` with
+    exact truncation), 8·`plan.openings()` bytes per element and party.
     """
     if isinstance(plan, RsqrtProbe):
-        return plan.apply(ops, x)
-    return ops.mul_public(rsqrt_unscaled(ops, x, plan), plan.out_scale)
+        y = plan.apply(ops, x)
+        return y if scale == 1.0 else ops.mul_public(y, scale)
+    return _rsqrt_core(ops, x, plan, None, scale=plan.out_scale * scale)
 
 
 def rsqrt_unscaled(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
@@ -144,17 +165,34 @@ def rsqrt_unscaled(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
     return _rsqrt_core(ops, x, plan, None)
 
 
-def _rsqrt_core(ops: Backend, x: Value, plan: RsqrtPlan, finish: str | None) -> Value:
+def _rsqrt_core(
+    ops: Backend,
+    x: Value,
+    plan: RsqrtPlan,
+    finish: str | None,
+    raw: bool = False,
+    scale: float = 1.0,
+) -> Value:
     """The plan's iteration on x' = c·x, in one `Group`; returns y ≈ 1/√x', or with
     `finish` = "square" y², with "sqrt" x'·y = √x' (one more opening: y's).
 
     Each Newton step opens y (→ y² and x'·y, x' itself opened with the first step),
-    then x'·y and y² (→ t = x'·y³): 3 openings and 2 rounds per step."""
-    xs = ops.mul_public(x, plan.in_scale)
-    shape = tuple(xs.shape)
+    then x'·y and y² (→ t = x'·y³): 3 openings and 2 rounds per step (+2 for the
+    exact truncations). `raw`: the finishing product before its truncation (`Raw`).
+    `scale` (no `finish` only): a public factor folded into the last step's constants.
+    x' and the powers' base x'/norm are both taken from x, in one truncation round."""
     d, steps = plan.degree(), plan.steps
     norm = max(1.0, plan.hi * plan.in_scale)
-    base = ops.mul_public(xs, 1.0 / norm) if norm > 1 and d > 1 else xs
+    if norm > 1 and d > 1:
+        xs, base = ops.trunc_many(
+            [ops.scaled(x, plan.in_scale), ops.scaled(x, plan.in_scale / norm)]
+        )
+    else:
+        xs = base = ops.trunc_many([ops.scaled(x, plan.in_scale)])[0]
+    shape = tuple(xs.shape)
+    if finish is not None and scale != 1.0:
+        raise ValueError("scale applies to the plain iteration only")
+    coeffs = plan.poly if steps else tuple(c * scale for c in plan.poly)
     lay = _Layout()
     _power_masks(lay, d, shape)
     # x' needs its own mask unless the powers were taken of x' itself.
@@ -172,21 +210,28 @@ def _rsqrt_core(ops: Backend, x: Value, plan: RsqrtPlan, finish: str | None) -> 
         lay.mask("f", shape)
         lay.pair(xname, "f") if finish == "sqrt" else lay.pair("f", "f")
     g = lay.build(ops) if lay.shapes else None
-    y = _poly_sum(ops, xs, _powers(g, base, d), plan.poly, norm if base is not xs else 1.0)
+    y = _poly_sum(ops, xs, _powers(g, base, d), coeffs, norm if base is not xs else 1.0)
     x_open = xname == "u" and d >= 2
     for j, (a, b) in enumerate(steps):
         assert g is not None
+        if j == len(steps) - 1:
+            a, b = a * scale, b * scale
         g.open(**{f"y{j}": y}, **({} if x_open else {xname: xs}))
         x_open = True
-        y2, xy = g.mul(f"y{j}", f"y{j}"), g.mul(xname, f"y{j}")
+        # y², x'·y and a·y truncated together; then b·t straight from the raw product
+        # h·k (one truncation instead of two).
+        y2, xy, ya = ops.trunc_many(
+            [g.mul_raw(f"y{j}", f"y{j}"), g.mul_raw(xname, f"y{j}"), ops.scaled(y, a)]
+        )
         g.open(**{f"h{j}": xy, f"k{j}": y2})
-        t = g.mul(f"h{j}", f"k{j}")
-        y = ops.mul_public(y, a) - ops.mul_public(t, b)
+        (tb,) = ops.trunc_many([ops.scaled(g.mul_raw(f"h{j}", f"k{j}"), b)])
+        y = ya - tb
     if finish is None:
         return y
     assert g is not None
     g.open(f=y, **({} if x_open or finish != "sqrt" else {xname: xs}))
-    return g.mul(xname, "f") if finish == "sqrt" else g.mul("f", "f")
+    out = g.mul_raw(xname, "f") if finish == "sqrt" else g.mul_raw("f", "f")
+    return out if raw else ops.trunc_many([out])[0]
 
 
 class RsqrtProbe:
@@ -218,7 +263,8 @@ def reciprocal(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
     """1/x = rsqrt(x)² for x > 0 in the plan's range. Cost: rsqrt + 1 round, 1 opening."""
     if isinstance(plan, RsqrtProbe):
         return ops.square(plan.apply(ops, x))
-    return ops.mul_public(_rsqrt_core(ops, x, plan, "square"), plan.out_scale**2)
+    core = _rsqrt_core(ops, x, plan, "square", raw=True)
+    return ops.trunc_many([ops.scaled(core, plan.out_scale**2)])[0]
 
 
 def sqrt(ops: Backend, z: Value, plan: RsqrtPlan) -> Value:
@@ -227,7 +273,8 @@ def sqrt(ops: Backend, z: Value, plan: RsqrtPlan) -> Value:
     Cost: rsqrt + 1 round, 1 opening."""
     if isinstance(plan, RsqrtProbe):
         return ops.mul(z, plan.apply(ops, z))
-    return ops.mul_public(_rsqrt_core(ops, z, plan, "sqrt"), 1.0 / plan.out_scale)
+    core = _rsqrt_core(ops, z, plan, "sqrt", raw=True)
+    return ops.trunc_many([ops.scaled(core, 1.0 / plan.out_scale)])[0]
 
 
 # -- Comet set ------------------------------------------------------------------------------
@@ -246,9 +293,20 @@ def smu(ops: Backend, x: Value, p: SmuParams, plan: RsqrtPlan, bind: Bind | None
     server sends for the square's opening.
     Cost: 1 (square) + rsqrt + 1 (sqrt product) rounds; openings: 1 + plan's + 1.
     """
-    z = ops.add_public(ops.mul_public(square(ops, x, bind), (1.0 - p.alpha) ** 2), p.mu**2)
-    root = sqrt(ops, z, plan)
-    return ops.mul_public(ops.mul_public(x, 1.0 + p.alpha) + root, 0.5)
+    g = ops.group([tuple(x.shape)], [(0, 0)], [bind])
+    g.open({0: x})
+    # ((1−α)x)² in one truncation from the raw square
+    (sq,) = ops.trunc_many([ops.scaled(g.mul_raw(0, 0), (1.0 - p.alpha) ** 2)])
+    z = ops.add_public(sq, p.mu**2)
+    if isinstance(plan, RsqrtProbe):
+        root = sqrt(ops, z, plan)
+        return ops.mul_public(ops.mul_public(x, 1.0 + p.alpha) + root, 0.5)
+    # (1+α)x/2 + √z/2: both halves truncated in one round, √z's from the raw z'·y
+    core = _rsqrt_core(ops, z, plan, "sqrt", raw=True)
+    lin, half_root = ops.trunc_many(
+        [ops.scaled(x, 0.5 * (1.0 + p.alpha)), ops.scaled(core, 0.5 / plan.out_scale)]
+    )
+    return lin + half_root
 
 
 def relu_softmax(
@@ -339,6 +397,12 @@ class LayerNormSite:
     plan: RsqrtPlan
 
 
+def _mean_raw(ops: Backend, sq: Raw) -> Raw:
+    """The mean over the last axis of raw products, still raw (one truncation later)."""
+    total = Raw(ops.sum(sq.value, axis=-1, keepdims=True), sq.bits)
+    return ops.scaled(total, 1.0 / sq.value.shape[-1])
+
+
 def layernorm(ops: Backend, x: Value, gamma: Value, beta: Value, site: LayerNormSite) -> Value:
     """LayerNorm over the last axis with private γ, β (shares; server-held weights).
 
@@ -348,12 +412,17 @@ def layernorm(ops: Backend, x: Value, gamma: Value, beta: Value, site: LayerNorm
     openings, plus the rows' rsqrt.
     """
     shape = tuple(x.shape)
-    xc = x - ops.broadcast(ops.mean(x, axis=-1, keepdims=True), shape)
-    xs = ops.mul_public(xc, site.scale)
+    # s·(x − mean x) = s·x − (s/d)·Σx: both terms truncated in one round
+    n = shape[-1]
+    sx, smean = ops.trunc_many(
+        [ops.scaled(x, site.scale), ops.scaled(ops.sum(x, axis=-1, keepdims=True), site.scale / n)]
+    )
+    xs = sx - ops.broadcast(smean, shape)
     g = ops.group([shape, tuple(gamma.shape)], [(0, 0), (0, 1)])
     g.open({0: xs, 1: gamma})
-    sq, xg = g.mul(0, 0), g.mul(0, 1)
-    var = ops.add_public(ops.mean(sq, axis=-1, keepdims=True), site.eps * site.scale**2)
+    # the variance from the raw squares' sum (one truncation), with x'·γ in that round
+    xg, msq = ops.trunc_many([g.mul_raw(0, 1), _mean_raw(ops, g.mul_raw(0, 0))])
+    var = ops.add_public(msq, site.eps * site.scale**2)
     r = rsqrt(ops, var, site.plan)
     return mul_broadcast(ops, xg, r) + ops.broadcast(beta, shape)
 
@@ -370,8 +439,8 @@ def rmsnorm(ops: Backend, x: Value, gamma: Value, site: LayerNormSite) -> Value:
     xs = ops.mul_public(x, site.scale)
     g = ops.group([shape, tuple(gamma.shape)], [(0, 0), (0, 1)])
     g.open({0: xs, 1: gamma})
-    sq, xg = g.mul(0, 0), g.mul(0, 1)
-    ms = ops.add_public(ops.mean(sq, axis=-1, keepdims=True), site.eps * site.scale**2)
+    xg, msq = ops.trunc_many([g.mul_raw(0, 1), _mean_raw(ops, g.mul_raw(0, 0))])
+    ms = ops.add_public(msq, site.eps * site.scale**2)
     r = rsqrt(ops, ms, site.plan)
     return mul_broadcast(ops, xg, r)
 
@@ -491,20 +560,21 @@ def exp_softmax_parts(
     # Base 1 + t + t²/2 + t³/6: exponent error 2^m·t⁴/24 instead of 2^m·t²/2, so m
     # stays small and the base's rounding is amplified less by the squarings.
     t2 = ops.square(t)
-    t3 = ops.mul(t2, t)
-    u = ops.add_public(t + ops.mul_public(t2, 0.5) + ops.mul_public(t3, 1.0 / 6.0), 1.0)
+    # t³/6 from the raw product t²·t, truncated once, with t²/2 in the same round
+    t3_6, t2_2 = ops.trunc_many([ops.scaled(ops.mul_raw(t2, t), 1.0 / 6.0), ops.scaled(t2, 0.5)])
+    u = ops.add_public(t + t2_2 + t3_6, 1.0)
     for _ in range(site.m):
         u = ops.square(u)
     u = apply_keep(ops, u, keep)
     root_c = math.sqrt(site.target)
     s = ops.sum(ops.square(ops.mul_public(u, site.pre_scale)), axis=-1, keepdims=True)
-    r = ops.mul_public(rsqrt(ops, s, site.first_plan), site.pre_scale * root_c)
+    r = rsqrt(ops, s, site.first_plan, site.pre_scale * root_c)
     v = mul_broadcast(ops, u, r)
     for j in range(site.k):
         v = ops.square(v)
         if j < site.k - 1:
             s = ops.sum(ops.square(v), axis=-1, keepdims=True)
-            r = ops.mul_public(rsqrt(ops, s, site.stage_plan), root_c)
+            r = rsqrt(ops, s, site.stage_plan, root_c)
             v = mul_broadcast(ops, v, r)
     den = ops.sum(v, axis=-1, keepdims=True)
     return v, reciprocal(ops, den, site.final_plan)

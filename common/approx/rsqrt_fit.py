@@ -49,6 +49,7 @@ NEAR_FLOOR = 0.5  # the start's e there is at least this (in range: 1, before re
 ZERO_MARGIN = 0.05
 OUT_OF_RANGE = 4.0  # every plan is checked: positive and bounded on [lo/4, 4·hi]
 _POLY_ROUNDS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 3}
+_EXACT_POLY_ROUNDS = {1: 1, 2: 2, 3: 4, 4: 4, 5: 6, 6: 6, 7: 6, 8: 6}
 _POLY_OPENINGS = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4}
 
 
@@ -68,8 +69,16 @@ class RsqrtPlan:
         return len(self.poly) - 1
 
     def rounds(self) -> int:
-        """Online rounds per element: polynomial powers + 2 per Newton step."""
+        """Online rounds per element under local truncation: polynomial powers + 2 per
+        Newton step (what the fitter minimises; `rounds_exact` is proportional)."""
         return _POLY_ROUNDS[self.degree()] + 2 * len(self.steps)
+
+    def rounds_exact(self) -> int:
+        """Online rounds with exact truncation (the default, `Mpc.trunc_many`): x' and
+        the powers' base (1), each opened power and its truncation, the polynomial's
+        terms (1), then 4 per Newton step (open y; truncate y², x'·y, a·y; open x'·y
+        and y²; truncate b·t)."""
+        return 1 + _EXACT_POLY_ROUNDS[self.degree()] + 4 * len(self.steps)
 
     def products(self) -> int:
         """Share×share products per element: d − 1 powers + 3 per step."""

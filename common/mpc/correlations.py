@@ -41,6 +41,7 @@ class Plan:
 
     triples: int = 0
     squares: int = 0
+    wraps: int = 0  # bit triples of the exact truncation (`Mpc.wrap_bits`)
     matmuls: list[tuple[int, ...]] = field(default_factory=list)  # (*batch, m, k, n)
     matmul_binds: list[tuple[Bind | None, Bind | None]] = field(default_factory=list)
     linears: list[LinearSpec] = field(default_factory=list)
@@ -50,6 +51,7 @@ class Plan:
         return {
             "triples": self.triples,
             "squares": self.squares,
+            "wraps": self.wraps,
             "matmuls": [list(s) for s in self.matmuls],
             "matmul_binds": [[_desc(a), _desc(b)] for a, b in self.matmul_binds],
             "linears": [[s.key, s.rows, s.k, s.n] for s in self.linears],
@@ -202,10 +204,12 @@ class Pool:
         matmuls: list[tuple[Ring, Ring, Ring]],
         linears: list[LinearMask],
         groups: list[MaskGroup] | None = None,
+        wraps: tuple[NDArray[np.uint8], Ring] | None = None,
     ) -> None:
         self._groups = deque(groups or [])
         self._triples = _Flat(triples)
         self._squares = _Flat(squares)
+        self._wraps = _Flat(wraps or (np.zeros(0, np.uint8), np.zeros(0, U64)))
         self._matmuls = deque(matmuls)
         self._linears = deque(linears)
 
@@ -214,6 +218,10 @@ class Pool:
 
     def squares(self, n: int) -> tuple[Ring, Ring]:
         return self._squares.take(n, "square pairs")  # type: ignore[return-value]
+
+    def wraps(self, n: int) -> tuple[NDArray[np.uint8], Ring]:
+        """n bit triples: this party's random bit and its share of u·v."""
+        return self._wraps.take(n, "wrap bit triples")  # type: ignore[return-value]
 
     def matmul_triple(
         self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
@@ -246,6 +254,7 @@ class Pool:
         return {
             "triples": self._triples.arrays[0].size - self._triples.pos,
             "squares": self._squares.arrays[0].size - self._squares.pos,
+            "wraps": self._wraps.arrays[0].size - self._wraps.pos,
             "matmuls": len(self._matmuls),
             "linears": len(self._linears),
             "groups": len(self._groups),
@@ -268,6 +277,10 @@ class PlanRecorder:
         self.plan.squares += n
         z = np.zeros(n, dtype=U64)
         return z, z
+
+    def wraps(self, n: int) -> tuple[NDArray[np.uint8], Ring]:
+        self.plan.wraps += n
+        return np.zeros(n, np.uint8), np.zeros(n, dtype=U64)
 
     def matmul_triple(
         self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
@@ -312,6 +325,9 @@ class SegmentedRecorder:
     def squares(self, n: int) -> tuple[Ring, Ring]:
         return self._rec().squares(n)
 
+    def wraps(self, n: int) -> tuple[NDArray[np.uint8], Ring]:
+        return self._rec().wraps(n)
+
     def matmul_triple(
         self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
     ) -> tuple[Ring, Ring, Ring]:
@@ -343,6 +359,9 @@ class SegmentedPool:
     def squares(self, n: int) -> tuple[Ring, Ring]:
         return self._pool().squares(n)
 
+    def wraps(self, n: int) -> tuple[NDArray[np.uint8], Ring]:
+        return self._pool().wraps(n)
+
     def matmul_triple(
         self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = (None, None)
     ) -> tuple[Ring, Ring, Ring]:
@@ -358,13 +377,15 @@ class SegmentedPool:
 def pool_arrays(pool: Pool) -> dict[str, Ring]:
     """Every array of `pool`, named by kind and position in plan order (for storage:
     `pool_from_arrays` with the same plan rebuilds it). The pool must be unused."""
-    if pool._triples.pos or pool._squares.pos:
+    if pool._triples.pos or pool._squares.pos or pool._wraps.pos:
         raise PreprocessingError("a pool already in use cannot be stored")
     out: dict[str, Ring] = {}
     for i, a in enumerate(pool._triples.arrays):
         out[f"t{i}"] = a
     for i, a in enumerate(pool._squares.arrays):
         out[f"q{i}"] = a
+    if pool._wraps.arrays[0].size:
+        out["w0"], out["w1"] = pool._wraps.arrays
     for n, abc in enumerate(pool._matmuls):
         for i, a in enumerate(abc):
             out[f"m{n}.{i}"] = a
@@ -377,7 +398,9 @@ def pool_arrays(pool: Pool) -> dict[str, Ring]:
             out[f"g{n}.m{i}"] = a
         for i, p in enumerate(g.spec.pairs):
             out[f"g{n}.p{i}"] = g.products[p]
-    return {k: np.ascontiguousarray(v, dtype=U64) for k, v in out.items()}
+    return {
+        k: np.ascontiguousarray(v, dtype=np.uint8 if k == "w0" else U64) for k, v in out.items()
+    }
 
 
 def pool_from_arrays(plan: Plan, arrays: dict[str, Ring]) -> Pool:
@@ -385,13 +408,15 @@ def pool_from_arrays(plan: Plan, arrays: dict[str, Ring]) -> Pool:
     its planned shape, nothing else)."""
     used: set[str] = set()
 
-    def get(name: str, shape: tuple[int, ...] | None = None, optional: bool = False) -> Ring:
+    def get(
+        name: str, shape: tuple[int, ...] | None = None, optional: bool = False, dtype=U64
+    ) -> Ring:
         if name not in arrays:
             if optional:
                 return None  # type: ignore[return-value]
             raise PreprocessingError(f"stored correlations lack {name!r}")
         a = np.asarray(arrays[name])
-        if a.dtype != U64 or (shape is not None and a.shape != tuple(shape)):
+        if a.dtype != dtype or (shape is not None and a.shape != tuple(shape)):
             raise PreprocessingError(f"stored {name!r} has shape {a.shape}, planned {shape}")
         used.add(name)
         return a
@@ -399,6 +424,9 @@ def pool_from_arrays(plan: Plan, arrays: dict[str, Ring]) -> Pool:
     nt = plan.triples
     triples = tuple(get(f"t{i}", (nt,)) for i in range(3))
     squares = tuple(get(f"q{i}", (plan.squares,)) for i in range(2))
+    wraps = (
+        (get("w0", (plan.wraps,), dtype=np.uint8), get("w1", (plan.wraps,))) if plan.wraps else None
+    )
     matmuls = []
     for n, ((*batch, m, k, nn), _) in enumerate(plan.matmul_specs()):
         shapes = ((*batch, m, k), (*batch, k, nn), (*batch, m, nn))
@@ -415,13 +443,13 @@ def pool_from_arrays(plan: Plan, arrays: dict[str, Ring]) -> Pool:
     extra = set(arrays) - used
     if extra:
         raise PreprocessingError(f"stored correlations hold unplanned arrays: {sorted(extra)[:3]}")
-    return Pool(triples, squares, matmuls, linears, groups)  # type: ignore[arg-type]
+    return Pool(triples, squares, matmuls, linears, groups, wraps)  # type: ignore[arg-type]
 
 
 def pool_nbytes(plan: Plan, party: int) -> int:
     """Bytes of the arrays `pool_arrays` gives for `plan` on `party` (before it exists:
-    what a store must reserve)."""
-    n = 3 * plan.triples + 2 * plan.squares
+    what a store must reserve). A wrap correlation: a 1-byte bit and an 8-byte share."""
+    n = 3 * plan.triples + 2 * plan.squares + plan.wraps + -(-plan.wraps // 8)
     for (*batch, m, k, nn), _ in plan.matmul_specs():
         b = int(np.prod(batch)) if batch else 1
         n += b * (m * k + k * nn + m * nn)

@@ -35,6 +35,8 @@ from common.mpc.ring import (
     ring_matmul,
     ring_matmul_public,
     trunc_share,
+    wrap_finish,
+    wrap_local,
 )
 from common.mpc.roles import CLIENT, SERVER
 from common.prg import SecureRng, require_secure
@@ -44,6 +46,7 @@ from common.transport import Channel
 class CorrelationSource(Protocol):
     def triples(self, n: int) -> tuple[Ring, Ring, Ring]: ...
     def squares(self, n: int) -> tuple[Ring, Ring]: ...
+    def wraps(self, n: int) -> tuple[NDArray[np.uint8], Ring]: ...
     def matmul_triple(
         self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = ...
     ) -> tuple[Ring, Ring, Ring]: ...
@@ -99,8 +102,12 @@ class OpenedGroup:
         return z
 
     def product(self, i: int, j: int) -> Ring:
-        """`product_ring` truncated by f."""
+        """`product_ring` truncated by f (`Mpc.trunc`: 1 round when exact)."""
         return self.mpc.trunc(self.product_ring(i, j))
+
+    def products(self, pairs: list[tuple[int, int]]) -> list[Ring]:
+        """Several `product`s truncated together (`Mpc.trunc_many`: 1 round)."""
+        return self.mpc.trunc_many([(self.product_ring(i, j), self.mpc.f) for i, j in pairs])
 
 
 LOOKUP_BITS = 48  # the ring of `Mpc.lookup` (one-hot rows times a server table)
@@ -126,11 +133,17 @@ class Mpc:
         source: CorrelationSource,
         fxp: FixedPoint | None = None,
         rng: SecureRng | None = None,
+        exact: bool | None = None,
     ) -> None:
         self.ch = channel
         self.source = source
         self.fxp = fxp or FixedPoint()
         self.rng = new_rng() if rng is None else require_secure(rng, "Mpc")
+        # Exact truncation (a wrap bit from the shares, `trunc_many`) or SecureML local
+        # truncation (no round, fails with probability |v|/2^64); by default the fixed-
+        # point policy's. Part of the plan: the exact one consumes wrap correlations, so
+        # the parties' plan digests differ if they disagree.
+        self.exact = self.fxp.exact_trunc if exact is None else exact
 
     @property
     def party(self) -> int:
@@ -193,14 +206,75 @@ class Mpc:
         small ones get extra fractional bits, large scalars fewer; the truncation by the
         same number of bits removes them again.
         """
-        extra = public_const_extra_bits(c, self.f)
-        bits = self.f + extra
+        return self.trunc(*self._scaled(x, c))
+
+    def mul_public_many(self, items: list[tuple[Ring, NDArray | float]]) -> list[Ring]:
+        """Several `mul_public`s with their truncations in one round (`trunc_many`)."""
+        return self.trunc_many([self._scaled(x, c) for x, c in items])
+
+    def _scaled(self, x: Ring, c: NDArray | float) -> tuple[Ring, int]:
+        """x·c_int and the bits to truncate by (`public_const_extra_bits`)."""
+        bits = self.f + public_const_extra_bits(c, self.f)
         ci = np.rint(np.asarray(c, dtype=np.float64) * 2.0**bits).astype(np.int64)
-        return self.trunc(x * from_signed(ci), bits)
+        return x * from_signed(ci), bits
 
     def trunc(self, x: Ring, bits: int | None = None) -> Ring:
-        """Divide by 2^bits (default f) with local truncation; see `trunc_share`."""
-        return trunc_share(x, self.f if bits is None else bits, self.party)
+        """Divide by 2^bits (default f): exact (`trunc_many`, 1 round) or, with
+        `exact=False`, local (`trunc_share`: no round, fails with probability |v|/2^64)."""
+        b = self.f if bits is None else bits
+        if not self.exact:
+            return trunc_share(x, b, self.party)
+        return self.trunc_many([(x, b)])[0]
+
+    def trunc_many(self, items: list[tuple[Ring, int]]) -> list[Ring]:
+        """Exact division of several shared values, each by its own 2^bits, in one round.
+
+        For |v| < 2^62 the result is ⌊v/2^bits⌋ + {0, 1}, always (`wrap_local`): each
+        party shifts its offset share and the shared wrap bit w = a ∨ b of the two
+        shares' top bits is removed (`wrap_bits`). Nothing is revealed: each party sees
+        only the other's top bits one-time-padded by a preprocessed random bit.
+        Cost: n/8 bytes sent by each party (n = total elements), 1 round, n wrap
+        correlations. With `exact=False`: local truncation, no round.
+        """
+        if not self.exact:
+            return [trunc_share(x, b, self.party) for x, b in items]
+        halves = [wrap_local(x, b, self.party) for x, b in items]
+        msb = np.concatenate([m.ravel() for _, m in halves]) if halves else np.zeros(0, U64)
+        w = self.wrap_bits(msb)
+        out, pos = [], 0
+        for (x, b), (local, _) in zip(items, halves, strict=True):
+            n = x.size
+            out.append(wrap_finish(local, w[pos : pos + n].reshape(x.shape), b, self.party))
+            pos += n
+        return out
+
+    def wrap_bits(self, mine: Ring) -> Ring:
+        """Shares in Z_2^64 of a ∨ b for bits a (party 0's) and b (party 1's), elementwise.
+
+        a ∨ b = a + b − ab, and ab by a preprocessed bit triple (u, v, uv): party 0 holds
+        u and a share z_0 of uv, party 1 holds v and z_1. Each sends its bit ⊕ its
+        random bit (d = a ⊕ u, e = b ⊕ v; a one-time pad); with a = d + (1−2d)u and
+        b = e + (1−2e)v, ab = de + e(1−2d)u + d(1−2e)v + (1−2d)(1−2e)uv splits into a
+        part each party computes. Cost: ⌈n/8⌉ bytes each way, 1 round, n wrap
+        correlations.
+        """
+        shape, n = mine.shape, mine.size
+        r, z = self.source.wraps(n)
+        bit = mine.ravel().astype(np.uint8) & np.uint8(1)
+        sent = np.packbits(bit ^ r)
+        theirs = np.unpackbits(self.ch.exchange_array("wrap", sent))[:n]
+        d, e = (bit ^ r, theirs) if self.party == SERVER else (theirs, bit ^ r)
+        # (1−2d)(1−2e)·z = ±z, negative where d ⊕ e: (z ⊕ m) − m with m = 0 or −1
+        m = (-(d ^ e).astype(np.int64)).view(U64)
+        zpart = (z ^ m) - m
+        # the small terms, in {−1, 0, 1, 2}: party 0 de + e(1−2d)u, party 1 d(1−2e)v
+        d8, e8 = d.astype(np.int8), e.astype(np.int8)
+        if self.party == SERVER:
+            small = (d8 & e8) + (e8 & r.astype(np.int8)) * (1 - 2 * d8)
+        else:
+            small = (d8 & r.astype(np.int8)) * (1 - 2 * e8)
+        w = (bit.astype(np.int64) - small).view(U64) - zpart
+        return w.reshape(shape)
 
     def sum(
         self, x: Ring, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
@@ -283,11 +357,21 @@ class Mpc:
 
     def group(self, spec: GroupSpec) -> OpenedGroup:
         """A fresh group of masks for `OpenedGroup` (planned: shapes and products)."""
+        self._check_binds(spec.binds)
         return OpenedGroup(self, self.source.group(spec))
 
+    def _check_binds(self, binds: tuple[Bind | None, ...]) -> None:
+        """A `Bind` takes the client's share of a linear output as fixed offline, which
+        holds only when that output was truncated locally."""
+        if self.exact and any(b is not None for b in binds):
+            raise ValueError(
+                "bound masks (Bind) need local truncation (FixedPoint(exact_trunc=False)): "
+                "an exact truncation makes the client's share of a linear output online"
+            )
+
     def mul_many(self, pairs: list[tuple[Ring, Ring]]) -> list[Ring]:
-        """`mul_many_ring` followed by truncation of each product (1 round)."""
-        return [self.trunc(z) for z in self.mul_many_ring(pairs)]
+        """`mul_many_ring` followed by one `trunc_many` of every product (2 rounds)."""
+        return self.trunc_many([(z, self.f) for z in self.mul_many_ring(pairs)])
 
     def square_ring(self, x: Ring) -> Ring:
         """x² without truncation (square pair). Cost: 8n bytes sent, 1 round."""
@@ -315,6 +399,7 @@ class Mpc:
         """
         if x.shape[:-2] != y.shape[:-2] or x.shape[-1] != y.shape[-2]:
             raise ValueError(f"matmul shape mismatch {x.shape} @ {y.shape}")
+        self._check_binds(binds)
         a, b, c = self.source.matmul_triple(x.shape + y.shape[-1:], binds)
         d, e = self.open_masked(
             "matmul", [(x - a, binds[0] is not None), (y - b, binds[1] is not None)]
@@ -378,10 +463,11 @@ class Mpc:
         A linear layer in the ring Z_2^48 (`LOOKUP_BITS`): the client sends its one-hot
         minus the offline mask r, mod 2^48, packed in 6 bytes per entry (a quarter less
         than 8); the one-hot is an integer, so the product is already at scale 2^f and
-        needs no truncation. Each party then lifts its Z_2^48 share to Z_2^64 locally
-        (the server subtracts 2^48), which is wrong with probability |v|/2^48 per
-        output v (< 2^-34 for table entries below 2; docs/SECURITY.md).
-        Cost: the client sends 6·rows·V bytes, 1 round; the server one exact GEMM.
+        needs no truncation. The Z_2^48 shares are then lifted to Z_2^64: exactly with
+        the wrap bit of the 48-bit shares (`wrap_bits`, one more round, rows·out/8
+        bytes each way), or with `exact=False` locally (the server subtracts 2^48),
+        which is wrong with probability |v|/2^48 per output v (docs/SECURITY.md).
+        Cost: the client sends 6·rows·V bytes, 1 round (+1); the server one exact GEMM.
         """
         lead, k = tuple(shape[:-1]), shape[-1]
         rows = math.prod(lead)
@@ -403,7 +489,12 @@ class Mpc:
             y = mask.share & low
         else:
             z = _unpack48(self.ch.recv_array("lookup", (rows * k, 6), np.uint8), (rows, k))
-            y = ((ring_matmul_public(z, w_int) + mask.share) & low) - U64(1 << LOOKUP_BITS)
+            y = (ring_matmul_public(z, w_int) + mask.share) & low
+        if self.exact:  # lift Z_2^48 → Z_2^64 exactly: the wrap bit of the 48-bit shares
+            local, msb = wrap_local(y, 0, self.party, LOOKUP_BITS)
+            y = wrap_finish(local, self.wrap_bits(msb), 0, self.party, LOOKUP_BITS)
+        elif self.party == SERVER:
+            y = y - U64(1 << LOOKUP_BITS)
         return y.reshape(*lead, out)
 
     def linear(

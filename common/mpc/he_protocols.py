@@ -93,18 +93,21 @@ def he_products(
     operands: list[Ring],
     rng: SecureRng,
     executor: HeExecutor | None = None,
+    operand_bits: int = 64,
 ) -> Ring:
     """Shares of Σ_j x_j ⊙ y_j mod 2^64 (client holds the x_j, server the y_j).
 
-    Each party passes its own list of equal-length uint64 vectors (same count J).
-    Cost per N = 8192 values and prime: J seeded ciphertexts up (~24 B/value at
-    [60,60,60]) and one down (~32 B/value); rounds: 2.
+    Each party passes its own list of equal-length uint64 vectors (same count J) of
+    values below 2^operand_bits (public; 1 for bits: one CRT prime and a 41-bit mask
+    suffice). Cost per N = 8192 values and prime: J seeded ciphertexts up (~24 B/value
+    at [60,60,60]) and one down (~32 B/value); primes: `primes_for(2·operand_bits +
+    log2 J)`; rounds: 2.
     """
     params = he.params
     N = params.slots
     J = len(operands)
     n = operands[0].size
-    value_bits = 128 + math.log2(J)
+    value_bits = 2 * operand_bits + math.log2(J)
     P = params.primes_for(value_bits)
     sigma = math.ceil(value_bits) + params.stat_sec
     chunks = math.ceil(n / N)

@@ -142,6 +142,8 @@ class HeProvider:
             simd(plan.triples, 2, 1, P3)
         if plan.squares:
             simd(plan.squares, 1, 1, P3)
+        if plan.wraps:
+            simd(plan.wraps, 1, 1, params.primes_for(2))
         if plan.groups:
             layout = TrackLayout(plan.groups, N, up_b, down_b)
             ups = [upload_bound(params, P3 * len(t)) for t in layout.chunk_tracks]
@@ -225,11 +227,25 @@ class HeProvider:
                     else a[:0]
                 )
                 squares = (a, a * a + v)
+            with ch.scope(op="wraps"):
+                wraps = self._wraps(ch, plan.wraps)
             with ch.scope(op="mask-groups"):
                 groups = self._groups(ch, plan.groups, outputs)
             with ch.scope(op="matmul-triples"):
                 matmuls = self._matmul_triples(ch, plan.matmul_specs(), outputs)
-        return Pool(triples, squares, matmuls, linears, groups)
+        return Pool(triples, squares, matmuls, linears, groups, wraps)
+
+    def _wraps(self, ch: Channel, n: int) -> tuple[NDArray[np.uint8], Ring]:
+        """n bit triples for `Mpc.wrap_bits`: a random bit each (u: server, v: client)
+        and shares of u·v, by `he_products` on 1-bit operands (one CRT prime, a 41-bit
+        mask; ~40 bytes per triple in all at the default parameters; 2 rounds)."""
+        bits = self.rng.random_bits(n)
+        if not n:
+            return bits, np.zeros(0, U64)
+        share = he_products(
+            ch, self.he, [bits.astype(U64)], self.rng, self.executor, operand_bits=1
+        )
+        return bits, share
 
     def _groups(
         self, ch: Channel, specs: list[GroupSpec], outputs: Mapping[str, Ring]
@@ -423,6 +439,9 @@ class InsecureDealer:
             triples = (split(a), split(b), split(a * b))
             a = random_ring(g, plan.squares)
             squares = (split(a), split(a * a))
+            u, v = g.random_bits(plan.wraps), g.random_bits(plan.wraps)
+            uv = split((u & v).astype(U64))
+            wraps = (u if me == SERVER else v, uv)
             matmuls = []
             for (*batch, m, k, nn), (ba, bb) in plan.matmul_specs():
                 A, a_me = mask((*batch, m, k), ba)
@@ -435,7 +454,7 @@ class InsecureDealer:
                 mine.append([p[1] for p in pairs])
             sq_in, left, right = _pair_operands(plan.groups, full)
             groups = _assemble_groups(plan.groups, mine, split(sq_in * sq_in), split(left * right))
-        return Pool(triples, squares, matmuls, linears, groups)
+        return Pool(triples, squares, matmuls, linears, groups, wraps)
 
 
 def _mask_share(

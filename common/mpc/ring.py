@@ -59,10 +59,15 @@ class FixedPoint:
     """Fixed-point encoding with `frac_bits` fractional bits in Z_{2^64}.
 
     A real v is encoded as round(v · 2^f) mod 2^64; decoding reads the signed
-    representative. Encodable range: |v| < 2^(63-f).
+    representative. Encodable range: |v| < 2^(63-f). `exact_trunc`: how shared products
+    are divided by 2^f (`Mpc.trunc`): exactly (default; one round and a wrap
+    correlation per truncation) or by SecureML local truncation (no round; fails with
+    probability |v|/2^64 per value). Both parties must use the same (the plans differ
+    otherwise).
     """
 
     frac_bits: int = FRAC_BITS
+    exact_trunc: bool = True
 
     def __post_init__(self) -> None:
         if not 8 <= self.frac_bits <= 30:
@@ -124,6 +129,40 @@ def trunc_share(x: Ring, bits: int, party: int) -> Ring:
     if party == 0:
         return from_signed(s >> bits)
     return from_signed(-((-s) >> bits))
+
+
+def wrap_local(x: Ring, bits: int, party: int, ring_bits: int = RING_BITS) -> tuple[Ring, Ring]:
+    """The local half of an exact division by 2^bits of a value shared in Z_2^ring_bits.
+
+    Party 0 adds 2^(ring_bits−2) to its share, so that the shared value v' = v + 2^(m−2)
+    lies in [0, 2^(m−1)) whenever |v| < 2^(m−2) (m = ring_bits). Read as unsigned, the
+    two shares then sum to v' + w·2^m with the wrap bit w = msb(x_0') ∨ msb(x_1'): if
+    they wrapped, one of them is ≥ 2^(m−1); if not, both are below v' < 2^(m−1).
+    Party 0 rounds its share down, party 1 up, so that the two sum to ⌊v'/2^bits⌋ + w·
+    2^(m−bits) + {0, 1}, exact when 2^bits divides v (as `trunc_share`: 0 stays 0).
+    Returns (x_i' shifted, msb(x_i')); `wrap_finish` applies a share of w.
+    """
+    xs = np.asarray(x, dtype=U64)
+    if ring_bits < RING_BITS:
+        xs = xs & U64((1 << ring_bits) - 1)
+    if party == 0:
+        xs = xs + U64(1 << (ring_bits - 2))
+        if ring_bits < RING_BITS:
+            xs &= U64((1 << ring_bits) - 1)
+    shifted = xs >> U64(bits)
+    if party == 1 and bits:
+        shifted += ((xs & U64((1 << bits) - 1)) != 0).astype(U64)
+    return shifted, xs >> U64(ring_bits - 1)
+
+
+def wrap_finish(local: Ring, wrap: Ring, bits: int, party: int, ring_bits: int = RING_BITS) -> Ring:
+    """Shares of ⌊v/2^bits⌋ + {0, 1} in Z_2^64 from `wrap_local`'s shifted share and
+    this party's share of the wrap bit w (only w mod 2^(64−m+bits) matters):
+    y_i = (x_i' >> bits) − w_i·2^(m−bits), and party 0 removes the offset."""
+    y = local - (wrap << U64(ring_bits - bits)) if ring_bits - bits < 64 else local.copy()
+    if party == 0:
+        y -= U64(1 << (ring_bits - 2 - bits))
+    return y
 
 
 def _limbs(x: Ring, width: int, count: int) -> list[NDArray[np.float64]]:

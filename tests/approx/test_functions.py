@@ -72,10 +72,15 @@ def test_rsqrt_three_backends(lo: float, hi: float) -> None:
     # The protocol is the emulation up to local-truncation noise.
     assert np.max(np.abs(shared - fix) / want) < 64 * 2.0**-FRAC_BITS * 8
     online = meter.totals(phase="online")
-    # + opening the output, + sharing the input unless the first op overlaps with it
-    assert plan.rounds() + 1 <= online.rounds <= plan.rounds() + 2
+    # + sharing the input (the first exact truncation waits for it), + its exchange's
+    # reply, + opening the output
+    assert online.rounds == plan.rounds_exact() + 3
     # Bytes: the client shares x (8n), then 8n per opening the plan counts.
-    assert online.sent_bytes == 8 * x.size * (1 + plan.openings())
+    # 8 bytes per opened element (and the input), plus one bit per exact truncation:
+    # x' and the base, the opened square, the polynomial's terms, 4 per Newton step
+    n, d, steps = x.size, plan.degree(), len(plan.steps)
+    opened = 8 * n * (1 + plan.openings())
+    assert opened < online.sent_bytes <= opened + n * (3 + d + 4 * steps) // 8 + online.rounds
 
 
 def test_smu_and_relu_softmax_match_exact() -> None:

@@ -63,14 +63,27 @@ def test_online_bytes_and_rounds(quick_json):
     n = ops.QUICK.elementwise
     heads, m, k, nn = ops.QUICK.matmul
     lrows, lk, _ = ops.QUICK.linear
-    assert rows["mul"]["online_bytes"] == 2 * 16 * n  # each party opens x−a and y−b
-    assert rows["square"]["online_bytes"] == 2 * 8 * n
-    assert rows["matmul"]["online_bytes"] == 2 * 8 * heads * (m * k + k * nn)
-    assert rows["linear"]["online_bytes"] == 8 * lrows * lk  # only the client's masked input
-    assert rows["linear"]["online_sent_bytes_by_party"] == [0, 8 * lrows * lk]
-    assert rows["mean"]["online_bytes"] == 0 and rows["mean"]["rounds"] == 0
-    for op in ("mul", "square", "matmul", "linear", "share", "reveal"):
+    lout = ops.QUICK.linear[2]
+
+    def wrap(count):  # an exact truncation: one bit each way per value
+        return -(-count // 8)
+
+    # each party opens x−a and y−b, then the products' wrap bits
+    assert rows["mul"]["online_bytes"] == 2 * 16 * n + 2 * wrap(n)
+    assert rows["square"]["online_bytes"] == 2 * 8 * n + 2 * wrap(n)
+    mm_out = heads * m * nn
+    assert rows["matmul"]["online_bytes"] == 2 * 8 * heads * (m * k + k * nn) + 2 * wrap(mm_out)
+    # only the client's masked input, then the outputs' wrap bits
+    assert rows["linear"]["online_sent_bytes_by_party"] == [
+        wrap(lrows * lout),
+        8 * lrows * lk + wrap(lrows * lout),
+    ]
+    assert rows["mean"]["rounds"] == 1  # the exact truncation of the sum
+    for op in ("mul", "square", "matmul", "linear"):
+        assert rows[op]["rounds"] == 2, op
+    for op in ("share", "reveal"):
         assert rows[op]["rounds"] == 1, op
+    for op in ("mul", "square", "matmul", "linear", "mean", "share", "reveal"):
         assert rows[op]["online_bytes"] == rows[op]["online_bytes_model"], op
 
 
@@ -106,7 +119,7 @@ def test_offline_bench_kinds_add_up(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{") :])
     kinds = {k["kind"]: k for k in out["kinds"]}
-    assert {"linear-masks", "mask-groups", "matmul-triples"} <= set(kinds)
+    assert {"linear-masks", "wraps", "mask-groups", "matmul-triples"} <= set(kinds)
     t = out["totals"]
     # the plan-digest exchange (32 bytes each way per layer) is the only offline traffic
     # outside a kind
@@ -120,11 +133,11 @@ def test_offline_bench_kinds_add_up(tmp_path, monkeypatch):
     assert t["server_worker_cpu_s"] > 0  # the jobs ran in the workers
     # 2·batch·m·k·n MACs per matrix triple; products of a group's pairs (broadcast shapes)
     plan = Plan(
-        triples=3, squares=5, matmuls=[(2, 4, 8, 4)],
+        triples=3, squares=5, wraps=7, matmuls=[(2, 4, 8, 4)],
         linears=[LinearSpec("w", 4, 16, 32)],
         groups=[GroupSpec(((4, 1), (4, 8)), ((0, 0), (0, 1)))],
     )  # fmt: skip
     assert plan_elements(plan) == {
-        "linear-masks": 4 * 16 * 32, "triples": 3, "squares": 5,
+        "linear-masks": 4 * 16 * 32, "triples": 3, "squares": 5, "wraps": 7,
         "mask-groups": 4 + 32, "matmul-triples": 2 * 2 * 4 * 8 * 4,
     }  # fmt: skip

@@ -10,15 +10,16 @@ import torch
 from click.testing import CliRunner
 
 from benchmarks.cli import main
-from common.approx.backend import PlainBackend
+from common.approx.backend import PlainBackend, Raw
 from tests.models import tiny_classifier
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def test_counter_is_exact_and_split_by_site() -> None:
+    """Local truncation: Σ |v|/2^64 per site (the exact policy's count beside it: 0)."""
     f = 13
-    ops = PlainBackend(f, track_risk=True)
+    ops = PlainBackend(f, track_risk=True, exact=False)
     x, y = ops.encode(np.array([3.0, -5.0])), ops.encode(np.array([2.0, 7.0]))
     with ops.scope(layer="layer0"), ops.scope(op="gelu"):
         ops.mul(x, y)
@@ -29,11 +30,23 @@ def test_counter_is_exact_and_split_by_site() -> None:
     want_head = (9 + 25) * 2.0 ** (2 * f - 64)
     assert ops.risk_by_site == pytest.approx({"layer0.gelu": want_gelu, "head.linear": want_head})
     assert ops.truncation_risk == pytest.approx(want_gelu + want_head)
+    assert ops.other_risk_by_site == {"layer0.gelu": 0.0, "head.linear": 0.0}
     assert ops.truncations == 4
     with ops.scope(op="x"):
         assert ops.site() == "-.x"
     assert ops.site() == "-.-"
     assert isinstance(x, torch.Tensor)
+
+
+def test_exact_policy_counts_only_values_out_of_its_range() -> None:
+    """Exact truncation fails only for |v| ≥ 2^62 (counted as a certain failure)."""
+    ops = PlainBackend(13, track_risk=True)
+    big = torch.tensor([1 << 62, -(1 << 62), (1 << 62) - 1, 5], dtype=torch.int64)
+    with ops.scope(layer="l", op="o"):
+        ops.trunc_many([Raw(big, 13)])
+    assert ops.truncation_risk == 2.0 and ops.risk_by_site == {"l.o": 2.0}
+    assert ops.other_risk_by_site["l.o"] == pytest.approx((3 * 2.0**62 + 4) / 2.0**64)
+    assert ops.max_truncated == 2.0**62
 
 
 def test_risk_json_sums_its_sites(tmp_path, monkeypatch) -> None:
@@ -42,14 +55,26 @@ def test_risk_json_sums_its_sites(tmp_path, monkeypatch) -> None:
     res = CliRunner().invoke(main, ["risk", "--model", str(model), "--seq-len", "16", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert {"total", "sites"} <= set(out)
-    assert out["total"] > 0
-    assert sum(out["sites"].values()) == pytest.approx(out["total"])
-    layers = {k.split(".")[0] for k in out["sites"]}
+    assert {"total", "sites", "other", "max_log2_abs"} <= set(out)
+    # exact truncation (the default): no value near its 2^62 limit, no risk; the local
+    # policy's on the same values beside it
+    assert out["meta"]["truncation"] == "exact" and out["total"] == 0
+    assert out["max_log2_abs"] < 62
+    local = out["other"]
+    assert local["truncation"] == "local" and local["total"] > 0
+    assert sum(local["sites"].values()) == pytest.approx(local["total"])
+    layers = {k.split(".")[0] for k in local["sites"]}
     assert {"embed", "layer0", "layer1", "head"} <= layers
-    # 16 tokens, not 32: the risk grows with the number of truncated values
-    res32 = CliRunner().invoke(main, ["risk", "--model", str(model), "--seq-len", "32", "--json"])
-    assert json.loads(res32.stdout)["total"] > out["total"]
+
+    # under local truncation: 16 tokens, not 32, as the risk grows with the number of
+    # truncated values
+    def local_total(n: int) -> float:
+        args = ["risk", "--model", str(model), "--seq-len", str(n), "--json"]
+        got = json.loads(CliRunner().invoke(main, [*args, "--truncation", "local"]).stdout)
+        assert got["meta"]["truncation"] == "local" and got["other"]["total"] == 0
+        return got["total"]
+
+    assert local_total(32) > local_total(16) > 0
     table = CliRunner().invoke(main, ["risk", "--model", str(model), "--seq-len", "16"])
     assert table.exit_code == 0 and "layer0.softmax" in table.stdout
 

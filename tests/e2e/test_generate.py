@@ -117,9 +117,10 @@ def test_private_generation_over_grpc_matches_transformers(served) -> None:
 
 def test_the_server_receives_no_tokens(served, monkeypatch) -> None:
     """What the server's channel receives: shares (ring), HE material, the plan digest,
-    the masked one-hot rows of the private embedding and one 1-byte continue flag per
-    token — the same message sequence and sizes for another prompt of the same length
-    sampled differently; the one-hot rows arrive masked (uniform bytes, not 0/1)."""
+    the masked one-hot rows of the private embedding, the exact truncations' padded top
+    bits ("wrap") and one 1-byte continue flag per token — the same message sequence and
+    sizes for another prompt of the same length sampled differently; the one-hot rows
+    arrive masked (uniform bytes, not 0/1)."""
     address, _, _ = served
     views: list[list[tuple]] = []
     lookups: list[bytes] = []
@@ -140,7 +141,7 @@ def test_the_server_receives_no_tokens(served, monkeypatch) -> None:
         assert len(gen.token_ids) == 3
     assert views[0] == views[1] and views[0]
     arrays = [v for v in views[0] if v[1] == "array"]
-    assert {v[0] for v in arrays} == {"gen.more", "plan.digest", "lookup"}
+    assert {v[0] for v in arrays} == {"gen.more", "plan.digest", "lookup", "wrap"}
     flags = [v for v in arrays if v[0] == "gen.more"]
     assert len(flags) == 3 and all(v[3] == "|u1" and v[4] == 1 for v in flags)
     # one lookup per call: 6 prompt rows, then 1 row per step, of 96 entries × 48 bits

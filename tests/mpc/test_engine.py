@@ -10,9 +10,15 @@ from common.mpc.runner import run_local_program
 TOL = 2.0**-11  # a few units of 2^-16 plus truncation's one-ulp error per step
 
 
-def _run(prog, data0, data1, provider="insecure_dealer", f=16):
-    r0, r1 = run_local_program(prog, data0, data1, provider=provider, fxp=FixedPoint(f))
+def _run(prog, data0, data1, provider="insecure_dealer", f=16, exact=True):
+    fxp = FixedPoint(f, exact_trunc=exact)
+    r0, r1 = run_local_program(prog, data0, data1, provider=provider, fxp=fxp)
     return r0, r1
+
+
+def _wrap_bytes(n: int) -> int:
+    """Bytes each party sends for n exact truncations (one bit each)."""
+    return -(-n // 8)
 
 
 def _edges(rng, shape):
@@ -55,7 +61,8 @@ def test_linear_ops_local():
         assert np.abs(got - ref).max() <= TOL
 
 
-def test_mul_square_exact_bytes_and_rounds():
+@pytest.mark.parametrize("exact", [True, False])
+def test_mul_square_exact_bytes_and_rounds(exact):
     rng = np.random.default_rng(1)
     n = 1000
     x, y = _edges(rng, n), rng.normal(0, 10, n)
@@ -68,15 +75,17 @@ def test_mul_square_exact_bytes_and_rounds():
             s = m.square(a)
         return m.reveal(p, CLIENT), m.reveal(s, CLIENT)
 
-    r0, r1 = _run(prog, None, {"x": x, "y": y})
+    r0, r1 = _run(prog, None, {"x": x, "y": y}, exact=exact)
     assert np.abs(r1.result[0] - x * y).max() <= TOL * 20  # |y| up to ~40 scales the ulp
     assert np.abs(r1.result[1] - x * x).max() <= TOL * 20
+    # the exact truncation: one more round and one bit per product
+    extra, extra_rounds = (_wrap_bytes(n), 1) if exact else (0, 0)
     for r in (r0, r1):
         bd = r.meter.breakdown(by=("phase", "op"))
-        assert bd[("online", "mul")].sent_bytes == 16 * n
-        assert bd[("online", "mul")].rounds == 1
-        assert bd[("online", "square")].sent_bytes == 8 * n
-        assert bd[("online", "square")].rounds == 1
+        assert bd[("online", "mul")].sent_bytes == 16 * n + extra
+        assert bd[("online", "mul")].rounds == 1 + extra_rounds
+        assert bd[("online", "square")].sent_bytes == 8 * n + extra
+        assert bd[("online", "square")].rounds == 1 + extra_rounds
 
 
 def test_matmul_batched():
@@ -92,10 +101,12 @@ def test_matmul_batched():
 
     r0, r1 = _run(prog, {"x": x}, {"y": y})
     assert np.abs(r1.result - x @ y).max() <= TOL
-    assert r0.meter.breakdown(by=("op",))[("mm",)].sent_bytes == 8 * (x.size + y.size)
+    sent = r0.meter.breakdown(by=("op",))[("mm",)].sent_bytes
+    assert sent == 8 * (x.size + y.size) + _wrap_bytes(3 * 4 * 5)
 
 
-def test_linear_layer_sends_only_masked_input():
+@pytest.mark.parametrize("exact", [True, False])
+def test_linear_layer_sends_only_masked_input(exact):
     rng = np.random.default_rng(3)
     x, w, b = rng.normal(size=(2, 6, 16)), rng.normal(0, 0.5, (16, 9)), rng.normal(size=9)
 
@@ -107,18 +118,21 @@ def test_linear_layer_sends_only_masked_input():
             )
         return m.reveal(z, CLIENT)
 
-    r0, r1 = _run(prog, {"w": w, "b": b}, {"x": x})
+    r0, r1 = _run(prog, {"w": w, "b": b}, {"x": x}, exact=exact)
     assert np.abs(r1.result - (x @ w + b)).max() <= TOL
     lin0 = r0.meter.breakdown(by=("phase", "op"))[("online", "lin")]
     lin1 = r1.meter.breakdown(by=("phase", "op"))[("online", "lin")]
-    assert lin0.sent_bytes == 0 and lin1.sent_bytes == 8 * x.size
-    assert max(lin0.rounds, lin1.rounds) == 1
+    extra = _wrap_bytes(2 * 6 * 9) if exact else 0
+    assert lin0.sent_bytes == extra and lin1.sent_bytes == 8 * x.size + extra
+    assert max(lin0.rounds, lin1.rounds) == (2 if exact else 1)
 
 
-@pytest.mark.parametrize("provider", ["insecure_dealer", "he"])
-def test_lookup_rows_in_z48(provider):
+@pytest.mark.parametrize("provider,exact", [("insecure_dealer", True), ("he", True),
+                                            ("insecure_dealer", False)])  # fmt: skip
+def test_lookup_rows_in_z48(provider, exact):
     """One-hot rows × a server table: exact rows (no truncation), 6 bytes per one-hot
-    entry from the client, nothing from the server; negative entries lift correctly."""
+    entry from the client, nothing else from the server but the lift's wrap bits (one
+    per output, exact mode); negative entries lift correctly."""
     rng = np.random.default_rng(4)
     V, d = 50, 7
     table = rng.normal(0, 0.5, (V, d))
@@ -132,12 +146,13 @@ def test_lookup_rows_in_z48(provider):
             z = m.lookup((data or {}).get("oh"), (2, 3, V), "emb", d, (data or {}).get("table"))
         return m.reveal(z, CLIENT)
 
-    r0, r1 = _run(prog, {"table": table}, {"oh": onehot}, provider=provider)
+    r0, r1 = _run(prog, {"table": table}, {"oh": onehot}, provider=provider, exact=exact)
     want = np.round(table * 2.0**16) / 2.0**16
     assert np.array_equal(r1.result, want[ids])
     c0 = r0.meter.breakdown(by=("phase", "op"))[("online", "lookup")]
     c1 = r1.meter.breakdown(by=("phase", "op"))[("online", "lookup")]
-    assert c0.sent_bytes == 0 and c1.sent_bytes == 6 * onehot.size
+    extra = _wrap_bytes(2 * 3 * d) if exact else 0
+    assert c0.sent_bytes == extra and c1.sent_bytes == 6 * onehot.size + extra
 
 
 def test_server_without_weight_is_a_clear_error():

@@ -101,7 +101,7 @@ def test_opened_group_sends_each_value_once():
         with mpc.ch.scope(op="t"):
             g = mpc.group(spec)
             g.open({0: xs, 1: ys, 2: ws})
-            out = [g.product(0, 0), g.product(0, 1), g.product(0, 2)]
+            out = g.products([(0, 0), (0, 1), (0, 2)])
         with pytest.raises(ValueError, match="already open"):
             g.open({0: xs})
         with pytest.raises(ValueError, match="not planned"):
@@ -113,8 +113,9 @@ def test_opened_group_sends_each_value_once():
     for got, want in zip(c.result, (x * x, x * y, x * w), strict=True):
         assert np.allclose(got, want, atol=tol)
     t = c.meter.breakdown(by=("phase", "op"))[("online", "t")]
-    assert t.sent_msgs == 1 and t.rounds == 1
-    assert t.sent_bytes == 8 * (128 + 128 + 8)
+    # the opening, then one exact truncation of the three products together
+    assert t.sent_msgs == 2 and t.rounds == 2
+    assert t.sent_bytes == 8 * (128 + 128 + 8) + (3 * 128) // 8
 
 
 def test_matrix_triple_and_linear_mask_exact():
@@ -257,7 +258,7 @@ def test_bound_openings_and_lookup_messages_uniform():
     from common.mpc.ring import FixedPoint
     from common.mpc.runner import run_local_program
 
-    fxp = FixedPoint()
+    fxp = FixedPoint(exact_trunc=False)  # binds hold under local truncation only
     seen: dict[str, list] = {"open": [], "lookup": []}
     V = 4096
     bind = Bind("w", fxp.frac_bits, (8, 1024), (0, 1024), (8, 1024), (0, 1))
@@ -303,13 +304,14 @@ def test_truncated_batch_rejected():
 def test_bound_masks_open_linear_outputs_from_the_server_alone(provider):
     """A linear output opened into a group and into a matrix product: the client sends
     nothing for it (its share is the mask's), the server 8 bytes per element; results
-    equal numpy's."""
+    equal numpy's. Binds hold under local truncation only (an exact truncation makes the
+    client's output share data-dependent): `Mpc` refuses them otherwise."""
     from common.mpc.correlations import Bind
     from common.mpc.engine import Mpc
     from common.mpc.ring import FixedPoint
     from common.mpc.runner import run_local_program
 
-    fxp = FixedPoint()
+    fxp = FixedPoint(exact_trunc=False)
     f = fxp.frac_bits
     rng = np.random.default_rng(8)
     x, w = rng.uniform(-1, 1, (6, 8)), rng.uniform(-0.5, 0.5, (8, 12))
@@ -336,6 +338,8 @@ def test_bound_masks_open_linear_outputs_from_the_server_alone(provider):
     sent_s = s.meter.breakdown(by=("phase", "op"))[("online", "bound")]
     assert sent_c.sent_bytes == 0
     assert sent_s.sent_bytes == 8 * (72 + 36 + 36)
+    with pytest.raises(ValueError, match="local truncation"):
+        run_local_program(prog, None, x, provider=provider, fxp=FixedPoint())
 
 
 def test_bound_mask_that_does_not_match_is_a_clear_error():
@@ -346,7 +350,7 @@ def test_bound_mask_that_does_not_match_is_a_clear_error():
     from common.mpc.ring import FixedPoint
     from common.mpc.runner import run_local_program
 
-    fxp = FixedPoint()
+    fxp = FixedPoint(exact_trunc=False)
     w = np.eye(4)
     wrong = Bind("w", fxp.frac_bits, (2, 4), (0, 4), (2, 4), (0, 1))
 
