@@ -2,7 +2,8 @@
 
 `python -m benchmarks.catastrophic [--texts N] [--batch B] [--jsonl FILE]
 [--insecure-dealer]` runs the bundled default model (Comet form) privately on the first
-N held-out test tweets (batches of B texts of similar length, up to 64 tokens), both
+N tweets (the held-out test split, then validation, then training; batches of B texts
+of similar length, up to 64 tokens), both
 parties in this process, the offline phase from HE — or, only when asked with
 `--insecure-dealer` (TESTS ONLY, it warns), from the test dealer: the online
 computation, where a local truncation can fail, is the same whichever provider made
@@ -12,8 +13,10 @@ plan on plaintext: a local truncation failure adds about ±2^(64−f) to a value
 catastrophic failure shows as an error of many orders of magnitude; an error above
 `--threshold` (default 0.5 logits) is counted as catastrophic, and so is an output the
 client's bounds check (`common.protocol.outcheck`) rejects. It also sums the
-emulation's exact expected number of failures (Σ |v|/2^64 over truncated values), so
-the count can be set against what the risk model predicts.
+emulation's exact expected number of failures (exact truncation, the default: values
+at or beyond its 2^62 range; and, for comparison, Σ |v|/2^64 over the same values, what
+local truncation would risk), so the count can be set against what the risk model
+predicts.
 """
 
 from __future__ import annotations
@@ -57,14 +60,18 @@ def main(
     from common.protocol.run import local_private_forward, plain_forward
 
     provider = "insecure_dealer" if insecure_dealer else "he"
-    texts, _ = load_tweets("test")
+    # the held-out test tweets, then the validation ones, then training ones: failures
+    # are about the arithmetic, not the labels, so any real text will do
+    texts = load_tweets("test")[0] + load_tweets("val")[0] + load_tweets("train")[0]
+    if n_texts > len(texts):
+        raise click.UsageError(f"--texts: only {len(texts)} tweets")
     texts = texts[:n_texts]
     model, tok = compile_model(default_model_dir(build=True), approx="comet")
     order = np.argsort([len(tok(t)["input_ids"]) for t in texts], kind="stable")
     batches = tokenize_batches(tok, [texts[i] for i in order], max_length, batch)
     out = open(jsonl, "w") if jsonl else None  # noqa: SIM115
     done = catastrophic = rejected = 0
-    risk = 0.0
+    risk = risk_local = 0.0
     worst = 0.0
     t0 = time.perf_counter()
     for k, b in enumerate(batches):
@@ -84,6 +91,7 @@ def main(
         catastrophic += int(bad)
         rejected += int(not ok)
         risk += float(be.truncation_risk)
+        risk_local += sum(be.other_risk_by_site.values())
         worst = max(worst, err)
         row = {
             "batch": k,
@@ -105,6 +113,7 @@ def main(
         "texts": done, "batches": len(batches), "catastrophic_batches": catastrophic,
         "rejected_by_bounds": rejected, "max_abs_err": worst, "threshold": threshold,
         "expected_failures_total": risk, "seconds": time.perf_counter() - t0,
+        "expected_failures_if_local_truncation": risk_local,
         "provider": provider,
     }  # fmt: skip
     if out:
