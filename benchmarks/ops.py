@@ -174,6 +174,23 @@ def case_mean(rng: np.random.Generator, rows: int, cols: int) -> Case:
     )  # fmt: skip
 
 
+def case_trunc(rng: np.random.Generator, n: int) -> Case:
+    """Exact truncation alone (`Mpc.trunc`) of values at scale 2^(2f) (a product's)."""
+    x = rng.standard_normal(n) * 100
+
+    def program(m: Mpc, data: dict | None) -> Any:
+        a = m.share(CLIENT, _get(data, "x"), (n,))
+        raw = m.mul_public_int(a, 1 << m.f)  # x at scale 2^(2f), as a product would be
+        with m.ch.scope(op=BENCH):
+            z = m.trunc(raw)
+        return m.reveal(z, to=CLIENT)
+
+    return Case(
+        "trunc", f"{_n(n)} exact, scale 2^2f", n, "values", program, {}, {"x": x}, x,
+        online_bytes_model=_wrap(n),
+    )  # fmt: skip
+
+
 def case_share(rng: np.random.Generator, n: int) -> Case:
     x = rng.standard_normal(n)
 
@@ -203,7 +220,7 @@ def case_reveal(rng: np.random.Generator, n: int) -> Case:
     )  # fmt: skip
 
 
-OPS = ("mul", "square", "matmul", "linear", "mean", "share", "reveal")
+OPS = ("mul", "square", "matmul", "linear", "mean", "trunc", "share", "reveal")
 
 
 def build_cases(quick: bool, seed: int = SEED, only: Iterable[str] | None = None) -> list[Case]:
@@ -220,6 +237,7 @@ def build_cases(quick: bool, seed: int = SEED, only: Iterable[str] | None = None
         "matmul": lambda: case_matmul(rng, *s.matmul),
         "linear": lambda: case_linear(rng, *s.linear),
         "mean": lambda: case_mean(rng, *s.mean),
+        "trunc": lambda: case_trunc(rng, s.elementwise),
         "share": lambda: case_share(rng, s.elementwise),
         "reveal": lambda: case_reveal(rng, s.elementwise),
     }

@@ -239,7 +239,7 @@ class Mpc:
         if not self.exact:
             return [trunc_share(x, b, self.party) for x, b in items]
         halves = [wrap_local(x, b, self.party) for x, b in items]
-        msb = np.concatenate([m.ravel() for _, m in halves]) if halves else np.zeros(0, U64)
+        msb = np.concatenate([m.ravel() for _, m in halves]) if halves else np.zeros(0, np.uint8)
         w = self.wrap_bits(msb)
         out, pos = [], 0
         for (x, b), (local, _) in zip(items, halves, strict=True):
@@ -248,7 +248,7 @@ class Mpc:
             pos += n
         return out
 
-    def wrap_bits(self, mine: Ring) -> Ring:
+    def wrap_bits(self, mine: NDArray[np.uint8]) -> Ring:
         """Shares in Z_2^64 of a ∨ b for bits a (party 0's) and b (party 1's), elementwise.
 
         a ∨ b = a + b − ab, and ab by a preprocessed bit triple (u, v, uv): party 0 holds
@@ -260,20 +260,23 @@ class Mpc:
         """
         shape, n = mine.shape, mine.size
         r, z = self.source.wraps(n)
-        bit = mine.ravel().astype(np.uint8) & np.uint8(1)
-        sent = np.packbits(bit ^ r)
-        theirs = np.unpackbits(self.ch.exchange_array("wrap", sent))[:n]
-        d, e = (bit ^ r, theirs) if self.party == SERVER else (theirs, bit ^ r)
-        # (1−2d)(1−2e)·z = ±z, negative where d ⊕ e: (z ⊕ m) − m with m = 0 or −1
-        m = (-(d ^ e).astype(np.int64)).view(U64)
-        zpart = (z ^ m) - m
-        # the small terms, in {−1, 0, 1, 2}: party 0 de + e(1−2d)u, party 1 d(1−2e)v
-        d8, e8 = d.astype(np.int8), e.astype(np.int8)
+        bit = mine.reshape(-1).view(np.int8)  # 0/1
+        padded = bit ^ r.view(np.int8)
+        theirs = np.unpackbits(self.ch.exchange_array("wrap", np.packbits(padded)))[:n]
+        d, e = (padded, theirs.view(np.int8))
+        if self.party != SERVER:
+            d, e = e, d
+        # (1−2d)(1−2e)·z = ±z, negative where d ⊕ e
+        zpart = np.negative(z, out=z.copy(), where=(d ^ e).view(bool))
+        # this party's bit minus the small terms of its share of ab, in {−2, …, 2}:
+        # party 0 de + e(1−2d)u, party 1 d(1−2e)v
+        r8 = r.view(np.int8)
         if self.party == SERVER:
-            small = (d8 & e8) + (e8 & r.astype(np.int8)) * (1 - 2 * d8)
+            t8 = bit - (d & e) - (e & r8) * (1 - 2 * d)
         else:
-            small = (d8 & r.astype(np.int8)) * (1 - 2 * e8)
-        w = (bit.astype(np.int64) - small).view(U64) - zpart
+            t8 = bit - (d & r8) * (1 - 2 * e)
+        w = t8.astype(np.int64).view(U64)
+        w -= zpart
         return w.reshape(shape)
 
     def sum(

@@ -7,6 +7,7 @@ Pure functions only: no communication, no randomness source of their own (caller
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,7 +132,9 @@ def trunc_share(x: Ring, bits: int, party: int) -> Ring:
     return from_signed(-((-s) >> bits))
 
 
-def wrap_local(x: Ring, bits: int, party: int, ring_bits: int = RING_BITS) -> tuple[Ring, Ring]:
+def wrap_local(
+    x: Ring, bits: int, party: int, ring_bits: int = RING_BITS
+) -> tuple[Ring, NDArray[np.uint8]]:
     """The local half of an exact division by 2^bits of a value shared in Z_2^ring_bits.
 
     Party 0 adds 2^(ring_bits−2) to its share, so that the shared value v' = v + 2^(m−2)
@@ -151,8 +154,17 @@ def wrap_local(x: Ring, bits: int, party: int, ring_bits: int = RING_BITS) -> tu
             xs &= U64((1 << ring_bits) - 1)
     shifted = xs >> U64(bits)
     if party == 1 and bits:
-        shifted += ((xs & U64((1 << bits) - 1)) != 0).astype(U64)
-    return shifted, xs >> U64(ring_bits - 1)
+        shifted += (xs & U64((1 << bits) - 1)) != 0
+    return shifted, top_bits(xs, ring_bits)
+
+
+def top_bits(x: Ring, ring_bits: int = RING_BITS) -> NDArray[np.uint8]:
+    """Bit ring_bits − 1 of each element, as uint8 0/1 (x's shape)."""
+    x = np.ascontiguousarray(x, dtype=U64)
+    if ring_bits == RING_BITS and sys.byteorder == "little":
+        # the top byte of each little-endian word: a strided 1-byte read, no 8-byte pass
+        return (x.reshape(-1).view(np.uint8)[7::8] >> np.uint8(7)).reshape(x.shape)
+    return (x >> U64(ring_bits - 1)).astype(np.uint8) & np.uint8(1)
 
 
 def wrap_finish(local: Ring, wrap: Ring, bits: int, party: int, ring_bits: int = RING_BITS) -> Ring:
