@@ -146,16 +146,24 @@ def wrap_local(
     Returns (x_i' shifted, msb(x_i')); `wrap_finish` applies a share of w.
     """
     xs = np.asarray(x, dtype=U64)
+    fresh = False  # whether xs is our own buffer (then it is shifted in place)
     if ring_bits < RING_BITS:
-        xs = xs & U64((1 << ring_bits) - 1)
+        xs, fresh = xs & U64((1 << ring_bits) - 1), True
     if party == 0:
-        xs = xs + U64(1 << (ring_bits - 2))
+        xs, fresh = xs + U64(1 << (ring_bits - 2)), True
         if ring_bits < RING_BITS:
             xs &= U64((1 << ring_bits) - 1)
-    shifted = xs >> U64(bits)
-    if party == 1 and bits:
-        shifted += (xs & U64((1 << bits) - 1)) != 0
-    return shifted, top_bits(xs, ring_bits)
+    msb = top_bits(xs, ring_bits)
+    if not bits:
+        return (xs if fresh else xs.copy()), msb
+    if party == 1:  # round up: + 1 where the dropped bits are not all zero
+        low = xs & U64((1 << bits) - 1)
+        up = low != 0
+        shifted = np.right_shift(xs, U64(bits), out=low)
+        shifted += up
+    else:
+        shifted = np.right_shift(xs, U64(bits), out=xs if fresh else None)
+    return shifted, msb
 
 
 def top_bits(x: Ring, ring_bits: int = RING_BITS) -> NDArray[np.uint8]:
@@ -170,11 +178,13 @@ def top_bits(x: Ring, ring_bits: int = RING_BITS) -> NDArray[np.uint8]:
 def wrap_finish(local: Ring, wrap: Ring, bits: int, party: int, ring_bits: int = RING_BITS) -> Ring:
     """Shares of ⌊v/2^bits⌋ + {0, 1} in Z_2^64 from `wrap_local`'s shifted share and
     this party's share of the wrap bit w (only w mod 2^(64−m+bits) matters):
-    y_i = (x_i' >> bits) − w_i·2^(m−bits), and party 0 removes the offset."""
-    y = local - (wrap << U64(ring_bits - bits)) if ring_bits - bits < 64 else local.copy()
+    y_i = (x_i' >> bits) − w_i·2^(m−bits), and party 0 removes the offset. Works in
+    place: `local` becomes the result and `wrap` is overwritten."""
+    if ring_bits - bits < 64:
+        local -= np.left_shift(wrap, U64(ring_bits - bits), out=wrap)
     if party == 0:
-        y -= U64(1 << (ring_bits - 2 - bits))
-    return y
+        local -= U64(1 << (ring_bits - 2 - bits))
+    return local
 
 
 def _limbs(x: Ring, width: int, count: int) -> list[NDArray[np.float64]]:

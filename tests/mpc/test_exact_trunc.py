@@ -68,7 +68,7 @@ def test_wrap_local_and_finish_over_every_share_split():
     s1 = from_signed(v) - s0
     l0, a = wrap_local(s0, 13, 0)
     l1, b = wrap_local(s1, 13, 1)
-    w = a | b  # the wrap bit, in the clear (the protocol shares it)
+    w = (a | b).astype(np.uint64)  # the wrap bit, in the clear (the protocol shares it)
     y = wrap_finish(l0, w, 13, 0) + wrap_finish(l1, np.zeros_like(w), 13, 1)
     assert set(np.unique(to_signed(y) - (v >> 13))) <= {0, 1}
 
