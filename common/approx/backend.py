@@ -69,6 +69,7 @@ class Backend(Protocol):
     def mul_public_many(self, items: list[tuple[Value, NDArray | float]]) -> list[Value]: ...
     def scaled(self, x: Value | Raw, c: float) -> Raw: ...
     def trunc_many(self, items: list[Raw]) -> list[Value]: ...
+    def raw_sum(self, terms: list[tuple[Raw, int]]) -> Raw: ...
     def mul_raw(self, x: Value, y: Value) -> Raw: ...
     def mul(self, x: Value, y: Value) -> Value: ...
     def mul_many(self, pairs: list[tuple[Value, Value]]) -> list[Value]: ...
@@ -148,6 +149,19 @@ class SharedBackend:
             raw = Raw(self.mpc.trunc(raw.value, raw.bits), 0)
         v, bits = self.mpc._scaled(raw.value, c)
         return Raw(v, raw.bits + bits)
+
+    def raw_sum(self, terms: list[tuple[Raw, int]]) -> Raw:
+        """Σ ±raw (sign ±1), aligned to the largest scale by exact shifts: one
+        truncation for the sum instead of one per term. Local. Under local truncation
+        each term is truncated first (free there; the aligned sum would be larger)."""
+        if not self.mpc.exact:
+            vals = self.trunc_many([r for r, _ in terms])
+            return Raw(_signed_sum([(v, sg) for v, (_, sg) in zip(vals, terms, strict=True)]), 0)
+        top = max(r.bits for r, _ in terms)
+        aligned = [
+            (r.value << U64(top - r.bits) if top > r.bits else r.value, sg) for r, sg in terms
+        ]
+        return Raw(_signed_sum(aligned), top)
 
     def trunc_many(self, items: list[Raw]) -> list[Value]:
         """Every raw term truncated, in one round (`Mpc.trunc_many`); terms with no bits
@@ -386,6 +400,15 @@ class PlainBackend:
         bits = f + public_const_extra_bits(c, f)
         return Raw(raw.value * self.encode(c, bits), raw.bits + bits)
 
+    def raw_sum(self, terms: list[tuple[Raw, int]]) -> Raw:
+        if not self.fixed:
+            return Raw(_signed_sum([(r.value, sg) for r, sg in terms]), 0)
+        if not self.exact:  # as `SharedBackend.raw_sum`
+            vals = self.trunc_many([r for r, _ in terms])
+            return Raw(_signed_sum([(v, sg) for v, (_, sg) in zip(vals, terms, strict=True)]), 0)
+        top = max(r.bits for r, _ in terms)
+        return Raw(_signed_sum([(r.value << (top - r.bits), sg) for r, sg in terms]), top)
+
     def trunc_many(self, items: list[Raw]) -> list[Value]:
         if not self.fixed:
             return [r.value for r in items]
@@ -474,6 +497,15 @@ class PlainBackend:
 
     def client_value(self, c: NDArray | None, shape: tuple[int, ...]) -> Value:
         return self.server_constant(c, shape)
+
+
+def _signed_sum(terms: list[tuple[Value, int]]) -> Value:
+    """Σ sign·value (sign ±1) of shares or tensors, broadcasting."""
+    (v0, s0), rest = terms[0], terms[1:]
+    acc = v0 if s0 > 0 else -v0
+    for v, sg in rest:
+        acc = acc + v if sg > 0 else acc - v
+    return acc
 
 
 def public_mask_like(x: Value, mask: NDArray) -> NDArray:

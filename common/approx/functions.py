@@ -109,16 +109,13 @@ def _powers(g: _Named | None, u: Value, d: int) -> dict[int, Value]:
 def _poly_sum(
     ops: Backend, x: Value, p: dict[int, Value], coeffs: tuple[float, ...], scale: float
 ) -> Value:
-    # The linear term from x itself: full precision where x is small. All terms are
-    # truncated together (one round).
+    # The linear term from x itself: full precision where x is small. The terms are
+    # summed raw and truncated once (one round, one truncation per element).
     items = [ops.scaled(x, coeffs[1])] + [
         ops.scaled(p[k], coeffs[k] * scale**k) for k in range(2, len(coeffs)) if coeffs[k] != 0.0
     ]
-    terms = ops.trunc_many(items)
-    acc = ops.add_public(terms[0], coeffs[0])
-    for t in terms[1:]:
-        acc = acc + t
-    return acc
+    (acc,) = ops.trunc_many([ops.raw_sum([(t, 1) for t in items])])
+    return ops.add_public(acc, coeffs[0])
 
 
 def poly(ops: Backend, x: Value, coeffs: tuple[float, ...], norm: float = 1.0) -> Value:
@@ -218,14 +215,12 @@ def _rsqrt_core(
             a, b = a * scale, b * scale
         g.open(**{f"y{j}": y}, **({} if x_open else {xname: xs}))
         x_open = True
-        # y², x'·y and a·y truncated together; then b·t straight from the raw product
-        # h·k (one truncation instead of two).
-        y2, xy, ya = ops.trunc_many(
-            [g.mul_raw(f"y{j}", f"y{j}"), g.mul_raw(xname, f"y{j}"), ops.scaled(y, a)]
-        )
+        # y² and x'·y truncated together; then a·y − b·t as one raw sum (b·t straight
+        # from the raw product h·k): one truncation instead of three
+        y2, xy = ops.trunc_many([g.mul_raw(f"y{j}", f"y{j}"), g.mul_raw(xname, f"y{j}")])
         g.open(**{f"h{j}": xy, f"k{j}": y2})
-        (tb,) = ops.trunc_many([ops.scaled(g.mul_raw(f"h{j}", f"k{j}"), b)])
-        y = ya - tb
+        tb = ops.scaled(g.mul_raw(f"h{j}", f"k{j}"), b)
+        (y,) = ops.trunc_many([ops.raw_sum([(ops.scaled(y, a), 1), (tb, -1)])])
     if finish is None:
         return y
     assert g is not None
@@ -303,10 +298,8 @@ def smu(ops: Backend, x: Value, p: SmuParams, plan: RsqrtPlan, bind: Bind | None
         return ops.mul_public(ops.mul_public(x, 1.0 + p.alpha) + root, 0.5)
     # (1+α)x/2 + √z/2: both halves truncated in one round, √z's from the raw z'·y
     core = _rsqrt_core(ops, z, plan, "sqrt", raw=True)
-    lin, half_root = ops.trunc_many(
-        [ops.scaled(x, 0.5 * (1.0 + p.alpha)), ops.scaled(core, 0.5 / plan.out_scale)]
-    )
-    return lin + half_root
+    lin, half_root = ops.scaled(x, 0.5 * (1.0 + p.alpha)), ops.scaled(core, 0.5 / plan.out_scale)
+    return ops.trunc_many([ops.raw_sum([(lin, 1), (half_root, 1)])])[0]
 
 
 def relu_softmax(
@@ -412,12 +405,11 @@ def layernorm(ops: Backend, x: Value, gamma: Value, beta: Value, site: LayerNorm
     openings, plus the rows' rsqrt.
     """
     shape = tuple(x.shape)
-    # s·(x − mean x) = s·x − (s/d)·Σx: both terms truncated in one round
+    # s·(x − mean x) = s·x − (s/d)·Σx, one raw difference truncated once
     n = shape[-1]
-    sx, smean = ops.trunc_many(
-        [ops.scaled(x, site.scale), ops.scaled(ops.sum(x, axis=-1, keepdims=True), site.scale / n)]
-    )
-    xs = sx - ops.broadcast(smean, shape)
+    sx = ops.scaled(x, site.scale)
+    smean = ops.scaled(ops.sum(x, axis=-1, keepdims=True), site.scale / n)
+    (xs,) = ops.trunc_many([ops.raw_sum([(sx, 1), (smean, -1)])])
     g = ops.group([shape, tuple(gamma.shape)], [(0, 0), (0, 1)])
     g.open({0: xs, 1: gamma})
     # the variance from the raw squares' sum (one truncation), with x'·γ in that round
@@ -561,8 +553,9 @@ def exp_softmax_parts(
     # stays small and the base's rounding is amplified less by the squarings.
     t2 = ops.square(t)
     # t³/6 from the raw product t²·t, truncated once, with t²/2 in the same round
-    t3_6, t2_2 = ops.trunc_many([ops.scaled(ops.mul_raw(t2, t), 1.0 / 6.0), ops.scaled(t2, 0.5)])
-    u = ops.add_public(t + t2_2 + t3_6, 1.0)
+    t3_6, t2_2 = ops.scaled(ops.mul_raw(t2, t), 1.0 / 6.0), ops.scaled(t2, 0.5)
+    (high,) = ops.trunc_many([ops.raw_sum([(t3_6, 1), (t2_2, 1)])])
+    u = ops.add_public(t + high, 1.0)
     for _ in range(site.m):
         u = ops.square(u)
     u = apply_keep(ops, u, keep)
