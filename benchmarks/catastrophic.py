@@ -38,6 +38,14 @@ import numpy as np
 @click.option("--threshold", type=float, default=0.5, show_default=True)
 @click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
+    "--shard",
+    default="0/1",
+    show_default=True,
+    help="i/n: run only batches k with k % n == i (n processes share a run; the batches "
+    "keep their numbers in the JSON lines).",
+)
+@click.option("--skip-batches", type=click.IntRange(0), default=0, help="Start at batch K.")
+@click.option(
     "--insecure-dealer",
     is_flag=True,
     help="TESTS ONLY: correlations from the insecure dealer instead of HE (much faster).",
@@ -48,8 +56,16 @@ def main(
     max_length: int,
     threshold: float,
     jsonl: Path | None,
+    shard: str,
+    skip_batches: int,
     insecure_dealer: bool,
 ) -> None:
+    try:
+        shard_i, shard_n = (int(v) for v in shard.split("/"))
+        if not 0 <= shard_i < shard_n:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"--shard: want i/n with 0 ≤ i < n, got {shard!r}") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from comet_server.adapt.data import load_tweets
     from comet_server.adapt.default import default_model_dir
@@ -70,11 +86,14 @@ def main(
     order = np.argsort([len(tok(t)["input_ids"]) for t in texts], kind="stable")
     batches = tokenize_batches(tok, [texts[i] for i in order], max_length, batch)
     out = open(jsonl, "w") if jsonl else None  # noqa: SIM115
-    done = catastrophic = rejected = 0
+    done = catastrophic = rejected = ran = 0
     risk = risk_local = 0.0
     worst = 0.0
     t0 = time.perf_counter()
     for k, b in enumerate(batches):
+        if k < skip_batches or k % shard_n != shard_i:
+            continue
+        ran += 1
         be = PlainBackend(FRAC_BITS, track_risk=True)
         emul = plain_forward(model, b, backend=be)
         _, client = local_private_forward(model, b, provider=provider)
@@ -110,11 +129,12 @@ def main(
             file=sys.stderr,
         )
     summary = {
-        "texts": done, "batches": len(batches), "catastrophic_batches": catastrophic,
+        "texts": done, "batches": len(batches), "batches_run": ran,
+        "catastrophic_batches": catastrophic,
         "rejected_by_bounds": rejected, "max_abs_err": worst, "threshold": threshold,
         "expected_failures_total": risk, "seconds": time.perf_counter() - t0,
         "expected_failures_if_local_truncation": risk_local,
-        "provider": provider,
+        "provider": provider, "shard": shard, "skip_batches": skip_batches,
     }  # fmt: skip
     if out:
         out.write(json.dumps({"summary": summary}) + "\n")
