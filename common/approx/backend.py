@@ -9,7 +9,7 @@ them:
   polynomials, public constants) with real numbers; predicts the approximation error.
 - `PlainBackend(frac_bits=f)` — fixed-point emulation in int64 torch: every product is
   truncated by f bits exactly where the protocol truncates (floor; the protocol's
-  local truncation adds at most one more unit in the last place, at random).
+  truncation, exact or local, adds at most one more unit in the last place).
 
 Values are opaque to the programs except for `+`, `-`, `.reshape`, `.shape` and basic
 indexing, which numpy uint64 arrays and torch tensors both provide with the same

@@ -47,11 +47,12 @@ def from_signed(x: NDArray[np.integer]) -> Ring:
     return np.asarray(x, dtype=np.int64).view(U64)
 
 
-# Fractional bits of the fixed-point encoding. 13, not 16: local truncation fails with
-# probability |v|/2^64 for a product v at scale 2^(2f), and a MiniLM forward truncates
-# ~4·10^7 values per text, many of order 10 in the Newton iterations; at f = 16 that
-# was ~2% of texts with a catastrophic error, at f = 13 it is ~3·10^-4, while the
-# logits move by ~1e-2 (docs/ACCURACY.md, "Fixed-point precision").
+# Fractional bits of the fixed-point encoding. 13, not 16: chosen when truncation was
+# local, which fails with probability |v|/2^64 for a product v at scale 2^(2f) (a
+# MiniLM forward truncates ~4·10^7 values per text, many of order 10 in the Newton
+# iterations; at f = 16 that was ~2% of texts with a catastrophic error, at f = 13
+# ~3·10^-4, while the logits move by ~1e-2: docs/ACCURACY.md, "Fixed-point precision").
+# Exact truncation (the default) no longer depends on it; f stays 13 for both policies.
 FRAC_BITS = 13
 
 

@@ -1,8 +1,10 @@
 """Defence in depth: refuse an opened output that no correct run can produce.
 
-A private run can fail without any party deviating: a local truncation wraps with
-probability |v|/2^64 (docs/SECURITY.md, "Truncation") and the value it corrupts is off
-by ~2^(64−2f) ≈ 2^38 at f = 13; that usually reaches the output as a value of 10^9 or
+A private run can fail without any party deviating — under local truncation a share
+wraps with probability |v|/2^64 (docs/SECURITY.md, "Truncation"; the default exact
+truncation removes that, but a value beyond its 2^62 range, a bug or corrupted
+correlations would fail the same way) and the value it corrupts is off by
+~2^(64−2f) ≈ 2^38 at f = 13; that usually reaches the output as a value of 10^9 or
 more. The card carries public bounds of a correct output (`OutputBounds`, calibrated
 with a wide margin); `check_output` compares the client's opened output with them.
 It is a check on public information and the client's own output: it reveals nothing
@@ -29,8 +31,8 @@ class UncheckedOutputWarning(UserWarning):
 
 
 RETRY_HINT = (
-    "the private computation failed (most likely a failed local truncation, a rare "
-    "random event: see `comet-bench risk`); nothing was revealed. Run it again: every "
+    "the private computation failed (a corrupted intermediate value, e.g. a failed "
+    "truncation: see `comet-bench risk`); nothing was revealed. Run it again: every "
     "run uses fresh correlations."
 )
 

@@ -1,8 +1,9 @@
-"""comet-server whose every session suffers one failed local truncation (tests only).
+"""comet-server whose every session suffers one failed truncation (tests only).
 
 `python -m tests.e2e.failing_server ARGS…` runs `comet-server ARGS…` with the server's
-5th online truncation of each session off by 2^(64 − bits) on one element — what a
-SecureML local truncation does with probability |v|/2^64.
+5th online truncation round of each session off by 2^(64 − bits) on one element — what
+a SecureML local truncation does with probability |v|/2^64 (and any truncation of a
+value beyond its range).
 """
 
 from __future__ import annotations
@@ -12,24 +13,24 @@ from common.mpc.roles import SERVER
 from common.transport import NullChannel
 
 FAIL_AT = 5
-_trunc = engine.Mpc.trunc
+_trunc_many = engine.Mpc.trunc_many
 
 
-def _failing(self: engine.Mpc, x, bits=None):
-    y = _trunc(self, x, bits)
-    if self.party != SERVER or isinstance(self.ch, NullChannel):
-        return y  # the planning pass computes nothing real
+def _failing(self: engine.Mpc, items):
+    ys = _trunc_many(self, items)
+    if self.party != SERVER or isinstance(self.ch, NullChannel) or not items:
+        return ys  # the planning pass computes nothing real
     n = getattr(self, "_test_truncations", 0) + 1
     self._test_truncations = n  # one Mpc per session and phase
     if n == FAIL_AT:
-        y = y.copy()
-        shift = 64 - (self.f if bits is None else bits)
+        y = ys[0] = ys[0].copy()
+        shift = 64 - items[0][1]
         y.flat[0] = (int(y.flat[0]) + (1 << shift)) % (1 << 64)
-    return y
+    return ys
 
 
 if __name__ == "__main__":
-    engine.Mpc.trunc = _failing  # type: ignore[method-assign]
+    engine.Mpc.trunc_many = _failing  # type: ignore[method-assign]
     from comet_server.cli import main
 
     main()
