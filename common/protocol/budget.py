@@ -37,8 +37,8 @@ class SessionBudget:
 def online_frame(plan: Plan) -> int:
     """Upper bound of the largest online message of `plan`: an opening sends 8 bytes per
     masked element (16 per Beaver product), and no opening masks more elements than the
-    plan holds of one kind."""
-    sizes = [16 * plan.triples, 8 * plan.squares]
+    plan holds of one kind; a wrap exchange sends a bit per truncated value."""
+    sizes = [16 * plan.triples, 8 * plan.squares, -(-plan.wraps // 8)]
     sizes += [8 * s.rows * max(s.k, s.n) for s in plan.linears]
     for (*batch, m, k, n), _ in plan.matmul_specs():
         sizes.append(8 * math.prod(batch) * (m * k + k * n))
