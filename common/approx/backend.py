@@ -66,7 +66,6 @@ class Backend(Protocol):
     def output(self, x: Value, to: int | None = CLIENT) -> NDArray[np.float64] | None: ...
     def add_public(self, x: Value, c: NDArray | float) -> Value: ...
     def mul_public(self, x: Value, c: NDArray | float) -> Value: ...
-    def mul_public_many(self, items: list[tuple[Value, NDArray | float]]) -> list[Value]: ...
     def scaled(self, x: Value | Raw, c: float) -> Raw: ...
     def trunc_many(self, items: list[Raw]) -> list[Value]: ...
     def raw_sum(self, terms: list[tuple[Raw, int]]) -> Raw: ...
@@ -135,10 +134,6 @@ class SharedBackend:
     def mul_public(self, x: Value, c: NDArray | float) -> Value:
         return self.mpc.mul_public(*self._public_operands(x, c))
 
-    def mul_public_many(self, items: list[tuple[Value, NDArray | float]]) -> list[Value]:
-        """Several `mul_public`s, truncated in one round (`Mpc.mul_public_many`)."""
-        return self.mpc.mul_public_many([self._public_operands(x, c) for x, c in items])
-
     def scaled(self, x: Value | Raw, c: float) -> Raw:
         """x·c before truncation (a scalar c, encoded as `Mpc.mul_public` does). Local.
 
@@ -147,7 +142,7 @@ class SharedBackend:
         raw = x if isinstance(x, Raw) else Raw(x, 0)
         if raw.bits and not self.mpc.exact:
             raw = Raw(self.mpc.trunc(raw.value, raw.bits), 0)
-        v, bits = self.mpc._scaled(raw.value, c)
+        v, bits = self.mpc.scale_public(raw.value, c)
         return Raw(v, raw.bits + bits)
 
     def raw_sum(self, terms: list[tuple[Raw, int]]) -> Raw:
@@ -312,11 +307,12 @@ class PlainBackend:
     def _count_risk(self, x: torch.Tensor, ring_bits: int = 64) -> None:
         import torch  # lazily: the client never loads it
 
-        local = float(x.abs().sum(dtype=torch.float64)) * 2.0**-ring_bits
-        exact = float((x.abs() >= 2 ** (ring_bits - 2)).sum())
+        a = x.abs()
+        local = float(a.sum(dtype=torch.float64)) * 2.0**-ring_bits
+        exact = float((a >= 2 ** (ring_bits - 2)).sum())
         risk = exact if self.exact else local
         if x.numel():
-            self.max_truncated = max(self.max_truncated, float(x.abs().max()))
+            self.max_truncated = max(self.max_truncated, float(a.max()))
         self.truncation_risk += risk
         self.truncations += x.numel()
         key = self.site()
@@ -359,7 +355,6 @@ class PlainBackend:
         return (x.double() / 2.0**self.frac_bits).numpy()
 
     def _trunc(self, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
-
         if self.track_risk:
             self._count_risk(x)
         return x >> (self.frac_bits if bits is None else bits)
@@ -381,15 +376,10 @@ class PlainBackend:
         if not self.fixed:
             return x * torch.as_tensor(_writable(c))
         # Same encoding rule as Mpc.mul_public: small constants get extra bits.
-        f = self.frac_bits
-        assert f is not None
-        extra = public_const_extra_bits(c, f)
-        return self._trunc(x * self.encode(c, f + extra), f + extra)
+        raw = self.scaled(x, c)
+        return self._trunc(raw.value, raw.bits)
 
-    def mul_public_many(self, items: list[tuple[Value, NDArray | float]]) -> list[Value]:
-        return [self.mul_public(x, c) for x, c in items]
-
-    def scaled(self, x: Value | Raw, c: float) -> Raw:
+    def scaled(self, x: Value | Raw, c: NDArray | float) -> Raw:
         raw = x if isinstance(x, Raw) else Raw(x, 0)
         if not self.fixed:
             return Raw(raw.value * c, 0)

@@ -156,12 +156,6 @@ def rsqrt(ops: Backend, x: Value, plan: RsqrtPlan, scale: float = 1.0) -> Value:
     return _rsqrt_core(ops, x, plan, None, scale=plan.out_scale * scale)
 
 
-def rsqrt_unscaled(ops: Backend, x: Value, plan: RsqrtPlan) -> Value:
-    """y = rsqrt(x)/√c (of order 1: full fixed-point precision). Callers fold the
-    public √c into another operand instead of rounding a small 1/√x."""
-    return _rsqrt_core(ops, x, plan, None)
-
-
 def _rsqrt_core(
     ops: Backend,
     x: Value,

@@ -76,8 +76,8 @@ class RsqrtPlan:
     def rounds_exact(self) -> int:
         """Online rounds with exact truncation (the default, `Mpc.trunc_many`): x' and
         the powers' base (1), each opened power and its truncation, the polynomial's
-        terms (1), then 4 per Newton step (open y; truncate y², x'·y, a·y; open x'·y
-        and y²; truncate b·t)."""
+        terms (1), then 4 per Newton step (open y; truncate y² and x'·y; open them;
+        truncate a·y − b·t)."""
         return 1 + _EXACT_POLY_ROUNDS[self.degree()] + 4 * len(self.steps)
 
     def products(self) -> int:

@@ -206,14 +206,11 @@ class Mpc:
         small ones get extra fractional bits, large scalars fewer; the truncation by the
         same number of bits removes them again.
         """
-        return self.trunc(*self._scaled(x, c))
+        return self.trunc(*self.scale_public(x, c))
 
-    def mul_public_many(self, items: list[tuple[Ring, NDArray | float]]) -> list[Ring]:
-        """Several `mul_public`s with their truncations in one round (`trunc_many`)."""
-        return self.trunc_many([self._scaled(x, c) for x, c in items])
-
-    def _scaled(self, x: Ring, c: NDArray | float) -> tuple[Ring, int]:
-        """x·c_int and the bits to truncate by (`public_const_extra_bits`)."""
+    def scale_public(self, x: Ring, c: NDArray | float) -> tuple[Ring, int]:
+        """x·c_int before truncation and the bits to truncate by (`mul_public`'s
+        encoding, `public_const_extra_bits`). Local."""
         bits = self.f + public_const_extra_bits(c, self.f)
         ci = np.rint(np.asarray(c, dtype=np.float64) * 2.0**bits).astype(np.int64)
         return x * from_signed(ci), bits

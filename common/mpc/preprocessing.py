@@ -237,8 +237,8 @@ class HeProvider:
 
     def _wraps(self, ch: Channel, n: int) -> tuple[NDArray[np.uint8], Ring]:
         """n bit triples for `Mpc.wrap_bits`: a random bit each (u: server, v: client)
-        and shares of u·v, by `he_products` on 1-bit operands (one CRT prime, a 41-bit
-        mask; ~40 bytes per triple in all at the default parameters; 2 rounds)."""
+        and shares of u·v, by `he_products` on 1-bit operands (one CRT prime, a 42-bit
+        mask; 41 bytes per triple in all at the default parameters; 2 rounds)."""
         bits = self.rng.random_bits(n)
         if not n:
             return bits, np.zeros(0, U64)
