@@ -235,6 +235,8 @@ class Mpc:
         """
         if not self.exact:
             return [trunc_share(x, b, self.party) for x, b in items]
+        if not items:
+            return []  # no round for nothing to truncate
         halves = [wrap_local(x, b, self.party) for x, b in items]
         msb = np.concatenate([m.ravel() for _, m in halves]) if halves else np.zeros(0, np.uint8)
         w = self.wrap_bits(msb)
