@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from comet_server.registry import ServedModel
+from common.he.crt_bfv import CrtBfvParams
 from common.he.executor import HeExecutor
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import SERVER
@@ -99,10 +100,12 @@ def frame_bytes_per_token(card: ModelCard) -> int:
     """Upper bound of the largest frame per token: the embedding's HE upload.
 
     Coefficient packing puts ≤ N entries of the (tokens × vocabulary) one-hot operand in
-    one ciphertext of 8·N bytes per coefficient modulus (3 moduli); 2× for padding and
-    serialization overhead (measured: ≈ 3 GB for 8×512 MiniLM tokens, 0.75 MB/token).
+    one ciphertext of at most 8·N bytes per data-level modulus (`CrtBfvParams.upload_max`);
+    2× for padding and serialization overhead (measured with 3 moduli: ≈ 3 GB for 8×512
+    MiniLM tokens, 0.75 MB/token).
     """
-    return 2 * 24 * card.arch.vocab_size
+    params = CrtBfvParams()
+    return 2 * (params.upload_max // params.poly_degree) * card.arch.vocab_size
 
 
 def default_max_tokens(cards: list[ModelCard], limits: Limits, available: int) -> int:

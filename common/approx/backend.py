@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from common.mpc.correlations import Bind, GroupSpec
+from common.mpc.correlations import WRAP_TRIPLE_FAILURE, Bind, GroupSpec
 from common.mpc.engine import LOOKUP_BITS, Mpc, OpenedGroup
 from common.mpc.ring import U64, public_const_extra_bits
 from common.mpc.roles import CLIENT, SERVER
@@ -293,7 +293,8 @@ class PlainBackend:
         # truncated tensor). `exact` says which truncation that run uses (`Mpc.exact`):
         # local truncation fails with probability |v|/2^64 per truncated value v (and
         # the lookup's local Z_2^48 → Z_2^64 lift with |v|/2^48); the exact one only for
-        # |v| ≥ 2^62 (2^46 for the lift), outside its range, counted as a certain failure.
+        # |v| ≥ 2^62 (2^46 for the lift), outside its range, counted as a certain failure,
+        # and with 2^-57 per value for its HE-made bit triple (`WRAP_TRIPLE_FAILURE`).
         self.track_risk = track_risk
         self.exact = exact
         self.truncation_risk = 0.0
@@ -309,7 +310,9 @@ class PlainBackend:
 
         a = x.abs()
         local = float(a.sum(dtype=torch.float64)) * 2.0**-ring_bits
-        exact = float((a >= 2 ** (ring_bits - 2)).sum())
+        # exact truncation: certain failure outside its range, and its bit triple's
+        # own failure probability (`WRAP_TRIPLE_FAILURE`) for every value
+        exact = float((a >= 2 ** (ring_bits - 2)).sum()) + x.numel() * WRAP_TRIPLE_FAILURE
         risk = exact if self.exact else local
         if x.numel():
             self.max_truncated = max(self.max_truncated, float(a.max()))

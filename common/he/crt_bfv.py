@@ -8,8 +8,9 @@ plaintext space.
 
 Returned ciphertexts are made independent of the server's operands before they leave
 (`CrtBfvServer.seal_result`): mod-switch to the return level, add a fresh public-key
-encryption of zero (re-randomises the mask part), then add uniform "flooding" noise of
-`flood_bits` to c0, 2^40 above the noise bound of the result (docs/SECURITY.md §HE).
+encryption of zero (re-randomises the mask part), then add "flooding" noise to c0,
+wide enough that the client's view of the whole session is within 2^-40 of one that
+does not depend on the server's operands (`CrtBfvParams.flood_bits`, docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tenseal.sealapi as seal
 from numpy.typing import NDArray
 
 from common.he.compact import check_room, compact_bytes, pack, unpack
-from common.he.crt import CrtBasis
+from common.he.crt import CrtBasis, addmod, limbs_mod, submod
 from common.he.seal_io import SealIO, plaintext_coeffs, plaintext_members, split_ciphertext, wrap
 from common.prg import SecureRng, require_secure
 
@@ -39,18 +40,26 @@ def _parms_bytes(parms_id: object) -> bytes:
 class CrtBfvParams:
     """Public HE parameters, agreed in the session handshake.
 
-    coeff_bits: SEAL coefficient modulus; the last prime is the special (key) prime.
-    The return level drops one more data prime. 218 bits total is SEAL's 128-bit bound
-    for N = 8192 (HE standard), checked by SEAL at context creation.
+    coeff_bits: SEAL coefficient modulus; the last prime is the special (key) prime,
+    which no data level uses (no key switching here), so it is as small as SEAL allows
+    (17 bits) and the data level gets the rest of the 218 bits that are SEAL's 128-bit
+    bound for N = 8192 (HE standard, checked by SEAL at context creation): 201 bits.
+    The return level drops the small data prime: three 60-bit primes.
+
+    Statistical security holds for the whole session, not per coefficient
+    (docs/SECURITY.md, "Session-level statistical security"): a session may expose at
+    most 2^session_bits masked values and flooded coefficients to the client, and
+    every mask and flood is sized so that the client's whole view is within
+    2^-stat_sec of one that does not depend on the server's operands.
     """
 
     poly_degree: int = 8192
-    coeff_bits: tuple[int, ...] = (60, 60, 60, 38)
+    coeff_bits: tuple[int, ...] = (60, 60, 60, 21, 17)
     plain_bits: int = 58
     max_primes: int = 4
     noise_sigma: float = 3.2  # SEAL's default error standard deviation
-    noise_tail: float = 8.0  # high-probability bound, in standard deviations
-    stat_sec: int = 40
+    stat_sec: int = 40  # for the whole session
+    session_bits: int = 34  # log2 of the most values and coefficients one session exposes
 
     @property
     def slots(self) -> int:
@@ -58,8 +67,17 @@ class CrtBfvParams:
 
     @property
     def upload_bytes(self) -> int:
-        """Bytes of the data of one seeded client ciphertext: c0 at every data level
-        (c1 travels as a seed)."""
+        """Bytes of the data of one seeded client ciphertext, for cost estimates: c0 at
+        every data level (c1 travels as a seed), each level in the bytes its modulus
+        needs (SEAL's zstd leaves a 60-bit level at 8 bytes and takes a 21-bit one to
+        about 3.5)."""
+        per = sum(math.ceil(b / 8) + 0.5 * (b < 60) for b in self.coeff_bits[:-1])
+        return int(self.poly_degree * per)
+
+    @property
+    def upload_max(self) -> int:
+        """Most bytes of the data of one seeded client ciphertext (8 per level and
+        coefficient: SEAL's serialization of incompressible data)."""
         return 8 * self.poly_degree * (len(self.coeff_bits) - 1)
 
     @property
@@ -73,6 +91,11 @@ class CrtBfvParams:
     @property
     def return_moduli(self) -> int:
         return len(self.coeff_bits) - 2
+
+    @property
+    def exposure_limit(self) -> int:
+        """The most masked values plus flooded coefficients a session may return."""
+        return 1 << self.session_bits
 
     @cached_property
     def plain_primes(self) -> list[int]:
@@ -89,32 +112,81 @@ class CrtBfvParams:
             raise ValueError("plaintext primes must differ from the coefficient primes")
         return primes
 
+    def mask_bits(self, value_bits: float) -> int:
+        """Bits of the uniform integer mask that hides a product of `value_bits`: each
+        masked value is then within 2^-(stat_sec+2+session_bits) of uniform, so all
+        2^session_bits of a session together within 2^-(stat_sec+2)."""
+        return math.ceil(value_bits) + self.stat_sec + 2 + self.session_bits
+
     def primes_for(self, value_bits: float) -> int:
-        """How many plaintext primes hold |value + mask| with the 40-bit flooding mask."""
-        need = value_bits + self.stat_sec + 2
+        """How many plaintext primes hold |value + mask| (`mask_bits`), centred."""
+        need = self.mask_bits(value_bits) + 2
         n = math.ceil(need / (self.plain_bits - 1))
         if n > self.max_primes:
             raise ValueError(f"{value_bits:.0f}-bit products need {n} primes > {self.max_primes}")
         return n
 
-    def flood_bits(self, terms: int, plain_std: float) -> int:
-        """Flooding-noise bits for a result summing `terms` ct×pt products.
+    def noise_bits(self, terms: int, plain_max: float) -> float:
+        """log2 of a bound on the server-dependent noise of one returned coefficient, at
+        the return level, for a result summing `terms` ct×pt products whose plaintext
+        coefficients are at most `plain_max` in absolute value.
 
-        Noise of one product coefficient: a sum of N terms (pt coefficient × fresh error),
-        std sqrt(N)·plain_std·σ; after the switch to the return level it scales by
-        q_ret/q_full, and two roundings (mod switch, re-encryption) add std ≈ sqrt(N/9).
-        The bound is `noise_tail` standard deviations; flooding is 2^stat_sec above it.
-        Raises if the return level cannot hold the flooded noise (decryption would fail).
+        Per coefficient the product noise is Σ_j (e_j + ε_j)·y_j over terms·N
+        coefficients y_j of the server's plaintexts: e_j is the client's fresh error
+        (SEAL's rounded truncated normal, sub-Gaussian with parameter σ + 1/2), ε_j the
+        rounding of SEAL's Δ·m encoding (|ε_j| ≤ 1/2, the client knows it: counted in
+        the worst case). The random part is bounded with probability 1 − 2^-(stat_sec+
+        3+session_bits) per coefficient (sub-Gaussian tail), so for every coefficient of
+        a session with probability 1 − 2^-(stat_sec+2). The switch to the return level
+        scales it by q_ret/q_full and adds at most (N + 1)/2 (rounding of c0 and c1·s,
+        ternary s), in the worst case.
         """
         n = self.poly_degree
-        prod = math.sqrt(terms * n) * plain_std * self.noise_sigma
-        prod *= 2.0 ** (self.return_bits - self.full_bits)
-        rounding = math.sqrt(2 * (n * 2 / 3 / 12 + 1 / 12))
-        bound_bits = math.ceil(math.log2(self.noise_tail * math.hypot(prod, rounding)))
-        flood = bound_bits + self.stat_sec
-        if flood + self.plain_bits + 2 > self.return_bits:
-            raise ValueError("HE parameters leave no room for 40-bit noise flooding")
+        tail = math.sqrt(2 * math.log(2.0) * (self.stat_sec + 4 + self.session_bits))
+        random = tail * (self.noise_sigma + 0.5) * math.sqrt(terms * n) * plain_max
+        fixed = 0.5 * terms * n * plain_max
+        scaled = (random + fixed) * 2.0 ** (self.return_bits - self.full_bits)
+        return math.log2(scaled + (n + 1) / 2)
+
+    def flood_bits(self, terms: int, plain_max: float) -> int:
+        """Width W of the flooding noise for a result of `terms` ct×pt products (see
+        `noise_bits`): the flood is the sum of three independent uniform integers in
+        [0, 2^W), centred (`flood_residues`), so |flood| < 1.5·2^W.
+
+        W = noise bits + stat_sec + 2 + session_bits/2 + 1: by the Hellinger bound of
+        docs/SECURITY.md (H² ≤ 0.58·(E/2^W)² per coefficient for a shift |E|, additive
+        over coefficients), the flooded noise of all 2^session_bits coefficients of a
+        session is within 2^-(stat_sec+2) of the flood alone. Raises if the return level
+        cannot hold it (decryption would fail; `common.he.compact.check_room` checks the
+        worst case exactly).
+        """
+        bound = math.ceil(self.noise_bits(terms, plain_max))
+        flood = bound + self.stat_sec + 2 + math.ceil(self.session_bits / 2) + 1
+        if flood + 1 + self.plain_bits + 2 > self.return_bits:
+            raise ValueError(
+                "HE parameters leave no room for session-level noise flooding "
+                f"({flood}-bit flood, {self.return_bits}-bit return level)"
+            )
         return flood
+
+
+def flood_residues(rng: SecureRng, bits: int, moduli: list[int], n: int) -> NDArray[np.uint64]:
+    """(len(moduli), n) residues of n flooding samples F = U1 + U2 + U3 − 3·2^(bits−1),
+    each U uniform in [0, 2^bits) from `rng` (|F| < 1.5·2^bits). Cost: 3·n·ceil(bits/64)
+    keystream words and a few vectorised mulmods per modulus."""
+    words = math.ceil(bits / 64)
+    top = bits - 64 * (words - 1)
+    out = np.zeros((len(moduli), n), dtype=U64)
+    for _ in range(3):
+        limbs = [rng.words(n) for _ in range(words)]
+        if top < 64:
+            limbs[-1] &= U64((1 << top) - 1)
+        for j, q in enumerate(moduli):
+            out[j] = addmod(out[j], limbs_mod(limbs, q), q)
+    for j, q in enumerate(moduli):
+        centre = (3 << (bits - 1)) % q
+        out[j] = submod(out[j], np.full(n, centre, dtype=U64), q)
+    return out
 
 
 @dataclass
@@ -256,6 +328,21 @@ class CrtBfvServer(_Base):
             pk = self.io.load(seal.PublicKey(), pr.context, blob)
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)
         self._room_checked: set[int] = set()
+        self.exposed = 0  # masked values and flooded coefficients returned so far
+
+    def expose(self, count: int) -> None:
+        """Account for `count` more returned coefficients (each a masked value under
+        one prime, flooded); raise before the session's statistical budget
+        (`CrtBfvParams.exposure_limit`) would be exceeded. Called by the protocols
+        before any work on a batch, so a refused batch costs nothing."""
+        limit = self.params.exposure_limit
+        if self.exposed + count > limit:
+            raise ValueError(
+                f"this session would return more than 2^{self.params.session_bits} masked "
+                "coefficients, beyond its statistical-security budget; send fewer or "
+                "shorter texts"
+            )
+        self.exposed += count
 
     def load(self, i: int, blob: bytes, host: int | None = None) -> object:
         """A client ciphertext under prime i (raises ValueError if malformed).
@@ -362,8 +449,7 @@ class CrtBfvServer(_Base):
             _, z = split_ciphertext(self.io.members(zero), n, levels)
             for j, q in enumerate(self._moduli[i]):
                 data[:, j] = (data[:, j] + z[:, j]) % U64(q)
-        noise = self.rng.signed_uniform(flood_bits, n)
+        flood = flood_residues(self.rng, flood_bits, self._moduli[i], n)
         for j, q in enumerate(self._moduli[i]):
-            e = np.mod(noise, np.int64(q)).astype(U64)
-            data[0, j] = (data[0, j] + e) % U64(q)
+            data[0, j] = addmod(data[0, j], flood[j], q)
         return pack(data, self._moduli[i], keep)

@@ -20,6 +20,11 @@ from numpy.typing import NDArray
 from common.mpc.ring import U64, Ring, trunc_share
 from common.mpc.roles import CLIENT
 
+# A bit triple made by HE (`HeProvider._wraps`) is a one-time pad mod a plaintext prime
+# p > 2^57, and comes out wrong when u·v + r leaves the centred range: probability 1/p.
+# Each truncation under exact truncation consumes one (`Mpc.trunc_many`).
+WRAP_TRIPLE_FAILURE = 2.0**-57
+
 
 class PreprocessingError(RuntimeError):
     """The online phase asked for correlations the offline phase did not produce."""

@@ -2,7 +2,8 @@
 
 Both return additive shares over Z_{2^64} of an exact integer product, computed under
 several BFV plaintext primes (CRT). The client encrypts, the server multiplies by its
-plaintexts, adds an integer mask r < 2^σ (σ = value bits + 40) and seals the result
+plaintexts, adds an integer mask r < 2^σ (`CrtBfvParams.mask_bits`: value bits + 42 +
+log2 of the session's exposure limit) and seals the result
 (`CrtBfvServer.seal_result`); the client decrypts and reconstructs v + r, and the
 server keeps −r mod 2^64.
 
@@ -52,7 +53,7 @@ def pack_blobs(blobs: list[bytes]) -> bytes:
 def upload_bound(params: CrtBfvParams, count: int) -> int:
     """Most bytes a batch of `count` client ciphertexts (seeded, SEAL-serialized) may
     take: c0 at every level plus 1% and 4 KiB of slack for the serialization, each."""
-    one = params.upload_bytes
+    one = params.upload_max
     return 4 + count * (4 + one + one // 100 + 4096)
 
 
@@ -78,6 +79,18 @@ def unpack_blobs(data: bytes, expected: int) -> list[bytes]:
     return out
 
 
+def _perfect_mask(
+    rng: SecureRng, p: int, shape: tuple[int, ...]
+) -> tuple[Ring, NDArray[np.uint64]]:
+    """(server share −r mod 2^64, (1, …) residues of r mod p) for r uniform in the
+    centred range [−(p−1)/2, (p−1)/2] (p odd): a one-time pad mod p."""
+    half = (p - 1) // 2
+    r0 = rng.below(p, math.prod(shape)).reshape(shape)  # uniform in [0, p)
+    share = (np.int64(half) - r0).astype(U64)  # −r = half − r0
+    res = (r0.astype(U64) + U64(p - half)) % U64(p)  # r mod p = r0 − half mod p
+    return share, res[None]
+
+
 def _mask(rng: SecureRng, bits: int, shape: tuple[int, ...]) -> list[Ring]:
     """Uniform integers below 2^bits as little-endian uint64 limbs."""
     limbs = [random_ring(rng, shape) for _ in range(math.ceil(bits / 64))]
@@ -98,9 +111,9 @@ def he_products(
     """Shares of Σ_j x_j ⊙ y_j mod 2^64 (client holds the x_j, server the y_j).
 
     Each party passes its own list of equal-length uint64 vectors (same count J) of
-    values below 2^operand_bits (public; 1 for bits: one CRT prime and a 41-bit mask
-    suffice). Cost per N = 8192 values and prime: J seeded ciphertexts up (~24 B/value
-    at [60,60,60]) and one down (~32 B/value); primes: `primes_for(2·operand_bits +
+    values below 2^operand_bits (public; 1 for bits: one CRT prime and a mask uniform
+    mod p). Cost per N = 8192 values and prime: J seeded ciphertexts up (~27.5 B/value
+    at [60,60,60,21]) and one down (17 B/value); primes: `primes_for(2·operand_bits +
     log2 J)`; rounds: 2.
     """
     params = he.params
@@ -108,8 +121,12 @@ def he_products(
     J = len(operands)
     n = operands[0].size
     value_bits = 2 * operand_bits + math.log2(J)
-    P = params.primes_for(value_bits)
-    sigma = math.ceil(value_bits) + params.stat_sec
+    # Bit products (a sum of J ≤ 2 products of bits) take one prime and a mask uniform
+    # mod p, which hides them perfectly; one comes out wrong only if v + r leaves the
+    # centred range mod p: probability ≤ J/p < 2^-56 (docs/SECURITY.md). Wider
+    # products take a statistical mask (`CrtBfvParams.mask_bits`).
+    perfect = operand_bits == 1 and J <= 2
+    P = 1 if perfect else params.primes_for(value_bits)
     chunks = math.ceil(n / N)
 
     if ch.party == CLIENT:
@@ -131,13 +148,18 @@ def he_products(
         return out[:n]
 
     assert isinstance(he, CrtBfvServer)
-    flood = params.flood_bits(J, he.primes[0].p / math.sqrt(12))
+    flood = params.flood_bits(J, he.primes[0].p / 2)
     basis = he.basis(P)
     # The client sends every chunk before it reads: take them all, then work in parallel.
     bound = upload_bound(params, P * J)
     ups = [unpack_blobs(ch.recv("he.prod.up", max_bytes=bound), P * J) for _ in range(chunks)]
-    limbs = _mask(rng, sigma, (chunks, N))
-    mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, chunks, N)
+    he.expose(chunks * N * P)
+    if perfect:
+        share, mask_res = _perfect_mask(rng, he.primes[0].p, (chunks, N))
+    else:
+        limbs = _mask(rng, params.mask_bits(value_bits), (chunks, N))
+        share = -limbs[0]
+        mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, chunks, N)
     ys = np.stack([np.stack([chunk(y, c, N) for y in operands]) for c in range(chunks)])
     groups = _split(chunks, _parts(executor, chunks))
     jobs = [
@@ -150,7 +172,7 @@ def he_products(
     for per_chunk in results:
         for raws in per_chunk:
             ch.send("he.prod.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
-    return (-limbs[0]).reshape(-1)[:n]
+    return share.reshape(-1)[:n]
 
 
 SLICE_BYTES = 256 << 20  # the HE working set of one slice of a mask-group batch
@@ -191,8 +213,9 @@ def he_track_products(
     The client passes its upload vectors (`layout.uploads`), the server its terms
     (`layout.terms`). Each upload vector goes up once, whatever the number of products
     it enters; at most two terms are non-zero per slot, so values stay below 2^129
-    (3 primes). Cost per N slots and prime: one seeded ciphertext up per track present
-    (~24 B/slot), one return per output present (~17 B/slot); rounds: 2 (the client
+    (4 primes with the session-level mask). Cost per N slots and prime: one seeded
+    ciphertext up per track present (~27.5 B/slot), one return per output present
+    (17 B/slot); rounds: 2 (the client
     sends every slice before it reads; the server takes one slice at a time,
     `track_slices`, so its memory for this batch stays within `SLICE_BYTES`).
     """
@@ -203,7 +226,7 @@ def he_track_products(
     tracks, outs = layout.chunk_tracks, layout.chunk_outputs
     value_bits = 129.0  # ≤ 2 terms per slot, each a product of two ring elements
     P = params.primes_for(value_bits)
-    sigma = math.ceil(value_bits) + params.stat_sec
+    sigma = params.mask_bits(value_bits)
     res = [np.empty(e, dtype=U64) for e in layout.output_extent]
 
     def put(p: int, c: int, vals: Ring) -> None:
@@ -260,8 +283,9 @@ def he_track_products(
             chunk_terms.append(per_out)
         if flood is None:  # the widest sum of the whole batch (at most the track count)
             J = max(1, max(map(len, tracks), default=1))
-            flood = params.flood_bits(J, he.primes[0].p / math.sqrt(12))
+            flood = params.flood_bits(J, he.primes[0].p / 2)
         n_masks = sum(len(outs[c]) for c in sl)
+        he.expose(n_masks * N * P)
         limbs = _mask(rng, sigma, (n_masks, N))
         mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, n_masks, N)
         first = np.cumsum([0] + [len(outs[c]) for c in sl])
@@ -375,7 +399,7 @@ def matmul_layout(
     N = params.slots
     value_bits = 64 + rhs_bits + math.log2(max(k, 2))
     P = params.primes_for(value_bits)
-    sigma = math.ceil(value_bits) + params.stat_sec
+    sigma = params.mask_bits(value_bits)
     return P, sigma, choose_blocking(m, k, n, N, params.upload_bytes, compact_bytes(N, 0))
 
 
@@ -443,8 +467,10 @@ def _matmul_serve(
     Mb, Kb, Nb = blk.grid
     w = np.asarray(operand, dtype=np.int64)
     # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.
-    plain_std = min(2.0**rhs_bits, he.primes[0].p / 2)
-    flood = params.flood_bits(Kb, plain_std)
+    plain_max = min(2.0**rhs_bits, he.primes[0].p / 2)
+    flood = params.flood_bits(Kb, plain_max)
+    keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
+    he.expose(P * sum(kp.size for kp in keeps))
     limbs = _mask(rng, sigma, (Mb, Nb, N))
     basis = he.basis(P)
     mask_res = basis.residues_of_limbs(limbs)

@@ -143,7 +143,7 @@ class HeProvider:
         if plan.squares:
             simd(plan.squares, 1, 1, P3)
         if plan.wraps:
-            simd(plan.wraps, 1, 1, params.primes_for(2))
+            simd(plan.wraps, 1, 1, 1)
         if plan.groups:
             layout = TrackLayout(plan.groups, N, up_b, down_b)
             ups = [upload_bound(params, P3 * len(t)) for t in layout.chunk_tracks]
@@ -153,6 +153,29 @@ class HeProvider:
             # operands of the whole batch (≤ 2 per output slot)
             work = max(work, SLICE_BYTES + ups[0] + 16 * layout.output_slots)
         return frame, work
+
+    def exposure(self, plan: Plan) -> int:
+        """How many masked, flooded coefficients this plan's HE offline phase returns to
+        the client (counted against `CrtBfvParams.exposure_limit` by the server as it
+        goes, `CrtBfvServer.expose`): from the public shapes, exactly."""
+        params = self.params
+        N = params.slots
+        total = 0
+        for spec in plan.linears:
+            P, _, _ = matmul_layout(params, (spec.rows, spec.k, spec.n), self.weight_bits)
+            total += P * spec.rows * spec.n
+        for (*batch, m, k, n), _ in plan.matmul_specs():
+            count = int(np.prod(batch, dtype=np.int64)) if batch else 1
+            g = matmul_group_size(count, m, k, n, params)
+            P, _, _ = matmul_layout(params, (g * m, k, g * n), 63)
+            total += 2 * P * count * m * n
+        P3 = params.primes_for(129)
+        total += P3 * N * (-(-plan.triples // N) + -(-plan.squares // N))
+        total += N * -(-plan.wraps // N)
+        if plan.groups:
+            layout = TrackLayout(plan.groups, N, params.upload_bytes, compact_bytes(N))
+            total += P3 * N * sum(len(o) for o in layout.chunk_outputs)
+        return total
 
     def setup(self, ch: Channel) -> None:
         """Key setup: the client generates keys and sends its public keys (~0.4 MB/prime)."""
@@ -237,8 +260,9 @@ class HeProvider:
 
     def _wraps(self, ch: Channel, n: int) -> tuple[NDArray[np.uint8], Ring]:
         """n bit triples for `Mpc.wrap_bits`: a random bit each (u: server, v: client)
-        and shares of u·v, by `he_products` on 1-bit operands (one CRT prime, a 42-bit
-        mask; 41 bytes per triple in all at the default parameters; 2 rounds)."""
+        and shares of u·v, by `he_products` on 1-bit operands (one CRT prime, a mask
+        uniform mod p; about 45 bytes per triple in all at the default parameters; 2
+        rounds)."""
         bits = self.rng.random_bits(n)
         if not n:
             return bits, np.zeros(0, U64)

@@ -28,6 +28,8 @@ class SessionBudget:
     pool_bytes: int  # this party's correlations, all segments
     offline_bytes: int  # the largest HE product's working set
     largest_frame: int  # the largest message of the offline or online phase
+    exposure: int = 0  # masked HE coefficients returned to the client (HE provider only)
+    exposure_limit: int | None = None  # the HE parameters' statistical budget
 
     @property
     def peak_bytes(self) -> int:
@@ -57,7 +59,11 @@ def session_budget(
         f, w = provider.requirements(plan)
         frame = max(frame, f, online_frame(plan))
         offline = max(offline, w)
-    return SessionBudget(pool, offline, frame)
+    count = getattr(provider, "exposure", None)
+    if count is None:
+        return SessionBudget(pool, offline, frame)
+    exposure = sum(count(plan) for plan in segments.values())
+    return SessionBudget(pool, offline, frame, exposure, provider.params.exposure_limit)
 
 
 def _size(n: int) -> str:
@@ -69,6 +75,12 @@ def _size(n: int) -> str:
 
 def refusal(budget: SessionBudget, max_frame: int, max_memory: int | None) -> str | None:
     """Why a session with this budget is refused (None: it fits)."""
+    if budget.exposure_limit is not None and budget.exposure > budget.exposure_limit:
+        return (
+            f"this request would return {budget.exposure:,} masked HE coefficients, above "
+            f"the {budget.exposure_limit:,} of one session's statistical-security budget; "
+            "send fewer or shorter texts"
+        )
     if budget.largest_frame > max_frame:
         return (
             f"this request's largest message would be {_size(budget.largest_frame)}, above "

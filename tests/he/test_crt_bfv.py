@@ -1,7 +1,10 @@
+import math
+
 import numpy as np
 import pytest
 
-from common.he.crt_bfv import CrtBfvParams
+from common.he.compact import check_room
+from common.he.crt_bfv import CrtBfvParams, flood_residues
 from common.mpc.ring import random_ring
 from common.prg import SecureRng
 
@@ -9,8 +12,11 @@ from common.prg import SecureRng
 def test_params_secure_and_distinct(he_params):
     assert he_params.poly_degree == 8192 and sum(he_params.coeff_bits) <= 218  # HE std, 128-bit
     assert len(set(he_params.plain_primes)) == he_params.max_primes
-    assert he_params.primes_for(129) == 3  # element-wise triples
-    assert he_params.primes_for(136) == 4  # matrix-triple cross terms
+    # masks 42 + session_bits above the value: 4 primes for every ring product
+    assert he_params.mask_bits(129) == 129 + 42 + he_params.session_bits
+    assert he_params.primes_for(129) == 4  # element-wise triples
+    assert he_params.primes_for(140) == 4  # matrix-triple cross terms, k ≤ 2^11
+    assert he_params.full_bits == 201 and he_params.return_bits == 180
 
 
 def test_flooding_must_fit():
@@ -29,7 +35,7 @@ def test_slot_product_roundtrip_and_flooded_budget(he_pair, he_params):
         ct = server.load(0, client.encrypt(0, x))
         acc = server.dot_plain(0, [ct], [server.plain(0, y, coeffs=False)])
         mask = rng.integers(0, p, he_params.slots, dtype=np.uint64)
-        flood = he_params.flood_bits(1, p / np.sqrt(12))
+        flood = he_params.flood_bits(1, p / 2)
         raw = server.seal_result(0, acc, mask, coeffs=False, flood_bits=flood)
         assert len(raw) == server.return_size()
         out_ct = client.load_result(0, raw)
@@ -61,3 +67,70 @@ def test_coefficient_plaintext_roundtrip(he_pair):
     acc = server.dot_plain(1, [ct], [server.plain(1, one, coeffs=True)])
     raw = server.seal_result(1, acc, np.zeros(8192, np.uint64), coeffs=True, flood_bits=50)
     assert np.array_equal(client.decrypt(1, client.load_result(1, raw), coeffs=True), coeffs)
+
+
+def test_flood_is_a_centred_sum_of_three_uniforms(he_pair, he_params):
+    """The residues of `flood_residues` are those of one integer per coefficient, in
+    (−1.5·2^W, 1.5·2^W), with the variance of three uniforms (2^2W / 4)."""
+    server, _ = he_pair
+    moduli = server._moduli[0]
+    bits, n = 100, 4096
+    res = flood_residues(SecureRng(5), bits, moduli, n)
+    assert res.shape == (len(moduli), n)
+    Q = math.prod(moduli)
+    weights = [Q // q * pow(Q // q, -1, q) for q in moduli]
+    xs = []
+    for col in zip(*(r.tolist() for r in res), strict=True):
+        x = sum(w * r for w, r in zip(weights, col, strict=True)) % Q
+        xs.append(x - Q if x > Q // 2 else x)
+    assert max(abs(x) for x in xs) < 3 << (bits - 1)
+    scaled = np.array([x / 2.0**bits for x in xs])
+    assert abs(scaled.mean()) < 0.05 and abs(scaled.var() - 0.25) < 0.03
+    # below 64 bits the same sampler (one word per uniform)
+    small = flood_residues(SecureRng(6), 20, moduli[:1], 10_000).astype(np.int64)
+    small = np.where(small > moduli[0] // 2, small - np.int64(moduli[0]), small)
+    assert np.abs(small).max() < 3 << 19 and abs(small.mean()) < 2**14
+
+
+def test_hellinger_constant_of_the_flood():
+    """docs/SECURITY.md bounds the flood's Hellinger distance under a shift e by
+    H² ≤ e²·D/2 with D = Σ (√p(y) − √p(y−1))² ≤ 1.16/W² for the sum of three uniform
+    integers in [0, W), W ≥ 64; check D and the resulting bound against direct sums."""
+    for W in (64, 256, 1024, 4096):
+        u = np.full(W, 1.0 / W)
+        p = np.convolve(np.convolve(u, u), u)
+        root = np.sqrt(np.concatenate([[0.0], p, [0.0]]))
+        D = float(np.sum(np.diff(root) ** 2))
+        assert D * W * W <= 1.16
+        for e in (1, W // 64, W // 8):
+            shifted = np.concatenate([np.zeros(e), p])
+            base = np.concatenate([p, np.zeros(e)])
+            h2 = 0.5 * float(np.sum((np.sqrt(base) - np.sqrt(shifted)) ** 2))
+            assert h2 <= 0.5 * e * e * D <= 0.58 * (e / W) ** 2
+
+
+def test_masks_and_floods_grow_with_the_session_budget(he_pair, he_params):
+    """Session-level security: masks and floods widen with log2 of the exposure limit
+    (masks by all of it, floods by half), and the default fits every product kind."""
+    p = he_params
+    wide = CrtBfvParams(session_bits=p.session_bits + 4)
+    assert wide.mask_bits(129) == p.mask_bits(129) + 4
+    assert wide.flood_bits(2, 2.0**57) == p.flood_bits(2, 2.0**57) + 2
+    for terms, plain_max in ((1, 2.0**57), (2, 2.0**57), (512, 2.0**57), (3072, 2.0**28)):
+        flood = p.flood_bits(terms, plain_max)
+        assert flood - p.noise_bits(terms, plain_max) >= p.stat_sec + 2 + p.session_bits / 2
+        for q in (p.plain_primes[0], p.plain_primes[-1]):
+            check_room(he_pair[0]._moduli[0], q, p.poly_degree, flood)
+
+
+def test_exposure_is_bounded_per_session(he_pair, he_params):
+    server, _ = he_pair
+    saved = server.exposed
+    try:
+        server.exposed = he_params.exposure_limit - 10
+        server.expose(10)
+        with pytest.raises(ValueError, match="statistical-security budget"):
+            server.expose(1)
+        assert server.exposed == he_params.exposure_limit
+    finally:
+        server.exposed = saved

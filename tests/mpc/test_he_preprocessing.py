@@ -32,10 +32,33 @@ def test_triples_squares_exact():
     assert np.array_equal(c0 + c1, (a0 + a1) * (b0 + b1))
     s0, s1 = p0.squares(100), p1.squares(100)
     assert np.array_equal(s0[1] + s1[1], (s0[0] + s1[0]) ** 2)
-    # 2 chunks of 8192 triples: 3 primes × 2 seeded ciphertexts up, 3 results down per chunk
+    # 2 chunks of 8192 triples: 4 primes × 2 seeded ciphertexts up, 4 results down per chunk
     tri = m1.breakdown(by=("phase", "op"))[("offline", "triples")]
     per = (tri.sent_bytes + tri.recv_bytes) / 9000
     assert tri.rounds == 2 and per < 2 * 400
+
+
+def test_exposure_counted_as_it_goes_equals_the_plan_estimate():
+    """The server counts every masked coefficient it returns (`CrtBfvServer.expose`);
+    the count of a whole offline phase is the plan's estimate, which the budget checks
+    against the session's statistical limit before any work."""
+    plan = Plan(
+        triples=9000,
+        squares=100,
+        wraps=500,
+        linears=[LinearSpec("w", 8, 16, 24)],
+        groups=GROUPS[:1],
+        matmuls=[(2, 8, 16, 8)],
+    )
+    weights = {"w": SecureRng(3).below(1 << 10, 16 * 24).reshape(16, 24) - (1 << 9)}
+
+    def body(ch: Channel):
+        prov = HeProvider(rng=SecureRng(30 + ch.party))
+        prov.generate(ch, plan, weights if ch.party == SERVER else None)
+        return prov
+
+    server, _ = run_local(body)
+    assert server.he.exposed == server.exposure(plan) > 0
 
 
 GROUPS = [
@@ -190,6 +213,36 @@ def _client_view_of_products(server_value: int) -> np.ndarray:
 def test_client_view_uniform_whatever_server_holds(server_value):
     view = _client_view_of_products(server_value)
     assert chi2_uniform_bytes(view) < CHI2_LIMIT
+
+
+def _client_view_of_bit_products(server_bit: int) -> tuple[np.ndarray, int]:
+    """The client's share of u·v for bit operands (its bits all 1, the server's all
+    `server_bit`), and the prime it was masked under."""
+    n = 8192
+
+    def body(ch):
+        rng = SecureRng(ch.party + 200)
+        prov = HeProvider(rng=rng)
+        prov.setup(ch)
+        ops = [np.full(n, 1 if ch.party == CLIENT else server_bit, np.uint64)]
+        return he_products(ch, prov.he, ops, rng, operand_bits=1), prov.he.primes[0].p
+
+    (s_srv, p), (s_cli, _) = run_local(body)
+    assert np.array_equal(s_srv + s_cli, np.full(n, server_bit, np.uint64))
+    return s_cli, p
+
+
+@pytest.mark.parametrize("server_bit", [0, 1])
+def test_bit_products_are_a_one_time_pad_mod_p(server_bit):
+    """Bit triples take one prime and a mask uniform mod p: the client's share, read as
+    a centred residue, is uniform over the p residues whatever the server's bit."""
+    view, p = _client_view_of_bit_products(server_bit)
+    centred = view.view(np.int64)
+    assert np.abs(centred).max() <= (p + 1) // 2
+    buckets = ((centred + (p - 1) // 2).astype(np.float64) / p * 256).astype(np.int64)
+    counts = np.bincount(np.clip(buckets, 0, 255), minlength=256)
+    exp = view.size / 256
+    assert float(((counts - exp) ** 2 / exp).sum()) < CHI2_LIMIT
 
 
 def test_server_view_of_linear_input_uniform():

@@ -47,3 +47,22 @@ def test_estimated_upload_batch_is_an_upper_bound():
         for i in range(6)
     ]
     assert len(pack_blobs(blobs)) <= upload_bound(params, len(blobs))
+
+
+def test_sessions_beyond_the_statistical_budget_are_refused():
+    """The plan's HE exposure (masked coefficients returned) is counted before any
+    work; over the parameters' limit the session is refused with a clear message."""
+    from common.he.crt_bfv import CrtBfvParams
+
+    plan = Plan(triples=20_000, squares=10_000, wraps=9000, linears=[LinearSpec("w", 16, 64, 64)])
+    prov = HeProvider()
+    budget = session_budget({"a": plan, "b": plan}, SERVER, prov)
+    # triples and squares: 3 and 2 chunks of 8192 slots under 4 primes; wraps 2 chunks
+    # under 1; the linear layer 16·64 entries under its primes
+    P_lin = 4
+    assert budget.exposure == 2 * (4 * 8192 * 5 + 8192 * 2 + P_lin * 16 * 64)
+    assert budget.exposure_limit == CrtBfvParams().exposure_limit
+    assert refusal(budget, 1 << 31, None) is None
+    tight = HeProvider(params=CrtBfvParams(session_bits=18))
+    why = refusal(session_budget({"a": plan, "b": plan}, SERVER, tight), 1 << 31, None)
+    assert why is not None and "statistical-security budget" in why

