@@ -173,19 +173,25 @@ class CrtBfvParams:
 def flood_residues(rng: SecureRng, bits: int, moduli: list[int], n: int) -> NDArray[np.uint64]:
     """(len(moduli), n) residues of n flooding samples F = U1 + U2 + U3 − 3·2^(bits−1),
     each U uniform in [0, 2^bits) from `rng` (|F| < 1.5·2^bits). Cost: 3·n·ceil(bits/64)
-    keystream words and a few vectorised mulmods per modulus."""
+    keystream words, a multi-limb sum, one `limbs_mod` per modulus."""
     words = math.ceil(bits / 64)
     top = bits - 64 * (words - 1)
-    out = np.zeros((len(moduli), n), dtype=U64)
+    total = [np.zeros(n, dtype=U64) for _ in range(words + 1)]  # U1 + U2 + U3 < 2^(bits+2)
     for _ in range(3):
-        limbs = [rng.words(n) for _ in range(words)]
-        if top < 64:
-            limbs[-1] &= U64((1 << top) - 1)
-        for j, q in enumerate(moduli):
-            out[j] = addmod(out[j], limbs_mod(limbs, q), q)
+        carry = np.zeros(n, dtype=U64)
+        for w in range(words):
+            limb = rng.words(n)
+            if w == words - 1 and top < 64:
+                limb &= U64((1 << top) - 1)
+            s1 = total[w] + limb
+            s2 = s1 + carry
+            carry = (s1 < limb).astype(U64) + (s2 < s1).astype(U64)
+            total[w] = s2
+        total[words] += carry
+    out = np.empty((len(moduli), n), dtype=U64)
     for j, q in enumerate(moduli):
-        centre = (3 << (bits - 1)) % q
-        out[j] = submod(out[j], np.full(n, centre, dtype=U64), q)
+        centre = np.full(n, (3 << (bits - 1)) % q, dtype=U64)
+        out[j] = submod(limbs_mod(total, q), centre, q)
     return out
 
 
