@@ -68,7 +68,33 @@ OUTBOX_MESSAGES = 32  # ≤ 32 MiB of chunks waiting for a slow client
 # one session alone, docs/BENCHMARKS.md); 10 s leaves 4× room, times the sessions that
 # may share the cores.
 TOKEN_LAYER_SECONDS = 10.0
+# Once a session is planned its deadline follows the plan's HE work instead: the
+# masked coefficients the HE offline phase returns (`HeProvider.exposure`) measure it
+# across model widths — the default model's demo took 6.6 µs per coefficient (146 s,
+# 2^24.4 coefficients, docs/BENCHMARKS.md): 50 µs leaves 7× room — plus
+# `ONLINE_TOKEN_LAYER_SECONDS` per token·layer for the online phase (BERT-base at 128
+# tokens: 0.015 s loopback, 0.05 s over the WAN profile).
+HE_COEFFICIENT_SECONDS = 50e-6
+ONLINE_TOKEN_LAYER_SECONDS = 1.0
 OUTPUT_POLICIES = ("auto", "logits", "hidden", "both")
+
+
+class _Deadline:
+    """A session's total deadline, counted from its start; `reset` sets a new budget
+    (from the same start) once the plan is known."""
+
+    def __init__(self, seconds: float) -> None:
+        self.start = time.monotonic()
+        self.seconds = seconds
+
+    def reset(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def check(self) -> None:
+        if time.monotonic() - self.start > self.seconds:
+            raise SessionDeadline(
+                f"session closed: it ran past its deadline of {self.seconds:.0f} s"
+            )
 
 
 @dataclass
@@ -453,6 +479,12 @@ class CometService(pb_grpc.CometServicer):
         why = refusal(budget, lim.max_frame_bytes, lim.session_memory)
         if why is not None:
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+        ch.deadline.reset(
+            self._work_seconds(
+                HE_COEFFICIENT_SECONDS * budget.exposure
+                + ONLINE_TOKEN_LAYER_SECONDS * tokens * card.arch.layers
+            )
+        )
         if start.prepare:
             self._prepare(sid, peer, name, card, output, planned, start, send, ch, provider)
         else:
@@ -466,33 +498,35 @@ class CometService(pb_grpc.CometServicer):
             ch.payload_received,
         )  # fmt: skip
 
-    def _channel(self, inbox: Inbox, send: Callable, token_layers: int) -> StreamChannel:
-        """The session's protocol channel, ended by shutdown or by a total deadline of
-        the session timeout + two handshakes + `TOKEN_LAYER_SECONDS` per token·layer
-        (times the sessions that may share the machine)."""
+    def _work_seconds(self, work: float) -> float:
+        """A session's total time budget for `work` seconds of protocol work alone: the
+        session timeout + two handshakes + the work times the sessions that may share
+        the machine."""
         lim = self.limits
-        budget = (
-            lim.session_timeout
-            + 2 * lim.handshake_timeout
-            + token_layers * TOKEN_LAYER_SECONDS * lim.max_sessions
-        )
-        deadline = time.monotonic() + budget
+        return lim.session_timeout + 2 * lim.handshake_timeout + work * lim.max_sessions
+
+    def _channel(self, inbox: Inbox, send: Callable, token_layers: int) -> StreamChannel:
+        """The session's protocol channel, ended by shutdown or by a total deadline:
+        `TOKEN_LAYER_SECONDS` per token·layer until the session is planned (encoders
+        then reset it from the plan, `HE_COEFFICIENT_SECONDS`), see `_work_seconds`."""
+        deadline = _Deadline(self._work_seconds(token_layers * TOKEN_LAYER_SECONDS))
 
         def check() -> None:
             if self.stopping.is_set():
                 raise ShuttingDown("the server is shutting down")
-            if time.monotonic() > deadline:
-                raise SessionDeadline(f"session closed: it ran past its deadline of {budget:.0f} s")
+            deadline.check()
 
-        return StreamChannel(
+        ch = StreamChannel(
             SERVER,
             inbox,
             lambda f: send(pb.ServerMessage(frame=f)),
-            timeout=lim.session_timeout,
-            chunk_bytes=lim.chunk_bytes,
-            max_frame_bytes=lim.max_frame_bytes,
+            timeout=self.limits.session_timeout,
+            chunk_bytes=self.limits.chunk_bytes,
+            max_frame_bytes=self.limits.max_frame_bytes,
             check=check,
         )
+        ch.deadline = deadline  # type: ignore[attr-defined]
+        return ch
 
     def _generate(
         self, sid: str, peer: str, model: ServedModel, start: pb.Start, inbox: Inbox,

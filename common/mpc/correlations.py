@@ -51,9 +51,13 @@ class Plan:
     matmul_binds: list[tuple[Bind | None, Bind | None]] = field(default_factory=list)
     linears: list[LinearSpec] = field(default_factory=list)
     groups: list[GroupSpec] = field(default_factory=list)
+    # Public bound 2^weight_bits on the server's encoded linear weights (None: the
+    # provider's generic one); sizes the linear masks' CRT basis.
+    weight_bits: int | None = None
 
     def describe(self) -> dict:
         return {
+            "weight_bits": self.weight_bits,
             "triples": self.triples,
             "squares": self.squares,
             "wraps": self.wraps,

@@ -131,7 +131,7 @@ class HeProvider:
             work = max(work, chunks * (up + down) + chunks * outs_per_chunk * (3 + P) * N * 8)
 
         for spec in plan.linears:
-            matmul(spec.rows, spec.k, spec.n, self.weight_bits, spec.rows * spec.n)
+            matmul(spec.rows, spec.k, spec.n, self._weight_bits(plan), spec.rows * spec.n)
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
             g = matmul_group_size(count, m, k, n, params)
@@ -154,6 +154,11 @@ class HeProvider:
             work = max(work, SLICE_BYTES + ups[0] + 16 * layout.output_slots)
         return frame, work
 
+    def _weight_bits(self, plan: Plan) -> int:
+        """The public bound on this plan's encoded linear weights: the plan's (from the
+        model card) or this provider's generic one."""
+        return self.weight_bits if plan.weight_bits is None else plan.weight_bits
+
     def exposure(self, plan: Plan) -> int:
         """How many masked, flooded coefficients this plan's HE offline phase returns to
         the client (counted against `CrtBfvParams.exposure_limit` by the server as it
@@ -162,7 +167,7 @@ class HeProvider:
         N = params.slots
         total = 0
         for spec in plan.linears:
-            P, _, _ = matmul_layout(params, (spec.rows, spec.k, spec.n), self.weight_bits)
+            P, _, _ = matmul_layout(params, (spec.rows, spec.k, spec.n), self._weight_bits(plan))
             total += P * spec.rows * spec.n
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
@@ -204,12 +209,13 @@ class HeProvider:
         with ch.scope(phase="offline"):
             _agree(ch, plan)
             # Linear masks first: bound masks (`Bind`) take the client's output shares.
+            wbits = self._weight_bits(plan)
             with ch.scope(op="linear-masks"):
                 # all of the segment's linear layers in one pipelined batch
                 if client:
                     rs = [random_ring(rng, (spec.rows, spec.k)) for spec in plan.linears]
                     items = [
-                        (r, (spec.rows, spec.k, spec.n), self.weight_bits, None)
+                        (r, (spec.rows, spec.k, spec.n), wbits, None)
                         for r, spec in zip(rs, plan.linears, strict=True)
                     ]
                 else:
@@ -218,11 +224,11 @@ class HeProvider:
                         if weights is None or spec.key not in weights:
                             raise KeyError(f"server has no weight {spec.key!r}")
                         w = weights[spec.key]
-                        if w.size and int(np.abs(w).max()) >= 1 << self.weight_bits:
+                        if w.size and int(np.abs(w).max()) >= 1 << wbits:
                             raise ValueError(
-                                f"weight {spec.key!r} exceeds the public bound 2^{self.weight_bits}"
+                                f"weight {spec.key!r} exceeds the public bound 2^{wbits}"
                             )
-                        items.append((w, (spec.rows, spec.k, spec.n), self.weight_bits, None))
+                        items.append((w, (spec.rows, spec.k, spec.n), wbits, None))
                 shares = he_matmul_many(ch, he, items, rng, self.executor)
                 linears = [
                     LinearMask(spec, share, rs[t] if client else None)

@@ -28,7 +28,14 @@ from common.approx.functions import (
     exp_softmax_site,
 )
 from common.approx.rsqrt_fit import plan_rsqrt
-from common.protocol.card import ApproxConfig, CompiledModel, ModelCard, OutputBounds, Sites
+from common.protocol.card import (
+    ApproxConfig,
+    CompiledModel,
+    ModelCard,
+    OutputBounds,
+    Sites,
+    weight_log2_of,
+)
 from common.protocol.hf import architecture_of, canonical_weights, load_hf
 from common.protocol.program import ClientInput, SiteSource, Weights, encoder_forward
 from common.protocol.public_tables import PublicTableError, read_marker, table_digest
@@ -261,7 +268,10 @@ def compile_loaded(
     src, digest = embedding_source or ("", "")
     if src and table_digest(weights["emb.word"]) != digest:
         raise PublicTableError(f"{name}: the word table does not match the public {src!r} one")
-    card = ModelCard(name, arch, approx, Sites(), public_embeddings or bool(src), src, digest)
+    card = ModelCard(
+        name, arch, approx, Sites(), public_embeddings or bool(src), src, digest,
+        weight_log2_of(weights),
+    )  # fmt: skip
     card.sites = calibrate(card, weights, batches)
     return CompiledModel(card, weights)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -117,6 +119,10 @@ class ModelCard:
     # digest (`common.protocol.public_tables`); the client checks its own copy.
     embedding_source: str = ""
     embedding_digest: str = ""
+    # A public bound on the linear weights: |w| ≤ 2^weight_log2 (None: the generic bound
+    # of `HeProvider`, |w·2^f| < 2^28). Sizes the CRT basis of the linear masks
+    # (`linear_weight_bits`); it reveals the largest weight's binary exponent.
+    weight_log2: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(_jsonable(self), sort_keys=True)
@@ -149,6 +155,7 @@ class ModelCard:
             d["public_embeddings"],
             d.get("embedding_source", ""),
             d.get("embedding_digest", ""),
+            d.get("weight_log2"),
         )
 
 
@@ -216,3 +223,19 @@ __all__ = [
     "Sites",
     "asdict",
 ]
+
+
+def weight_log2_of(weights: Mapping[str, NDArray]) -> int:
+    """The card's `weight_log2` for these weights: the smallest e with |w| ≤ 2^e for
+    every matrix (2-D array: the linear weights and the tables), at least −8."""
+    mats = [w for w in weights.values() if np.ndim(w) == 2 and np.size(w)]
+    top = max((float(np.abs(w).max()) for w in mats), default=0.0)
+    return max(-8, math.ceil(math.log2(top))) if top > 0 else -8
+
+
+def linear_weight_bits(card: ModelCard, frac_bits: int) -> int | None:
+    """The bound 2^bits on the encoded linear weights |round(w·2^f)| that a card
+    implies (None: no bound on the card). |w| ≤ 2^e gives |w·2^f| + 1/2 < 2^(e+f+1)."""
+    if card.weight_log2 is None:
+        return None
+    return max(1, card.weight_log2 + frac_bits + 1)

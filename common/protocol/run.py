@@ -20,7 +20,7 @@ from common.mpc.engine import Mpc
 from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider
 from common.mpc.ring import FixedPoint
 from common.mpc.roles import CLIENT, SERVER
-from common.protocol.card import CompiledModel, ModelCard
+from common.protocol.card import CompiledModel, ModelCard, linear_weight_bits
 from common.protocol.program import ClientInput, Weights, encoder_forward
 from common.transport import Channel, Meter, NullChannel, run_local
 
@@ -91,6 +91,9 @@ def plan_forward(
     null = NullChannel(party)
     rec = SegmentedRecorder(lambda: null.meter.current.layer or "")
     program(Mpc(null, rec, fxp))
+    bits = linear_weight_bits(card, fxp.frac_bits)
+    for seg in rec.recorders.values():
+        seg.plan.weight_bits = bits
     return PlannedForward(party, rec, program, fxp)
 
 

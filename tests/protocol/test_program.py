@@ -110,3 +110,44 @@ def test_private_forward_with_he_preprocessing() -> None:
     want = hf_logits(model, inp)
     cos = np.sum(client.output * want) / np.linalg.norm(client.output) / np.linalg.norm(want)
     assert cos > 0.999
+
+
+def test_card_weight_bound_sizes_the_linear_masks() -> None:
+    """The card carries the largest weight's binary exponent; the plan turns it into
+    the bound on the encoded linear weights, which takes the linear masks from four
+    CRT primes (the generic 2^28 bound) to three, and the server refuses weights over
+    it."""
+    from common.he.crt_bfv import CrtBfvParams
+    from common.mpc.he_protocols import matmul_layout
+    from common.mpc.preprocessing import HeProvider
+    from common.mpc.roles import SERVER
+    from common.protocol.card import linear_weight_bits, weight_log2_of
+    from common.protocol.run import plan_forward
+    from common.transport import run_local
+
+    model, cfg = tiny("bert")
+    rng = np.random.default_rng(3)
+    compiled = compile_loaded(model, cfg, approx_for(Path(".")), batches(rng), "t")
+    card = compiled.card
+    top = max(float(np.abs(w).max()) for w in compiled.weights.values() if np.ndim(w) == 2)
+    assert 2.0 ** (card.weight_log2 - 1) < top <= 2.0**card.weight_log2
+    assert weight_log2_of({"a": np.array([[0.3, -4.0]])}) == 2
+    bits = linear_weight_bits(card, FRAC_BITS)
+    assert bits == card.weight_log2 + FRAC_BITS + 1
+    keep = np.ones((1, 8), dtype=bool)
+    planned = plan_forward(SERVER, card, (1, 8), keep, compiled.weights, None)
+    plans = list(planned.segments().values())
+    assert {p.weight_bits for p in plans} == {bits}
+    params = CrtBfvParams()
+    spec = next(s for p in plans for s in p.linears)
+    assert matmul_layout(params, (spec.rows, spec.k, spec.n), 28)[0] == 4
+    assert matmul_layout(params, (spec.rows, spec.k, spec.n), bits)[0] == 3
+    # weights beyond the card's bound are refused, with the bound in the message
+    plan = next(p for p in plans if p.linears)
+    big = {s.key: np.full((s.k, s.n), 1 << bits, np.int64) for s in plan.linears}
+
+    def body(ch):
+        return HeProvider().generate(ch, plan, big if ch.party == SERVER else None)
+
+    with pytest.raises(Exception, match=f"2\\^{bits}"):
+        run_local(body)
