@@ -465,7 +465,8 @@ class CometService(pb_grpc.CometServicer):
             "session %s (%s): model %s, batch %d × %d tokens, output %s",
             sid, peer, name, start.batch, start.seq_len, output,
         )  # fmt: skip
-        ch = self._channel(inbox, send, tokens * card.arch.layers)
+        deadline = _Deadline(self._work_seconds(tokens * card.arch.layers * TOKEN_LAYER_SECONDS))
+        ch = self._channel(inbox, send, deadline)
         run_card = card_for_output(card, output)
         shape = (start.batch, start.seq_len)
         if start.hide_lengths and not mask.all():
@@ -479,7 +480,7 @@ class CometService(pb_grpc.CometServicer):
         why = refusal(budget, lim.max_frame_bytes, lim.session_memory)
         if why is not None:
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
-        ch.deadline.reset(
+        deadline.reset(
             self._work_seconds(
                 HE_COEFFICIENT_SECONDS * budget.exposure
                 + ONLINE_TOKEN_LAYER_SECONDS * tokens * card.arch.layers
@@ -505,18 +506,17 @@ class CometService(pb_grpc.CometServicer):
         lim = self.limits
         return lim.session_timeout + 2 * lim.handshake_timeout + work * lim.max_sessions
 
-    def _channel(self, inbox: Inbox, send: Callable, token_layers: int) -> StreamChannel:
-        """The session's protocol channel, ended by shutdown or by a total deadline:
-        `TOKEN_LAYER_SECONDS` per token·layer until the session is planned (encoders
-        then reset it from the plan, `HE_COEFFICIENT_SECONDS`), see `_work_seconds`."""
-        deadline = _Deadline(self._work_seconds(token_layers * TOKEN_LAYER_SECONDS))
+    def _channel(self, inbox: Inbox, send: Callable, deadline: _Deadline) -> StreamChannel:
+        """The session's protocol channel, ended by shutdown or by its total `deadline`
+        (`TOKEN_LAYER_SECONDS` per token·layer until the session is planned; encoders
+        then reset it from the plan, `HE_COEFFICIENT_SECONDS`; see `_work_seconds`)."""
 
         def check() -> None:
             if self.stopping.is_set():
                 raise ShuttingDown("the server is shutting down")
             deadline.check()
 
-        ch = StreamChannel(
+        return StreamChannel(
             SERVER,
             inbox,
             lambda f: send(pb.ServerMessage(frame=f)),
@@ -525,8 +525,6 @@ class CometService(pb_grpc.CometServicer):
             max_frame_bytes=self.limits.max_frame_bytes,
             check=check,
         )
-        ch.deadline = deadline  # type: ignore[attr-defined]
-        return ch
 
     def _generate(
         self, sid: str, peer: str, model: ServedModel, start: pb.Start, inbox: Inbox,
@@ -572,7 +570,8 @@ class CometService(pb_grpc.CometServicer):
             "session %s (%s): model %s, generation: prompt of %d tokens, ≤ %d new",
             sid, peer, name, g.prompt_len, g.max_new_tokens,
         )  # fmt: skip
-        ch = self._channel(inbox, send, positions * card.arch.layers)
+        deadline = _Deadline(self._work_seconds(positions * card.arch.layers * TOKEN_LAYER_SECONDS))
+        ch = self._channel(inbox, send, deadline)
         res = generate_party(
             ch,
             card,  # type: ignore[arg-type]

@@ -469,8 +469,9 @@ def _matmul_serve(
     # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.
     plain_max = min(2.0**rhs_bits, he.primes[0].p / 2)
     flood = params.flood_bits(Kb, plain_max)
-    keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
-    he.expose(P * sum(kp.size for kp in keeps))
+    # every wanted entry (all, without `wanted`) returns once per prime (`Blocking.keep`)
+    m, _, n = shape
+    he.expose(P * (m * n if wanted is None else int(wanted.sum())))
     limbs = _mask(rng, sigma, (Mb, Nb, N))
     basis = he.basis(P)
     mask_res = basis.residues_of_limbs(limbs)

@@ -214,17 +214,6 @@ class CompiledModel:
         return CompiledModel(self.card, None)
 
 
-__all__ = [
-    "ApproxConfig",
-    "Architecture",
-    "CompiledModel",
-    "ModelCard",
-    "OutputBounds",
-    "Sites",
-    "asdict",
-]
-
-
 def weight_log2_of(weights: Mapping[str, NDArray]) -> int:
     """The card's `weight_log2` for these weights: the smallest e with |w| ≤ 2^e for
     every matrix (2-D array: the linear weights and the tables), at least −8."""
@@ -239,3 +228,16 @@ def linear_weight_bits(card: ModelCard, frac_bits: int) -> int | None:
     if card.weight_log2 is None:
         return None
     return max(1, card.weight_log2 + frac_bits + 1)
+
+
+__all__ = [
+    "ApproxConfig",
+    "Architecture",
+    "CompiledModel",
+    "ModelCard",
+    "OutputBounds",
+    "Sites",
+    "asdict",
+    "linear_weight_bits",
+    "weight_log2_of",
+]
