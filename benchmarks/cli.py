@@ -56,6 +56,32 @@ def approx_option() -> Callable:
     )
 
 
+def profile_option() -> Callable:
+    return click.option(
+        "--profile",
+        type=click.Choice(["none", "lan", "wan"]),
+        default="none",
+        show_default=True,
+        help="none: loopback; lan: 3 Gbit/s, 0.8 ms RTT; wan: 200 Mbit/s, 40 ms RTT (root).",
+    )
+
+
+def out_option() -> Callable:
+    return click.option(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also append the JSON lines to this file.",
+    )
+
+
+def _append_jsonl(out: Path | None, rows: list[dict[str, Any]]) -> list[str]:
+    lines = [json.dumps(_json_safe(r), ensure_ascii=False) for r in rows]
+    if out is not None:
+        with out.open("a") as f:
+            f.write("\n".join(lines) + "\n")
+    return lines
+
+
 def shape_options(seq_len: int = 32) -> Callable:
     def deco(f: Callable) -> Callable:
         f = click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True)(f)
@@ -487,13 +513,7 @@ def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
 
 
 @main.command("net")
-@click.option(
-    "--profile",
-    type=click.Choice(["none", "lan", "wan"]),
-    default="none",
-    show_default=True,
-    help="none: loopback; lan: 3 Gbit/s, 0.8 ms RTT; wan: 200 Mbit/s, 40 ms RTT (root).",
-)
+@profile_option()
 @click.option(
     "--model",
     default="default",
@@ -511,11 +531,7 @@ def accuracy_cmd(as_json: bool, n_private: int, provider: str) -> None:
 )
 @provider_option(help="Offline phase (insecure_dealer: online figures only, no security).")
 @json_option("JSON lines on stdout, one per row.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also append the JSON lines to this file.",
-)
+@out_option()
 def net_cmd(
     profile: str,
     model: str,
@@ -536,10 +552,7 @@ def net_cmd(
                        say=lambda m: err.print(m, highlight=False, markup=False))  # fmt: skip
     except NetUnavailable as e:
         raise click.ClickException(f"cannot shape the network here: {e}") from None
-    lines = [json.dumps(_json_safe(r), ensure_ascii=False) for r in rows]
-    if out is not None:
-        with out.open("a") as f:
-            f.write("\n".join(lines) + "\n")
+    lines = _append_jsonl(out, rows)
     if as_json:
         click.echo("\n".join(lines))
         return
@@ -701,4 +714,53 @@ def generate_fidelity_cmd(
         generation.PROMPTS[:n_prompts], tokens, frac_bits, lambda m: err.print(m, markup=False),
         private=private, on_row=on_row,
     )  # fmt: skip
+    click.echo(json.dumps(_json_safe(res), indent=2))
+
+
+@generate_group.command("offline")
+@click.option(
+    "--context",
+    type=click.IntRange(1, 2048),
+    default=37,
+    show_default=True,
+    help="Cache length after the call (a token step after a 36-position prefix by default).",
+)
+@click.option(
+    "--positions", type=click.IntRange(1), default=1, show_default=True,
+    help="New positions in the call (1: a token step; the prompt length: a prefill).",
+)  # fmt: skip
+@click.option("--he-workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@out_option()
+def generate_offline_cmd(context: int, positions: int, he_workers: int, out: Path | None) -> None:
+    """The HE offline phase of one generation call, per correlation kind (JSON)."""
+    from benchmarks import generation
+
+    err = Console(stderr=True)
+    res = generation.offline_step(context, he_workers, lambda m: err.print(m, markup=False),
+                                  n=positions)  # fmt: skip
+    _append_jsonl(out, [res])
+    click.echo(json.dumps(_json_safe(res), indent=2))
+
+
+@generate_group.command("net")
+@profile_option()
+@click.option("--prompt-tokens", type=click.IntRange(1, 512), default=32, show_default=True)
+@click.option("--tokens", type=click.IntRange(1, 64), default=3, show_default=True)
+@provider_option("insecure_dealer", "Offline phase (he: the real HE phase, per step).")
+@out_option()
+def generate_net_cmd(
+    profile: str, prompt_tokens: int, tokens: int, provider: str, out: Path | None
+) -> None:
+    """comet-server --model smollm2 and comet-client generate as two processes over a
+    (shaped) network: per-call cost and the online lower bound (JSON)."""
+    from benchmarks import generation
+    from benchmarks.netshape import NetUnavailable
+
+    err = Console(stderr=True)
+    try:
+        res = generation.net(profile, prompt_tokens, tokens, provider,
+                             lambda m: err.print(m, highlight=False, markup=False))  # fmt: skip
+    except NetUnavailable as e:
+        raise click.ClickException(f"cannot shape the network here: {e}") from None
+    _append_jsonl(out, [res])
     click.echo(json.dumps(_json_safe(res), indent=2))

@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,21 +171,13 @@ def _phase_row(cost: dict[str, Any], net: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def run_one(
-    model: str,
-    profile: Profile,
-    approx: str,
-    seq_len: int,
-    batch: int,
-    provider: str = "he",
-    say: Callable[[str], None] = lambda m: None,
-) -> dict[str, Any]:
-    """One private inference of `model` over `profile`; returns the result row."""
-    model_dir = resolve(model)
-    texts = texts_of_length(_tokenizer(model_dir), seq_len, batch)
-    dealer = ["--allow-insecure-dealer"] if provider == "insecure_dealer" else []
-    srv_args = ["--model", f"{model}={model_dir}", "--approx", approx, "--max-batch",
-                str(max(batch, 8)), "--session-timeout", "3600", *dealer]  # fmt: skip
+@contextmanager
+def serving(
+    profile: Profile, srv_args: list[str], say: Callable[[str], None]
+) -> Iterator[tuple[list[str], str, dict[str, Any]]]:
+    """A comet-server with `srv_args` reachable over `profile`; yields the command prefix
+    that runs a Python module on the client's side, the target HOST:PORT, and the path
+    the probe measured (RTT, throughput). Everything is torn down on exit."""
     env = _env()
     with tempfile.TemporaryDirectory(prefix="comet-net-") as tmp:
         log = Path(tmp) / "server.log"
@@ -237,9 +230,7 @@ def run_one(
                 say(f"measured: RTT {net['rtt_ms']} ms, {net['throughput_mbit']} Mbit/s; "
                     "waiting for the server (compiling the model) …")  # fmt: skip
                 _wait_listening(srv, log, 1800)
-                client_cmd = ["ip", "netns", "exec", bed.client_ns, py]
-                target = f"127.0.0.1:{FWD_COMET}"
-                out, wall = _client(client_cmd, target, model, texts, dealer, env, say)
+                yield ["ip", "netns", "exec", bed.client_ns, py], f"127.0.0.1:{FWD_COMET}", net
         else:
             probe_srv = ProbeServer("127.0.0.1", 0)
             threading.Thread(target=probe_srv.serve_forever, daemon=True).start()
@@ -256,14 +247,32 @@ def run_one(
                 )  # fmt: skip
                 try:
                     port = _wait_listening(srv, log, 1800)
-                    out, wall = _client([sys.executable], f"127.0.0.1:{port}", model, texts,
-                                        dealer, env, say)  # fmt: skip
+                    yield [sys.executable], f"127.0.0.1:{port}", net
                 finally:
                     srv.terminate()
                     try:
                         srv.wait(timeout=30)
                     except subprocess.TimeoutExpired:
                         srv.kill()
+
+
+def run_one(
+    model: str,
+    profile: Profile,
+    approx: str,
+    seq_len: int,
+    batch: int,
+    provider: str = "he",
+    say: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
+    """One private inference of `model` over `profile`; returns the result row."""
+    model_dir = resolve(model)
+    texts = texts_of_length(_tokenizer(model_dir), seq_len, batch)
+    dealer = ["--allow-insecure-dealer"] if provider == "insecure_dealer" else []
+    srv_args = ["--model", f"{model}={model_dir}", "--approx", approx, "--max-batch",
+                str(max(batch, 8)), "--session-timeout", "3600", *dealer]  # fmt: skip
+    with serving(profile, srv_args, say) as (prefix, target, net):
+        out, wall = _client(prefix, target, model, texts, dealer, _env(), say)
     cost = out["cost"]
     return {
         "model": model,

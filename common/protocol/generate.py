@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.approx.backend import PlainBackend, SharedBackend
+from common.mpc.correlations import Plan, Pool
 from common.mpc.engine import Mpc
 from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider, plan_program
 from common.mpc.ring import U64, FixedPoint
@@ -146,13 +147,8 @@ class DecoderSession:
         """Forget the cache (the next call starts at position 0)."""
         self.cache = None
 
-    def run(self, ids: NDArray[np.int64] | None, n: int, kind: str) -> NDArray[np.float64] | None:
+    def _program(self, ids: NDArray[np.int64] | None, n: int):
         party, card, pos0 = self.ch.party, self.card, self.length
-        a = card.arch
-        zeros = KvCache(
-            [np.zeros((1, a.kv_heads, pos0, a.head_dim), U64) for _ in range(a.layers)],
-            [np.zeros((1, a.kv_heads, pos0, a.head_dim), U64) for _ in range(a.layers)],
-        )
 
         def program(mpc: Mpc, cache: KvCache | None):
             return decoder_forward(
@@ -161,11 +157,33 @@ class DecoderSession:
                 scope=lambda **kw: mpc.ch.scope(**kw),
             )  # fmt: skip
 
+        return program
+
+    def plan(self, n: int) -> tuple[Plan, dict[str, NDArray[np.int64]]]:
+        """The plan of the next call of `n` positions (and, on the server, its encoded
+        weights): from public shapes only, n and the cache length. Local, no bytes."""
+        a, pos0 = self.card.arch, self.length
+        zeros = KvCache(
+            [np.zeros((1, a.kv_heads, pos0, a.head_dim), U64) for _ in range(a.layers)],
+            [np.zeros((1, a.kv_heads, pos0, a.head_dim), U64) for _ in range(a.layers)],
+        )
+        # Planning sees shapes only: placeholder ids stand for the client's tokens.
+        program = self._program(np.zeros((1, n), np.int64), n)
+        return plan_program(lambda m: program(m, zeros if pos0 else None), self.ch.party,
+                            self.fxp)  # fmt: skip
+
+    def offline(self, n: int) -> Pool:
+        """The offline phase of the next call of `n` positions: the correlations its
+        online phase consumes, for `plan(n)`. Cost: the provider's for that plan (HE:
+        minutes and GBs per call at SmolLM2 size; the dealer: one seed)."""
+        return self.provider.generate(self.ch, *self.plan(n))
+
+    def run(self, ids: NDArray[np.int64] | None, n: int, kind: str) -> NDArray[np.float64] | None:
+        pos0 = self.length
         before = self.ch.meter.snapshot()
-        plan, wts = plan_program(lambda m: program(m, zeros if pos0 else None), party, self.fxp)
-        pool = self.provider.generate(self.ch, plan, wts)
+        pool = self.offline(n)
         with self.ch.scope(phase="online"):
-            logits, self.cache = program(Mpc(self.ch, pool, self.fxp), self.cache)
+            logits, self.cache = self._program(ids, n)(Mpc(self.ch, pool, self.fxp), self.cache)
         after = self.ch.meter.snapshot()
         self.costs.append(
             StepCost(

@@ -42,3 +42,41 @@ def test_generate_fidelity_and_cost_commands(tiny):
     assert [c["kind"] for c in out["calls"]] == ["prefill", "token"]
     assert all(c["online_bytes"] > 0 and c["online_rounds"] > 0 for c in out["calls"])
     assert len(out["token_ids"]) == 2
+
+
+def test_generate_offline_command_counts_one_step_per_kind(tiny):
+    """The HE offline phase of one token step alone: every kind it produces carries
+    bytes both ways, and its elements are the plan's."""
+    r = CliRunner().invoke(main, ["generate", "offline", "--context", "6", "--he-workers", "1"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{") :])
+    kinds = {k["kind"]: k for k in out["kinds"]}
+    assert {"linear-masks", "matmul-triples", "wraps"} <= set(kinds)
+    for k in kinds.values():
+        assert k["bytes_up"] > 0 and k["bytes_down"] > 0 and k["elements"] > 0
+    t = out["totals"]
+    c = out["control"]
+    assert t["bytes_up"] == sum(k["bytes_up"] for k in kinds.values()) + c["bytes_up"]
+    assert t["bytes_down"] == sum(k["bytes_down"] for k in kinds.values()) + c["bytes_down"]
+    assert 0 <= c["bytes_up"] < 1024 and 0 <= c["bytes_down"] < 1024
+    # One position: every linear site has one row; the head is among them.
+    assert all(rows == 1 for _, rows, _, _ in out["linear_sites"])
+    assert out["linear_macs_by_site"]["lm head"] > 0
+
+
+@pytest.mark.slow
+def test_generate_net_on_loopback(tmp_path, monkeypatch):
+    """Two processes on loopback (the dealer): the prompt has exactly the asked length,
+    every call reports its online lower bound, and the tokens are transformers'."""
+    from tests.models import tiny_causal_lm_dir
+
+    monkeypatch.setenv("COMET_HOME", str(tmp_path / "home"))
+    d = tiny_causal_lm_dir(tmp_path / "lm")
+    res = generation.net("none", 5, 2, "insecure_dealer", lambda m: None, model=f"lm={d}")
+    assert res["prompt_tokens"] == 5 and len(res["token_ids"]) == 2
+    assert [c["kind"] for c in res["calls"]] == ["prefill", "token"]
+    for c in res["calls"]:
+        o = c["online"]
+        assert o["rounds"] > 0 and o["bytes"] == o["bytes_sent"] + o["bytes_received"]
+        assert 0 <= o["lower_bound_s"] == max(o["transfer_s"], o["latency_s"])
+    assert res["calls"][1]["context"] == 6
