@@ -13,10 +13,11 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.mpc.ring import PublicMatrices
 from common.protocol.calibrate import compile_model
 from common.protocol.card import CompiledModel
 from common.protocol.decoder_card import CompiledDecoder, DecoderCard
@@ -54,6 +55,8 @@ class ServedModel:
     path: Path
     compiled: CompiledModel | CompiledDecoder
     tokenizer_files: dict[str, bytes]
+    # The weights encoded for the protocol, once for all sessions.
+    matrices: PublicMatrices = field(default_factory=PublicMatrices)
 
     @property
     def card_json(self) -> str:

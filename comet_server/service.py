@@ -473,7 +473,7 @@ class CometService(pb_grpc.CometServicer):
             raise InvalidInput("with hide_lengths the attention mask must be all ones")
         planned = plan_forward(
             SERVER, run_card, shape, mask, model.compiled.weights, None,
-            hide_lengths=start.hide_lengths,
+            hide_lengths=start.hide_lengths, matrices=model.matrices,
         )  # fmt: skip
         provider = make_provider(self.provider, executor=self.executor)
         budget = session_budget(planned.segments(), SERVER, provider)
@@ -579,6 +579,7 @@ class CometService(pb_grpc.CometServicer):
             g.prompt_len,
             g.max_new_tokens,
             weights=model.compiled.weights,
+            matrices=model.matrices,
         )
         _expect(inbox, pb.Goodbye, lim.handshake_timeout)
         log.info(

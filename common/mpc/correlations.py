@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from common.mpc.ring import U64, Ring, trunc_share
+from common.mpc.ring import U64, PublicMatrix, Ring, trunc_share
 from common.mpc.roles import CLIENT
 
 # A bit triple made by HE (`HeProvider._wraps`) is a one-time pad mod a plaintext prime
@@ -242,7 +242,9 @@ class Pool:
             raise PreprocessingError(f"matrix triple shape mismatch: want {shape}")
         return a, b, c
 
-    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+    def linear_mask(
+        self, spec: LinearSpec, weight: NDArray[np.int64] | PublicMatrix | None = None
+    ) -> LinearMask:
         """The next linear mask (`weight` is ignored: it was used offline)."""
         if not self._linears:
             raise PreprocessingError("out of linear-layer masks")
@@ -275,7 +277,7 @@ class PlanRecorder:
 
     def __init__(self) -> None:
         self.plan = Plan()
-        self.weights: dict[str, NDArray[np.int64]] = {}
+        self.weights: dict[str, NDArray[np.int64] | PublicMatrix] = {}
 
     def triples(self, n: int) -> tuple[Ring, Ring, Ring]:
         self.plan.triples += n
@@ -307,7 +309,9 @@ class PlanRecorder:
         self.plan.groups.append(spec)
         return MaskGroup.zeros(spec)
 
-    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+    def linear_mask(
+        self, spec: LinearSpec, weight: NDArray[np.int64] | PublicMatrix | None = None
+    ) -> LinearMask:
         self.plan.linears.append(spec)
         if weight is not None:
             self.weights[spec.key] = weight
@@ -342,7 +346,9 @@ class SegmentedRecorder:
     ) -> tuple[Ring, Ring, Ring]:
         return self._rec().matmul_triple(shape, binds)
 
-    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+    def linear_mask(
+        self, spec: LinearSpec, weight: NDArray[np.int64] | PublicMatrix | None = None
+    ) -> LinearMask:
         return self._rec().linear_mask(spec, weight)
 
     def group(self, spec: GroupSpec) -> MaskGroup:
@@ -376,7 +382,9 @@ class SegmentedPool:
     ) -> tuple[Ring, Ring, Ring]:
         return self._pool().matmul_triple(shape, binds)
 
-    def linear_mask(self, spec: LinearSpec, weight: NDArray[np.int64] | None = None) -> LinearMask:
+    def linear_mask(
+        self, spec: LinearSpec, weight: NDArray[np.int64] | PublicMatrix | None = None
+    ) -> LinearMask:
         return self._pool().linear_mask(spec, weight)
 
     def group(self, spec: GroupSpec) -> MaskGroup:

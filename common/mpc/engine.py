@@ -27,6 +27,8 @@ from common.mpc.correlations import (
 from common.mpc.ring import (
     U64,
     FixedPoint,
+    PublicMatrices,
+    PublicMatrix,
     Ring,
     from_signed,
     new_rng,
@@ -51,7 +53,7 @@ class CorrelationSource(Protocol):
         self, shape: tuple[int, ...], binds: tuple[Bind | None, Bind | None] = ...
     ) -> tuple[Ring, Ring, Ring]: ...
     def linear_mask(
-        self, spec: LinearSpec, weight: NDArray[np.int64] | None = None
+        self, spec: LinearSpec, weight: NDArray[np.int64] | PublicMatrix | None = None
     ) -> LinearMask: ...
     def group(self, spec: GroupSpec) -> MaskGroup: ...
 
@@ -134,6 +136,7 @@ class Mpc:
         fxp: FixedPoint | None = None,
         rng: SecureRng | None = None,
         exact: bool | None = None,
+        matrices: PublicMatrices | None = None,
     ) -> None:
         self.ch = channel
         self.source = source
@@ -144,6 +147,9 @@ class Mpc:
         # point policy's. Part of the plan: the exact one consumes wrap correlations, so
         # the parties' plan digests differ if they disagree.
         self.exact = self.fxp.exact_trunc if exact is None else exact
+        # The server's encoded weights, memoised by site key across the planning run,
+        # the online phase and (when the caller keeps it) sessions.
+        self.matrices = PublicMatrices() if matrices is None else matrices
 
     @property
     def party(self) -> int:
@@ -477,8 +483,8 @@ class Mpc:
         if self.party == SERVER:
             if table is None or table.shape != (k, out):
                 raise ValueError(f"server must supply table {key!r} of shape {(k, out)}")
-            w_int = self.fxp.encode_int(table)
-            if w_int.size and int(np.abs(w_int).max()) >= 1 << (LOOKUP_BITS - 8):
+            w_int = self.matrices.encode(key, table, self.fxp)
+            if w_int.max_abs >= 1 << (LOOKUP_BITS - 8):
                 raise ValueError(f"table {key!r} too large for the Z_2^{LOOKUP_BITS} lookup")
         mask = self.source.linear_mask(LinearSpec(key, rows, k, out), w_int)
         low = U64((1 << LOOKUP_BITS) - 1)
@@ -520,7 +526,7 @@ class Mpc:
         if self.party == SERVER:
             if weight is None or weight.shape != (k, out_features):
                 raise ValueError(f"server must supply weight {key!r} of shape {(k, out_features)}")
-            w_int = self.fxp.encode_int(weight)
+            w_int = self.matrices.encode(key, weight, self.fxp)
         mask = self.source.linear_mask(spec, w_int)
         x2 = x.reshape(rows, k)
         if self.party == CLIENT:

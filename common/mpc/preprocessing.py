@@ -44,7 +44,10 @@ from common.mpc.he_protocols import (
 from common.mpc.ring import (
     U64,
     FixedPoint,
+    PublicMatrices,
+    PublicMatrix,
     Ring,
+    as_ints,
     new_rng,
     random_ring,
     ring_matmul,
@@ -57,18 +60,25 @@ from common.transport import Channel, NullChannel, ProtocolMismatch
 
 log = logging.getLogger(__name__)
 
+# The server's encoded weight of a linear layer, in either form.
+Weight = NDArray[np.int64] | PublicMatrix
+
 
 class InsecureDealerWarning(UserWarning):
     """Raised (as a warning) whenever the test-only dealer is used."""
 
 
 def plan_program(
-    program: Callable[[Mpc], Any], party: int, fxp: FixedPoint | None = None
-) -> tuple[Plan, dict[str, NDArray[np.int64]]]:
+    program: Callable[[Mpc], Any],
+    party: int,
+    fxp: FixedPoint | None = None,
+    matrices: PublicMatrices | None = None,
+) -> tuple[Plan, dict[str, Weight]]:
     """Run `program` alone on zeros to record its correlation requests (and, on the
-    server, the encoded weights of its linear layers). No communication."""
+    server, the encoded weights of its linear layers, memoised in `matrices` if given).
+    No communication."""
     rec = PlanRecorder()
-    program(Mpc(NullChannel(party), rec, fxp))
+    program(Mpc(NullChannel(party), rec, fxp, matrices=matrices))
     return rec.plan, rec.weights
 
 
@@ -195,7 +205,7 @@ class HeProvider:
                 self.he = CrtBfvServer(self.params, pks, self.rng)
 
     def generate(
-        self, ch: Channel, plan: Plan, weights: Mapping[str, NDArray[np.int64]] | None = None
+        self, ch: Channel, plan: Plan, weights: Mapping[str, Weight] | None = None
     ) -> Pool:
         """Produce this party's share of every correlation in `plan`.
 
@@ -223,7 +233,7 @@ class HeProvider:
                     for spec in plan.linears:
                         if weights is None or spec.key not in weights:
                             raise KeyError(f"server has no weight {spec.key!r}")
-                        w = weights[spec.key]
+                        w = as_ints(weights[spec.key])
                         if w.size and int(np.abs(w).max()) >= 1 << wbits:
                             raise ValueError(
                                 f"weight {spec.key!r} exceeds the public bound 2^{wbits}"
@@ -419,7 +429,7 @@ class InsecureDealer:
         pass
 
     def generate(
-        self, ch: Channel, plan: Plan, weights: Mapping[str, NDArray[np.int64]] | None = None
+        self, ch: Channel, plan: Plan, weights: Mapping[str, Weight] | None = None
     ) -> Pool:
         with ch.scope(phase="offline", op="insecure-dealer"):
             _agree(ch, plan)

@@ -217,7 +217,96 @@ def ring_matmul(a: Ring, b: Ring) -> Ring:
     return out
 
 
-def ring_matmul_public(x: Ring, w: NDArray[np.int64]) -> Ring:
+class PublicMatrix:
+    """A signed integer matrix one party knows in the clear (the server's encoded
+    weights), held ready for `ring_matmul_public`: its entries as float64 (exact while
+    |w| < 2^52) and max |w|, computed once. Passing a plain int64 matrix instead costs a
+    float64 copy and a max pass over the whole matrix per product — for a token step of
+    SmolLM2, whose products have one row, that was most of the server's time."""
+
+    __slots__ = ("floats", "max_abs")
+
+    def __init__(self, floats: NDArray[np.float64], max_abs: int) -> None:
+        self.floats = floats
+        self.max_abs = max_abs
+
+    @classmethod
+    def of_ints(cls, w: NDArray[np.integer]) -> PublicMatrix:
+        w = np.asarray(w, dtype=np.int64)
+        floats = w.astype(np.float64)
+        floats.setflags(write=False)
+        return cls(floats, int(np.abs(w).max()) if w.size else 0)
+
+    @classmethod
+    def encode(cls, v: NDArray[np.floating], fxp: FixedPoint) -> PublicMatrix:
+        """Real values rounded to multiples of 2^-f, as `FixedPoint.encode_int` (the
+        same integers, the same range check)."""
+        a = np.asarray(v, dtype=np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("cannot encode NaN or infinity")
+        floats = np.rint(a * fxp.scale)
+        top = float(np.abs(floats).max()) if floats.size else 0.0
+        if top >= fxp.max_abs * fxp.scale:
+            raise ValueError(f"value out of fixed-point range ±{fxp.max_abs:g}")
+        floats.setflags(write=False)
+        return cls(floats, int(top))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.floats.shape
+
+    @property
+    def size(self) -> int:
+        return self.floats.size
+
+    def ints(self) -> NDArray[np.int64]:
+        """The entries as int64 (a new array: for the HE offline phase's plaintexts)."""
+        return self.floats.astype(np.int64)
+
+
+def as_ints(w: NDArray[np.integer] | PublicMatrix) -> NDArray[np.int64]:
+    """A public matrix's entries as int64, whichever form it is held in."""
+    return w.ints() if isinstance(w, PublicMatrix) else np.asarray(w, dtype=np.int64)
+
+
+class PublicMatrices:
+    """One party's memo of its encoded public matrices, by site key: a model's weights
+    are encoded once and reused by the planning run, the online phase and later
+    sessions (SmolLM2: 135 M values, seconds per encoding). An entry serves only the
+    very array object it was made from (identity, not value): a new matrix under an
+    old key is encoded afresh. Safe to share between sessions' threads (a race only
+    repeats an encoding)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, int], tuple[NDArray, PublicMatrix]] = {}
+        self._joined: dict[str, tuple[tuple[NDArray, ...], NDArray]] = {}
+
+    def joined(self, key: str, parts: list[NDArray]) -> NDArray:
+        """`parts` side by side (axis 1: linear layers sharing an input, as one), memoised
+        by `key` while the parts are the same objects — so that its encoding is too."""
+        if len(parts) == 1:
+            return parts[0]
+        hit = self._joined.get(key)
+        same = hit is not None and len(hit[0]) == len(parts)
+        if same and all(a is b for a, b in zip(hit[0], parts, strict=True)):  # type: ignore[index]
+            return hit[1]  # type: ignore[index]
+        m = np.concatenate(parts, axis=1)
+        self._joined[key] = (tuple(parts), m)
+        return m
+
+    def encode(self, key: str, v: NDArray[np.floating], fxp: FixedPoint) -> PublicMatrix:
+        hit = self._memo.get((key, fxp.frac_bits))
+        if hit is not None and hit[0] is v:
+            return hit[1]
+        m = PublicMatrix.encode(v, fxp)
+        self._memo[(key, fxp.frac_bits)] = (v, m)
+        return m
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+
+def ring_matmul_public(x: Ring, w: NDArray[np.int64] | PublicMatrix) -> Ring:
     """Exact (x @ w) mod 2^64 where w is a public/clear signed integer matrix.
 
     x is cut into limbs just narrow enough that limb · w sums over k stay exact in
@@ -225,9 +314,10 @@ def ring_matmul_public(x: Ring, w: NDArray[np.int64]) -> Ring:
     Cost: ceil(64 / L) times a float64 GEMM, L = 52 - bits(max|w|) - ceil(log2 k).
     """
     x = np.asarray(x, dtype=U64)
-    w = np.asarray(w, dtype=np.int64)
+    if not isinstance(w, PublicMatrix):
+        w = PublicMatrix.of_ints(w)
     k = x.shape[-1]
-    wmax = int(np.abs(w).max()) if w.size else 0
+    wmax = w.max_abs
     width = _EXACT_FLOAT_BITS - 1 - wmax.bit_length() - max(1, math.ceil(math.log2(max(k, 2))))
     if width < 4:
         raise ValueError("public operand too large for the exact float64 path")
@@ -236,7 +326,7 @@ def ring_matmul_public(x: Ring, w: NDArray[np.int64]) -> Ring:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
     stacked = np.concatenate(_limbs(x2, width, count), axis=0)
-    prod = stacked @ w.astype(np.float64)
+    prod = stacked @ w.floats
     prod = prod.astype(np.int64).view(U64).reshape(count, x2.shape[0], w.shape[-1])
     out = prod[0].copy()
     for i in range(1, count):

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from common.approx import functions as F
 from common.approx.backend import Backend, Value
+from common.mpc.ring import PublicMatrices
 from common.mpc.roles import CLIENT, SERVER
 from common.protocol.decoder_card import DecoderCard
 from common.protocol.program import SiteSource
@@ -102,11 +103,14 @@ def decoder_forward(
     cache: KvCache | None,
     sites: DecoderSites | None = None,
     scope: Callable[..., AbstractContextManager] | None = None,
+    matrices: PublicMatrices | None = None,
 ) -> tuple[NDArray[np.float64] | None, KvCache]:
     """Process `shape` = (B, n) new tokens at positions pos0…pos0+n−1 (public).
 
     The server passes `weights`, the client `token_ids` (B, n) (on a plain back-end
     both). `cache` holds the pos0 earlier positions (None or empty when pos0 = 0).
+    `matrices`: the server's memo of its joined (q·k·v, gate·up) and encoded weights,
+    kept across calls and sessions (without it every call joins the matrices afresh).
     Returns (the client's opened logits of the last position (B, V), None on the
     server; the extended cache, shared). Cost per layer: two or three linear layers'
     inputs, two batched matmuls over the pos0+n cached positions, two norms, the
@@ -137,7 +141,11 @@ def decoder_forward(
         """Linear layers of one input as one: its masked input is sent once."""
         wt = bs = None
         if is_server:
-            wt = np.concatenate([w(m + ".w") for m in names], axis=1)  # type: ignore[misc]
+            parts = [w(m + ".w") for m in names]
+            if matrices is not None:
+                wt = matrices.joined(key, parts)  # type: ignore[arg-type]
+            else:
+                wt = np.concatenate(parts, axis=1)  # type: ignore[arg-type]
             if w(names[0] + ".b") is not None:
                 bs = np.concatenate([w(m + ".b") for m in names])  # type: ignore[misc]
         with scope(op="linear"):

@@ -26,7 +26,7 @@ from common.approx.backend import PlainBackend, SharedBackend
 from common.mpc.correlations import Plan, Pool
 from common.mpc.engine import Mpc
 from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider, plan_program
-from common.mpc.ring import U64, FixedPoint
+from common.mpc.ring import U64, FixedPoint, PublicMatrices
 from common.mpc.roles import CLIENT, SERVER
 from common.prg import SecureRng
 from common.protocol.decoder import KvCache, Weights, decoder_forward
@@ -131,6 +131,7 @@ class DecoderSession:
         provider: HeProvider | InsecureDealer,
         weights: Weights | None = None,
         fxp: FixedPoint | None = None,
+        matrices: PublicMatrices | None = None,
     ) -> None:
         if (ch.party == SERVER) != (weights is not None):
             raise ValueError("the server runs with the weights, the client without")
@@ -138,6 +139,9 @@ class DecoderSession:
         self.fxp = fxp or FixedPoint()
         self.cache: KvCache | None = None
         self.costs: list[StepCost] = []
+        # The server's weights, joined and encoded once for every call (and, when the
+        # served model passes its own, every session).
+        self.matrices = PublicMatrices() if matrices is None else matrices
 
     @property
     def length(self) -> int:
@@ -154,7 +158,7 @@ class DecoderSession:
             return decoder_forward(
                 SharedBackend(mpc), card, party, (1, n), pos0, self.weights,
                 ids if party == CLIENT else None, cache,
-                scope=lambda **kw: mpc.ch.scope(**kw),
+                scope=lambda **kw: mpc.ch.scope(**kw), matrices=self.matrices,
             )  # fmt: skip
 
         return program
@@ -170,7 +174,7 @@ class DecoderSession:
         # Planning sees shapes only: placeholder ids stand for the client's tokens.
         program = self._program(np.zeros((1, n), np.int64), n)
         return plan_program(lambda m: program(m, zeros if pos0 else None), self.ch.party,
-                            self.fxp)  # fmt: skip
+                            self.fxp, self.matrices)  # fmt: skip
 
     def offline(self, n: int) -> Pool:
         """The offline phase of the next call of `n` positions: the correlations its
@@ -183,7 +187,9 @@ class DecoderSession:
         before = self.ch.meter.snapshot()
         pool = self.offline(n)
         with self.ch.scope(phase="online"):
-            logits, self.cache = self._program(ids, n)(Mpc(self.ch, pool, self.fxp), self.cache)
+            logits, self.cache = self._program(ids, n)(
+                Mpc(self.ch, pool, self.fxp, matrices=self.matrices), self.cache
+            )
         after = self.ch.meter.snapshot()
         self.costs.append(
             StepCost(
@@ -229,6 +235,7 @@ def generate_party(
     on_token: Callable[[int], None] | None = None,
     kv_cache: bool = True,
     fxp: FixedPoint | None = None,
+    matrices: PublicMatrices | None = None,
 ) -> GenerationResult:
     """One party's private generation of up to `max_new_tokens` tokens.
 
@@ -253,7 +260,7 @@ def generate_party(
     result = GenerationResult(
         setup=_minus(_phase(ch.meter.snapshot(), "setup"), _phase(before, "setup"))
     )
-    sess = DecoderSession(ch, card, provider, weights, fxp)
+    sess = DecoderSession(ch, card, provider, weights, fxp, matrices)
     seq = [int(t) for t in prompt_ids] if client and prompt_ids is not None else []
     ids = np.asarray([seq], dtype=np.int64) if client else None
     logits = sess.run(ids, prompt_len, "prefill")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,7 +18,7 @@ from common.approx.backend import PlainBackend, SharedBackend
 from common.mpc.correlations import Plan, Pool, SegmentedPool, SegmentedRecorder
 from common.mpc.engine import Mpc
 from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider
-from common.mpc.ring import FixedPoint
+from common.mpc.ring import FixedPoint, PublicMatrices
 from common.mpc.roles import CLIENT, SERVER
 from common.protocol.card import CompiledModel, ModelCard, linear_weight_bits
 from common.protocol.program import ClientInput, Weights, encoder_forward
@@ -40,6 +40,8 @@ class PlannedForward:
     recorder: SegmentedRecorder
     program: Callable[[Mpc], NDArray[np.float64] | None]
     fxp: FixedPoint
+    # The server's encoded weights, shared by the planning run and the online phase.
+    matrices: PublicMatrices = field(default_factory=PublicMatrices)
 
     def segments(self) -> dict[str, Plan]:
         return {layer: seg.plan for layer, seg in self.recorder.recorders.items()}
@@ -62,11 +64,14 @@ def plan_forward(
     client: ClientInput | None,
     fxp: FixedPoint | None = None,
     hide_lengths: bool = False,
+    matrices: PublicMatrices | None = None,
 ) -> PlannedForward:
     """Plan one party's forward pass (no communication); see `private_forward`.
 
     `hide_lengths`: the padding mask is the client's secret input of the attention (the
-    server passes an all-ones `keep`: it learns only the padded shape)."""
+    server passes an all-ones `keep`: it learns only the padded shape). `matrices`: the
+    server's memo of its encoded weights (a served model keeps one for all sessions:
+    encoding BERT-base's weights takes about a second); by default one per plan."""
     if party == SERVER and (weights is None or client is not None):
         raise ValueError("the server runs with the weights and without client input")
     if party == CLIENT and (client is None or weights is not None):
@@ -90,11 +95,12 @@ def plan_forward(
     # is produced — and metered — layer by layer.
     null = NullChannel(party)
     rec = SegmentedRecorder(lambda: null.meter.current.layer or "")
-    program(Mpc(null, rec, fxp))
+    matrices = PublicMatrices() if matrices is None else matrices
+    program(Mpc(null, rec, fxp, matrices=matrices))
     bits = linear_weight_bits(card, fxp.frac_bits)
     for seg in rec.recorders.values():
         seg.plan.weight_bits = bits
-    return PlannedForward(party, rec, program, fxp)
+    return PlannedForward(party, rec, program, fxp, matrices)
 
 
 def offline_phase(
@@ -113,7 +119,7 @@ def online_phase(ch: Channel, planned: PlannedForward, pools: dict[str, Pool]) -
     """The input-dependent phase, from this party's correlations `pools`."""
     with ch.scope(phase="online"):
         pool = SegmentedPool(pools, lambda: ch.meter.current.layer or "")
-        out = planned.program(Mpc(ch, pool, planned.fxp))
+        out = planned.program(Mpc(ch, pool, planned.fxp, matrices=planned.matrices))
     return ForwardResult(out, ch.meter)
 
 

@@ -82,3 +82,42 @@ def test_truncation_failure_rate(log_v):
     assert abs(fails - expected) <= 6 * np.sqrt(expected) + 1
     if log_v == 54:
         assert fails > 0  # the analysis predicts ~256: the test must be able to see them
+
+
+def test_public_matrix_encodes_as_fixed_point_and_multiplies_the_same():
+    """A held `PublicMatrix` is the same integers as `encode_int` and gives the same
+    exact ring product as the plain int64 matrix."""
+    from common.mpc.ring import PublicMatrix, as_ints, ring_matmul_public
+
+    fxp = FixedPoint(frac_bits=13)
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.2, (40, 24))
+    m = PublicMatrix.encode(w, fxp)
+    assert np.array_equal(as_ints(m), fxp.encode_int(w))
+    assert m.max_abs == int(np.abs(fxp.encode_int(w)).max()) and m.shape == (40, 24)
+    x = rng.integers(0, 2**63, (5, 40), dtype=np.uint64) * np.uint64(2)
+    assert np.array_equal(ring_matmul_public(x, m), ring_matmul_public(x, fxp.encode_int(w)))
+    with pytest.raises(ValueError, match="NaN"):
+        PublicMatrix.encode(np.array([[np.nan]]), fxp)
+    with pytest.raises(ValueError, match="range"):
+        PublicMatrix.encode(np.array([[fxp.max_abs * 2]]), fxp)
+
+
+def test_public_matrices_reuse_an_encoding_only_for_the_same_array():
+    """The memo hands back the encoding made from the very array object under that key;
+    a new array under the same key (even with equal values) or another precision is
+    encoded afresh, and joins are memoised while their parts are the same objects."""
+    from common.mpc.ring import PublicMatrices
+
+    memo, fxp = PublicMatrices(), FixedPoint(frac_bits=13)
+    w = np.full((3, 2), 0.5)
+    first = memo.encode("L0.q", w, fxp)
+    assert memo.encode("L0.q", w, fxp) is first
+    other = w.copy()
+    assert memo.encode("L0.q", other, fxp) is not first
+    assert memo.encode("L0.q", other, FixedPoint(frac_bits=16)).max_abs == 1 << 15
+    a, b = np.ones((3, 2)), np.zeros((3, 1))
+    j = memo.joined("L0.qkv", [a, b])
+    assert j.shape == (3, 3) and memo.joined("L0.qkv", [a, b]) is j
+    assert memo.joined("L0.qkv", [a, b.copy()]) is not j
+    assert memo.joined("L0.o", [a]) is a
