@@ -196,24 +196,31 @@ def _limbs(x: Ring, width: int, count: int) -> list[NDArray[np.float64]]:
 def ring_matmul(a: Ring, b: Ring) -> Ring:
     """Exact (a @ b) mod 2^64 for uint64 matrices, through float64 BLAS.
 
-    Both operands are split into four 16-bit limbs; each limb product sums k terms below
-    2^32, exact in float64 while k ≤ 2^21. Ten limb GEMMs (i + j < 4) are needed.
+    Both operands are split into limbs of w bits, w as wide as exactness allows: a limb
+    product summed over k terms stays below 2^(2w + ⌈log2 k⌉) ≤ 2^53. Only limb pairs
+    with w·(i + j) < 64 matter mod 2^64, one GEMM per limb of `a` against the
+    concatenated limbs of `b`. Cost: 6 limb GEMMs for k ≤ 128 (w = 23: the attention
+    products), 10 beyond (w ≥ 16, as four 16-bit limbs); k ≤ 2^21.
     """
     a = np.asarray(a, dtype=U64)
     b = np.asarray(b, dtype=U64)
     k = a.shape[-1]
     if k > 1 << 21:
         raise ValueError("inner dimension too large for the exact float64 path")
-    al = _limbs(a, 16, 4)
-    bl = _limbs(b, 16, 4)
+    width = min(32, (_EXACT_FLOAT_BITS - max(1, math.ceil(math.log2(max(k, 2))))) // 2)
+    count = math.ceil(RING_BITS / width)
+    al = _limbs(a, width, count)
+    bl = _limbs(b, width, count)
     out = np.zeros(a.shape[:-1] + b.shape[-1:], dtype=U64)
     n = b.shape[-1]
-    for i in range(4):
-        # One GEMM against the concatenated limbs B_0..B_{3-i}.
-        bcat = np.concatenate(bl[: 4 - i], axis=-1)
+    for i in range(count):
+        js = [j for j in range(count) if width * (i + j) < RING_BITS]
+        if not js:
+            break
+        bcat = bl[0] if len(js) == 1 else np.concatenate(bl[: len(js)], axis=-1)
         prod = (al[i] @ bcat).astype(np.int64).view(U64)
-        for j in range(4 - i):
-            out += prod[..., j * n : (j + 1) * n] << U64(16 * (i + j))
+        for j in js:
+            out += prod[..., j * n : (j + 1) * n] << U64(width * (i + j))
     return out
 
 

@@ -121,3 +121,15 @@ def test_public_matrices_reuse_an_encoding_only_for_the_same_array():
     assert j.shape == (3, 3) and memo.joined("L0.qkv", [a, b]) is j
     assert memo.joined("L0.qkv", [a, b.copy()]) is not j
     assert memo.joined("L0.o", [a]) is a
+
+
+@pytest.mark.parametrize("k", [1, 2, 64, 128, 129, 768, 3000])
+def test_ring_matmul_exact_at_every_limb_width(k):
+    """Full-range uint64 operands (the worst case for the limb sums) at inner sizes that
+    pick each limb width: exact against integer arithmetic."""
+    rng = np.random.default_rng(k)
+    a = rng.integers(0, 2**64 - 1, (3, k), dtype=np.uint64, endpoint=True)
+    b = rng.integers(0, 2**64 - 1, (k, 4), dtype=np.uint64, endpoint=True)
+    a[0] = np.uint64(2**64 - 1)  # all limbs at their maximum
+    b[:, 0] = np.uint64(2**64 - 1)
+    assert np.array_equal(ring_matmul(a, b).astype(object), _ref_matmul(a, b))
