@@ -98,9 +98,11 @@ class OpenedGroup:
             raise ValueError(f"product {(i, j)} needs both values open")
         di, dj = self.opened[i], self.opened[j]
         ai, aj = self.m.masks[i], self.m.masks[j]
-        z = self.m.products[(i, j)] + di * aj + dj * ai
-        if self.mpc.party == SERVER:
-            z = z + di * dj
+        # c + d_i·a_j + d_j·a_i (+ d_i·d_j on the server, folded as d_i·(a_j + d_j)),
+        # accumulated in place: these are the online phase's largest temporaries
+        z = di * (aj + dj if self.mpc.party == SERVER else aj)
+        z += dj * ai
+        z += self.m.products[(i, j)]
         return z
 
     def product(self, i: int, j: int) -> Ring:
@@ -271,8 +273,12 @@ class Mpc:
         d, e = (padded, theirs.view(np.int8))
         if self.party != SERVER:
             d, e = e, d
-        # (1−2d)(1−2e)·z = ±z, negative where d ⊕ e
-        zpart = np.negative(z, out=z.copy(), where=(d ^ e).view(bool))
+        # (1−2d)(1−2e)·z = ±z, negative where d ⊕ e: with M = 0 or all ones there,
+        # (z ⊕ M) − M is z or −z (a masked `np.negative(where=)` is ≈ 2× slower)
+        flip = (d ^ e).astype(np.int64)
+        np.negative(flip, out=flip)
+        zpart = z ^ flip.view(U64)
+        zpart -= flip.view(U64)
         # this party's bit minus the small terms of its share of ab, in {−2, …, 2}:
         # party 0 de + e(1−2d)u, party 1 d(1−2e)v
         r8 = r.view(np.int8)
