@@ -164,7 +164,7 @@ def offline_step(
     the plan asks for; the linear-mask MACs are split by site (the LM head vs the
     layers) from the plan. No online phase and no prefill run: a step's correlations
     are the same whatever the cache holds."""
-    from benchmarks.offline import KINDS, UNIT, plan_elements
+    from benchmarks.offline import KINDS, UNIT, kind_rows, plan_elements
     from common.he.executor import ProcessExecutor
     from common.mpc.preprocessing import make_provider
     from common.mpc.ring import U64
@@ -207,18 +207,7 @@ def offline_step(
     wall = time.perf_counter() - t
 
     elements = plan_elements(plan)
-    rows: dict[str, dict[str, Any]] = {k: {"kind": k} for k in KINDS}
-    for who, meter in (("server", smeter), ("client", cmeter)):
-        for (phase, op), c in meter.breakdown(by=("phase", "op")).items():
-            if phase != "offline" or op not in rows:
-                continue
-            row = rows[op]
-            if who == "client":
-                row.update(bytes_up=c.sent_bytes, bytes_down=c.recv_bytes,
-                           ciphertexts_up=c.sent_ciphertexts,
-                           ciphertexts_down=c.recv_ciphertexts)  # fmt: skip
-            row[f"{who}_cpu_s"] = round(c.cpu_seconds, 2)
-            row[f"{who}_worker_cpu_s"] = round(c.worker_cpu_seconds, 2)
+    rows = kind_rows(smeter, cmeter)
     kinds = []
     for k in KINDS:
         row = rows[k]

@@ -34,7 +34,7 @@ from common.mpc.roles import CLIENT, SERVER
 from common.protocol.calibrate import compile_model
 from common.protocol.program import encoder_forward
 from common.protocol.run import private_forward
-from common.transport import NullChannel, run_local
+from common.transport import Meter, NullChannel, run_local
 
 # The kinds in the order the provider produces them (`HeProvider.generate` scopes).
 KINDS = ("linear-masks", "triples", "squares", "wraps", "mask-groups", "matmul-triples")
@@ -70,6 +70,26 @@ def plan_elements(plan: Plan) -> dict[str, int]:
         "mask-groups": groups,
         "matmul-triples": matmul,
     }
+
+
+def kind_rows(server: Meter, client: Meter) -> dict[str, dict[str, Any]]:
+    """Per correlation kind (`KINDS`), from both parties' meters: the offline bytes and
+    ciphertexts up/down (client side) and each party's CPU, worker CPU and wall seconds
+    under that kind's label."""
+    rows: dict[str, dict[str, Any]] = {k: {"kind": k} for k in KINDS}
+    for who, meter in (("server", server), ("client", client)):
+        for (phase, op), c in meter.breakdown(by=("phase", "op")).items():
+            if phase != "offline" or op not in rows:
+                continue
+            row = rows[op]
+            if who == "client":
+                row.update(bytes_up=c.sent_bytes, bytes_down=c.recv_bytes,
+                           ciphertexts_up=c.sent_ciphertexts,
+                           ciphertexts_down=c.recv_ciphertexts)  # fmt: skip
+            row[f"{who}_cpu_s"] = c.cpu_seconds
+            row[f"{who}_worker_cpu_s"] = c.worker_cpu_seconds
+            row[f"{who}_wall_s"] = c.seconds
+    return rows
 
 
 def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
@@ -128,19 +148,7 @@ def run_offline(
             executor.close()
     wall = time.perf_counter() - t
 
-    rows: dict[str, dict[str, Any]] = {k: {"kind": k} for k in KINDS}
-    for who, res in (("server", server), ("client", client)):
-        for (phase, op), c in res.meter.breakdown(by=("phase", "op")).items():
-            if phase != "offline" or op not in rows:
-                continue
-            row = rows[op]
-            if who == "client":
-                row.update(bytes_up=c.sent_bytes, bytes_down=c.recv_bytes,
-                           ciphertexts_up=c.sent_ciphertexts,
-                           ciphertexts_down=c.recv_ciphertexts)  # fmt: skip
-            row[f"{who}_cpu_s"] = c.cpu_seconds
-            row[f"{who}_worker_cpu_s"] = c.worker_cpu_seconds
-            row[f"{who}_wall_s"] = c.seconds
+    rows = kind_rows(server.meter, client.meter)
     out_rows = []
     for k in KINDS:
         row = rows[k]
