@@ -246,17 +246,8 @@ class PublicMatrix:
 
     @classmethod
     def encode(cls, v: NDArray[np.floating], fxp: FixedPoint) -> PublicMatrix:
-        """Real values rounded to multiples of 2^-f, as `FixedPoint.encode_int` (the
-        same integers, the same range check)."""
-        a = np.asarray(v, dtype=np.float64)
-        if not np.all(np.isfinite(a)):
-            raise ValueError("cannot encode NaN or infinity")
-        floats = np.rint(a * fxp.scale)
-        top = float(np.abs(floats).max()) if floats.size else 0.0
-        if top >= fxp.max_abs * fxp.scale:
-            raise ValueError(f"value out of fixed-point range ±{fxp.max_abs:g}")
-        floats.setflags(write=False)
-        return cls(floats, int(top))
+        """Real values encoded by `FixedPoint.encode_int` (its checks), held ready."""
+        return cls.of_ints(fxp.encode_int(v))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -294,9 +285,10 @@ class PublicMatrices:
         if len(parts) == 1:
             return parts[0]
         hit = self._joined.get(key)
-        same = hit is not None and len(hit[0]) == len(parts)
-        if same and all(a is b for a, b in zip(hit[0], parts, strict=True)):  # type: ignore[index]
-            return hit[1]  # type: ignore[index]
+        if hit is not None:
+            old, m = hit
+            if len(old) == len(parts) and all(a is b for a, b in zip(old, parts, strict=True)):
+                return m
         m = np.concatenate(parts, axis=1)
         self._joined[key] = (tuple(parts), m)
         return m

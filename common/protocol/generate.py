@@ -25,7 +25,13 @@ from numpy.typing import NDArray
 from common.approx.backend import PlainBackend, SharedBackend
 from common.mpc.correlations import Plan, Pool
 from common.mpc.engine import Mpc
-from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider, plan_program
+from common.mpc.preprocessing import (
+    HeProvider,
+    InsecureDealer,
+    Weight,
+    make_provider,
+    plan_program,
+)
 from common.mpc.ring import U64, FixedPoint, PublicMatrices
 from common.mpc.roles import CLIENT, SERVER
 from common.prg import SecureRng
@@ -163,7 +169,7 @@ class DecoderSession:
 
         return program
 
-    def plan(self, n: int) -> tuple[Plan, dict[str, NDArray[np.int64]]]:
+    def plan(self, n: int) -> tuple[Plan, dict[str, Weight]]:
         """The plan of the next call of `n` positions (and, on the server, its encoded
         weights): from public shapes only, n and the cache length. Local, no bytes."""
         a, pos0 = self.card.arch, self.length
