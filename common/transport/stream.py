@@ -203,7 +203,8 @@ class StreamChannel(Channel):
                 f"party {self.party}: no message from the peer within {timeout:g} s"
             ) from None
         if item is _END:
-            raise self._sticky(ChannelClosed(f"party {self.party}: the peer closed the stream"))
+            # The peer left (a killed process's stream can end cleanly too): not a timeout.
+            raise self._sticky(PeerError(f"party {self.party}: the peer closed the stream"))
         if isinstance(item, Exception):
             raise self._sticky(item)
         if not isinstance(item, pb.Frame):
