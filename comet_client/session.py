@@ -335,7 +335,14 @@ class _Stream(_Outbox):
 
     def start(self, start: pb.Start) -> pb.PreparedAnswer | None:
         """Send Start; with a prepared id or prepare, return the server's answer."""
+        self.send_start(start)
+        return self.start_answer(start)
+
+    def send_start(self, start: pb.Start) -> None:
         self.send(pb.ClientMessage(start=start))
+
+    def start_answer(self, start: pb.Start) -> pb.PreparedAnswer | None:
+        """The server's answer to a Start naming a prepared set or asking to prepare."""
         if not (start.prepared_id or start.prepare):
             return None
         msg = self._next()
@@ -402,24 +409,19 @@ def _run_batch(
     B, L = inp.token_ids.shape
     check_start(card, B, L, inp.attention_mask, w.max_batch)
     run_card = card_for_output(card, kind)
-    planned = plan_forward(
-        CLIENT, run_card, (B, L), inp.attention_mask, None, inp, hide_lengths=hide_lengths
-    )
     # With hidden lengths the server gets an all-ones mask: only the padded shape.
     sent_mask = np.ones_like(inp.attention_mask) if hide_lengths else inp.attention_mask
-    pools = None
+    arrays = None
     set_id = ""
     if prepared is not None:
         store, info = prepared
         try:
-            info.check(card.digest(), planned.digest(), B, L)
+            info.check(card.digest(), None, B, L)
             _, arrays = store.claim(info.id)  # consumed from here on, whatever happens
-            pools = pools_of(planned.segments(), arrays)
             set_id = info.id
         except PreparedError as e:
             if notes is not None:
                 notes.append(f"{e}; running the offline phase inline")
-            pools = None
     start = pb.Start(
         batch=B,
         seq_len=L,
@@ -428,7 +430,24 @@ def _run_batch(
         prepared_id=set_id,
         hide_lengths=hide_lengths,
     )
-    answer = st.start(start)
+    # Start goes out before this side plans, so that the two parties' planning runs
+    # (a zero run of the program each, about a second for the default model) overlap.
+    st.send_start(start)
+    planned = plan_forward(
+        CLIENT, run_card, (B, L), inp.attention_mask, None, inp, hide_lengths=hide_lengths
+    )
+    pools = None
+    if arrays is not None:
+        try:
+            info.check(card.digest(), planned.digest(), B, L)
+            pools = pools_of(planned.segments(), arrays)
+        except PreparedError as e:
+            # Already consumed and named to the server: this session cannot fall back.
+            raise CometError(
+                f"{e}: it was made by another version of this client and has been "
+                "discarded; run again (without a fitting set the offline phase runs inline)"
+            ) from None
+    answer = st.start_answer(start)
     if answer is not None and not answer.accepted:
         if notes is not None:
             notes.append(

@@ -122,8 +122,9 @@ class SetInfo:
     def expired(self, now: float | None = None) -> bool:
         return bool(self.expires) and (now or time.time()) > self.expires
 
-    def check(self, card_digest: str, plan_digest: str, batch: int, seq_len: int) -> None:
-        """Refuse a set made for another card, shape or plan (a clear message)."""
+    def check(self, card_digest: str, plan_digest: str | None, batch: int, seq_len: int) -> None:
+        """Refuse a set made for another card, shape or plan (a clear message); with
+        `plan_digest` None, the card and shape only (the plan is checked later)."""
         if self.card_digest != card_digest:
             raise PreparedError(
                 f"prepared set {self.id[:8]} was made for another model card "
@@ -134,7 +135,7 @@ class SetInfo:
                 f"prepared set {self.id[:8]} was made for batch × length "
                 f"{self.batch} × {self.seq_len}, not {batch} × {seq_len}"
             )
-        if self.plan_digest != plan_digest:
+        if plan_digest is not None and self.plan_digest != plan_digest:
             raise PreparedError(
                 f"prepared set {self.id[:8]} was made for another plan "
                 f"({self.plan_digest[:12]}, this one is {plan_digest[:12]})"

@@ -130,3 +130,31 @@ def test_hidden_lengths_with_a_prepared_set(server, tmp_path, monkeypatch) -> No
     assert hidden["batches"][0]["prepared"]
     np.testing.assert_allclose(hidden["output"], shown["output"], atol=2e-3)
     assert "batch 2 × 16 tokens" in server.text()
+
+
+def test_a_client_set_for_another_plan_is_refused_clearly(server, tmp_path, monkeypatch) -> None:
+    # The client plans after sending Start (so that both parties plan at once); a set
+    # whose plan no longer matches this client's is then already named and consumed:
+    # the run stops with a clear error and the next run goes inline.
+    import json
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("COMET_HOME", str(home))
+    res = client("prepare", "--server", server.address, DEALER, "--batch", "2", "--length", "16")
+    assert res.returncode == 0, res.stderr
+    (path,) = (home / "prepared" / "ready").iterdir()
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    meta["plan_digest"] = "f" * 64
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    bad = client("--server", server.address, DEALER, *TEXTS[:2])
+    assert bad.returncode != 0
+    assert "another plan" in bad.stderr and "discarded" in bad.stderr
+    assert client("prepared").stdout.count("2 × 16") == 0
+    for f in (server.store / "ready").iterdir():
+        f.unlink(missing_ok=True)  # the server's half, if its session has not claimed it yet
+    out = client_json("--server", server.address, DEALER, *TEXTS[:2])
+    assert out["batches"][0]["prepared"] is None and out["label"]
