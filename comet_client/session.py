@@ -335,11 +335,8 @@ class _Stream(_Outbox):
 
     def start(self, start: pb.Start) -> pb.PreparedAnswer | None:
         """Send Start; with a prepared id or prepare, return the server's answer."""
-        self.send_start(start)
-        return self.start_answer(start)
-
-    def send_start(self, start: pb.Start) -> None:
         self.send(pb.ClientMessage(start=start))
+        return self.start_answer(start)
 
     def start_answer(self, start: pb.Start) -> pb.PreparedAnswer | None:
         """The server's answer to a Start naming a prepared set or asking to prepare."""
@@ -432,7 +429,7 @@ def _run_batch(
     )
     # Start goes out before this side plans, so that the two parties' planning runs
     # (a zero run of the program each, about a second for the default model) overlap.
-    st.send_start(start)
+    st.send(pb.ClientMessage(start=start))
     planned = plan_forward(
         CLIENT, run_card, (B, L), inp.attention_mask, None, inp, hide_lengths=hide_lengths
     )
@@ -444,8 +441,8 @@ def _run_batch(
         except PreparedError as e:
             # Already consumed and named to the server: this session cannot fall back.
             raise CometError(
-                f"{e}: it was made by another version of this client and has been "
-                "discarded; run again (without a fitting set the offline phase runs inline)"
+                f"{e}; the set has been discarded (it was already named to the server); "
+                "run again (without a fitting set the offline phase runs inline)"
             ) from None
     answer = st.start_answer(start)
     if answer is not None and not answer.accepted:

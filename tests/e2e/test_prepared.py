@@ -138,6 +138,8 @@ def test_a_client_set_for_another_plan_is_refused_clearly(server, tmp_path, monk
     # the run stops with a clear error and the next run goes inline.
     import json
 
+    from common.protocol.prepared import META
+
     home = tmp_path / "home"
     monkeypatch.setenv("COMET_HOME", str(home))
     res = client("prepare", "--server", server.address, DEALER, "--batch", "2", "--length", "16")
@@ -145,9 +147,9 @@ def test_a_client_set_for_another_plan_is_refused_clearly(server, tmp_path, monk
     (path,) = (home / "prepared" / "ready").iterdir()
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    meta = json.loads(arrays[META].tobytes().decode())
     meta["plan_digest"] = "f" * 64
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays[META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     bad = client("--server", server.address, DEALER, *TEXTS[:2])
