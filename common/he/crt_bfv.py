@@ -126,7 +126,7 @@ class CrtBfvParams:
             raise ValueError(f"{value_bits:.0f}-bit products need {n} primes > {self.max_primes}")
         return n
 
-    def noise_bits(self, terms: int, plain_max: float) -> float:
+    def noise_bits(self, terms: int, plain_max: float, switched: bool = False) -> float:
         """log2 of a bound on the server-dependent noise of one returned coefficient, at
         the return level, for a result summing `terms` ct×pt products whose plaintext
         coefficients are at most `plain_max` in absolute value.
@@ -140,15 +140,22 @@ class CrtBfvParams:
         a session with probability 1 − 2^-(stat_sec+2). The switch to the return level
         scales it by q_ret/q_full and adds at most (N + 1)/2 (rounding of c0 and c1·s,
         ternary s), in the worst case.
+
+        `switched`: the client's ciphertexts were switched to the return level before
+        the products (`CrtBfvServer.switch_down`), so each carries the switch's rounding
+        δ_j (|δ_j| ≤ (N + 1)/2, worst case) into the product: Σ_j δ_j·y_j adds at most
+        terms·N·plain_max·(N + 1)/2, and no switch follows.
         """
         n = self.poly_degree
         tail = math.sqrt(2 * math.log(2.0) * (self.stat_sec + 4 + self.session_bits))
         random = tail * (self.noise_sigma + 0.5) * math.sqrt(terms * n) * plain_max
         fixed = 0.5 * terms * n * plain_max
         scaled = (random + fixed) * 2.0 ** (self.return_bits - self.full_bits)
+        if switched:
+            return math.log2(scaled + terms * n * plain_max * (n + 1) / 2)
         return math.log2(scaled + (n + 1) / 2)
 
-    def flood_bits(self, terms: int, plain_max: float) -> int:
+    def flood_bits(self, terms: int, plain_max: float, switched: bool = False) -> int:
         """Width W of the flooding noise for a result of `terms` ct×pt products (see
         `noise_bits`): the flood is the sum of three independent uniform integers in
         [0, 2^W), centred (`flood_residues`), so |flood| < 1.5·2^W.
@@ -160,7 +167,7 @@ class CrtBfvParams:
         cannot hold it (decryption would fail; `common.he.compact.check_room` checks the
         worst case exactly).
         """
-        bound = math.ceil(self.noise_bits(terms, plain_max))
+        bound = math.ceil(self.noise_bits(terms, plain_max, switched))
         flood = bound + self.stat_sec + 2 + math.ceil(self.session_bits / 2) + 1
         if flood + 1 + self.plain_bits + 2 > self.return_bits:
             raise ValueError(
@@ -374,12 +381,26 @@ class CrtBfvServer(_Base):
             raise ValueError("ciphertext is not a fresh encryption at the first level")
         return ct
 
-    def to_ntt(self, i: int, obj: object, plain: bool = False) -> object:
-        ev = self.primes[i].evaluator
+    def switch_down(self, i: int, ct: object) -> object:
+        """`ct` (coefficient form, prime i's context) switched to the return level, so
+        that the products that follow run there: on 3 moduli instead of 4, and with
+        SEAL's fast plaintext lift (every return-level modulus exceeds p; the data
+        level's small prime does not, and SEAL then lifts each plaintext coefficient by
+        multi-precision CRT, ≈ 3× the cost of its NTTs). The switch's rounding enters
+        the products' noise (`CrtBfvParams.noise_bits(…, switched=True)`), so only
+        products by small plaintexts (weights) can afford it. Cost: one modulus switch
+        (no NTT)."""
+        self.primes[i].evaluator.mod_switch_to_inplace(ct, self.primes[i].return_parms)
+        return ct
+
+    def to_ntt(self, i: int, obj: object, plain: bool = False, low: bool = False) -> object:
+        """`obj` in NTT form; a plaintext for the first level, or with `low` for the
+        return level (to multiply ciphertexts switched by `switch_down`)."""
+        pr = self.primes[i]
         if plain:
-            ev.transform_to_ntt_inplace(obj, self.primes[i].first_parms)
+            pr.evaluator.transform_to_ntt_inplace(obj, pr.return_parms if low else pr.first_parms)
         else:
-            ev.transform_to_ntt_inplace(obj)
+            pr.evaluator.transform_to_ntt_inplace(obj)
         return obj
 
     def _accumulate(self, i: int, cts: list[object], pts: list[object], ntt: bool) -> object:

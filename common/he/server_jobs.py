@@ -44,6 +44,7 @@ class MatmulJob:
     flood: int
     wanted: NDArray[np.bool_] | None = None  # (m, n): the entries the client needs
     shared: bool = False
+    low: bool = False  # products at the return level (`CrtBfvServer.switch_down`)
 
 
 @dataclass(frozen=True)
@@ -64,18 +65,20 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
     at index a·len(cols) + c, c0 at the block's wanted coefficients only
     (`Blocking.keep`); b"" for a block with none.
     Cost per prime: Mb·Kb ciphertext NTTs and Mb·Kb ct×pt per column, plus Kb
-    plaintext NTTs per column (once for all primes with `shared`)."""
+    plaintext NTTs per column (once for all primes with `shared`); with `low` all of
+    them on the return level's 3 moduli, after one modulus switch per upload."""
     blk = job.blk
     Mb, Kb, _ = blk.grid
     host = job.primes[0] if job.shared else None
+    low = job.low
+
+    def upload(i: int, blob: bytes) -> object:
+        j = i if host is None else host
+        ct = he.load(i, blob, host)
+        return he.to_ntt(j, he.switch_down(j, ct) if low else ct)
+
     cts = [
-        [
-            [
-                he.to_ntt(i if host is None else host, he.load(i, blobs[a * Kb + b], host))
-                for b in range(Kb)
-            ]
-            for a in range(Mb)
-        ]
+        [[upload(i, blobs[a * Kb + b]) for b in range(Kb)] for a in range(Mb)]
         for i, blobs in zip(job.primes, job.blobs, strict=True)
     ]
     out: list[list[bytes]] = [[b""] * (Mb * len(job.cols)) for _ in job.primes]
@@ -89,7 +92,8 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
                 j = host if job.shared else i
                 w_res = np.mod(enc, np.int64(he.primes[j].p)).astype(U64)
                 pts_host = [
-                    he.to_ntt(j, he.plain(j, w_res[b], coeffs=True), plain=True) for b in range(Kb)
+                    he.to_ntt(j, he.plain(j, w_res[b], coeffs=True), plain=True, low=low)
+                    for b in range(Kb)
                 ]
             # An all-zero W block column (padding) gives Enc(0), which must be under
             # prime i's own key: it is made in prime i's context.

@@ -403,6 +403,15 @@ def matmul_layout(
     return P, sigma, choose_blocking(m, k, n, N, params.upload_bytes, compact_bytes(N, 0))
 
 
+def _fits_switched(params: CrtBfvParams, terms: int, plain_max: float) -> bool:
+    """Whether products switched to the return level first leave room for their flood."""
+    try:
+        params.flood_bits(terms, plain_max, switched=True)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_wanted(wanted: NDArray[np.bool_] | None, shape: tuple[int, int, int]) -> None:
     if wanted is not None and wanted.shape != shape[::2]:
         raise ValueError(f"wanted has shape {wanted.shape}, the product {shape[::2]}")
@@ -468,7 +477,13 @@ def _matmul_serve(
     w = np.asarray(operand, dtype=np.int64)
     # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.
     plain_max = min(2.0**rhs_bits, he.primes[0].p / 2)
-    flood = params.flood_bits(Kb, plain_max)
+    # Small signed W (a weight, not a ring share) has the same NTT form under every
+    # prime: one job then runs all primes of its columns and transforms W once.
+    shared = P > 1 and min(pr.p for pr in he.primes[:P]) > 1 << (rhs_bits + 1)
+    # ... and its products can run on the return level, if the flood still fits there
+    # (`CrtBfvServer.switch_down`); the client's messages are the same either way.
+    low = shared and _fits_switched(params, Kb, plain_max)
+    flood = params.flood_bits(Kb, plain_max, switched=low)
     # every wanted entry (all, without `wanted`) returns once per prime (`Blocking.keep`)
     m, _, n = shape
     he.expose(P * (m * n if wanted is None else int(wanted.sum())))
@@ -480,9 +495,6 @@ def _matmul_serve(
     bound = upload_bound(params, Mb * Kb)
     ups = [unpack_blobs(ch.recv("he.mm.up", max_bytes=bound), Mb * Kb) for _ in range(P)]
     workers = 1 if executor is None else executor.workers
-    # Small signed W (a weight, not a ring share) has the same NTT form under every
-    # prime: one job then runs all primes of its columns and transforms W once.
-    shared = P > 1 and min(pr.p for pr in he.primes[:P]) > 1 << (rhs_bits + 1)
     per_job = P if shared else 1
     col_groups = _split(Nb, 1 if workers <= 1 else min(Nb, math.ceil(2 * workers / (P // per_job))))
     prime_sets = [tuple(range(P))] if shared else [(i,) for i in range(P)]
@@ -499,6 +511,7 @@ def _matmul_serve(
             flood,
             wanted,
             shared,
+            low,
         )
         for primes in prime_sets
         for g in col_groups

@@ -47,6 +47,59 @@ def test_slot_product_roundtrip_and_flooded_budget(he_pair, he_params):
     assert min(budgets) >= 3  # margin left after flooding
 
 
+@pytest.mark.parametrize("host", [0, 2])
+def test_weight_products_on_the_return_level(he_pair, he_params, host):
+    """Uploads switched to the return level before a product by small weights (the
+    linear masks' path, `CrtBfvServer.switch_down`) decrypt exactly, under the upload's
+    own prime or in another prime's context, and their noise stays inside
+    `noise_bits(…, switched=True)`; large plaintexts do not fit there."""
+    server, client = he_pair
+    rng = np.random.default_rng(4)
+    n, terms, plain_max, i = he_params.slots, 6, 2**16, 2
+    p = server.primes[i].p
+    xs = [rng.integers(0, p, n, dtype=np.uint64) for _ in range(terms)]
+    ws = [rng.choice([-plain_max, plain_max], n) for _ in range(terms)]
+    cts = [
+        server.to_ntt(
+            host, server.switch_down(host, server.load(i, client.encrypt(i, x, True), host))
+        )
+        for x in xs
+    ]
+    pts = [
+        server.to_ntt(
+            host,
+            server.plain(host, np.mod(w, server.primes[host].p).astype(np.uint64), True),
+            True,
+            low=True,
+        )
+        for w in ws
+    ]
+    if host == i:  # the product's own noise, before mask and flood
+        acc = server.dot(host, cts, pts)
+        server.primes[i].evaluator.transform_from_ntt_inplace(acc)
+        used = math.log2(math.prod(server._moduli[i]) / p) - client.noise_budget(i, acc) - 1
+        assert used <= he_params.noise_bits(terms, plain_max, switched=True)
+    acc = server.dot(host, cts, pts)
+    flood = he_params.flood_bits(terms, plain_max, switched=True)
+    mask = rng.integers(0, p, n, dtype=np.uint64)
+    raw = server.seal_result(i, acc, mask, coeffs=True, flood_bits=flood, host=host)
+    want = np.zeros(n, dtype=object)
+    for x, w in zip(xs, ws, strict=True):  # negacyclic product, exactly (20-bit limbs)
+        for shift in (0, 20, 40):
+            limb = ((x >> np.uint64(shift)) & np.uint64((1 << 20) - 1)).astype(np.int64)
+            full = np.convolve(limb, w)
+            full[: n - 1] -= full[n:]
+            want += full[:n].astype(object) * (1 << shift)
+    want = (want + mask.astype(object)) % p
+    got = client.decrypt(i, client.load_result(i, raw), True).astype(object)
+    assert np.array_equal(got, want)
+    assert he_params.noise_bits(terms, plain_max, switched=True) > he_params.noise_bits(
+        terms, plain_max
+    )
+    with pytest.raises(ValueError, match="flooding"):
+        he_params.flood_bits(512, 2.0**57, switched=True)
+
+
 def test_malformed_ciphertext_rejected(he_pair):
     server, client = he_pair
     blob = client.encrypt(0, np.zeros(8192, dtype=np.uint64))
