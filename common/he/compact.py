@@ -67,7 +67,7 @@ def check_room(moduli: list[int], plain_modulus: int, degree: int, flood_bits: i
         raise ValueError("rounded returns would not decrypt: too little noise room")
 
 
-def _mul_wide(a: int, b: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+def mul_wide(a: int, b: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
     """(hi, lo) of the 128-bit products a·b, for a < 2^64 and b < 2^64 (uint64 exact)."""
     a0, a1 = U64(a & 0xFFFFFFFF), U64(a >> 32)
     b0, b1 = b & _M32, b >> U64(32)
@@ -82,7 +82,7 @@ def _mul_add(limbs: list[NDArray[np.uint64]], c: int, d: NDArray[np.uint64]) -> 
     """The multi-limb integer limbs·c + d (c < 2^64, d uint64), one limb longer."""
     out, carry = [], d.copy()
     for limb in limbs:
-        hi, lo = _mul_wide(c, limb)
+        hi, lo = mul_wide(c, limb)
         s = lo + carry
         out.append(s)
         carry = hi + (s < lo).astype(U64)  # hi < 2^64 − 1: no overflow

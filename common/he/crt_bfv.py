@@ -24,12 +24,13 @@ import numpy as np
 import tenseal.sealapi as seal
 from numpy.typing import NDArray
 
-from common.he.compact import check_room, compact_bytes, pack, unpack
-from common.he.crt import CrtBasis, addmod, limbs_mod, submod
+from common.he.compact import check_room, compact_bytes, mul_wide, pack, unpack
+from common.he.crt import CrtBasis, addmod, limbs_mod, mulmod_const, submod
 from common.he.seal_io import SealIO, plaintext_coeffs, plaintext_members, split_ciphertext, wrap
 from common.prg import SecureRng, require_secure
 
 U64 = np.uint64
+_LD = np.longdouble
 
 
 def _parms_bytes(parms_id: object) -> bytes:
@@ -340,6 +341,8 @@ class CrtBfvServer(_Base):
         for pr, blob in zip(self.primes, public_keys, strict=True):
             pk = self.io.load(seal.PublicKey(), pr.context, blob)
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)
+            pr.extras["pk"] = pk
+        self._pk_low: dict[tuple[int, int], object] = {}
         self._room_checked: set[int] = set()
         self.exposed = 0  # masked values and flooded coefficients returned so far
 
@@ -434,6 +437,70 @@ class CrtBfvServer(_Base):
         """Σ ct_j · pt_j (NTT form in, NTT form out)."""
         return self._accumulate(i, cts, pts, ntt=True)
 
+    def _public_key_low(self, i: int, h: int) -> object:
+        """Prime i's public key (pk0, pk1) as a return-level NTT-form ciphertext of
+        prime h's context: its first return-level RNS components (the key is in NTT
+        form, component by component), the parameter id rewritten. Cached."""
+        key = (i, h)
+        if key not in self._pk_low:
+            n, levels = self.params.poly_degree, self.params.return_moduli
+            hp = self.primes[h]
+            _, data = split_ciphertext(
+                self.io.members(self.primes[i].extras["pk"].data()), n, len(self.params.coeff_bits)
+            )
+            probe = seal.Ciphertext(hp.context)
+            hp.extras["encryptor"].encrypt_zero(hp.return_parms, probe)
+            hp.evaluator.transform_to_ntt_inplace(probe)
+            prefix, _ = split_ciphertext(self.io.members(probe), n, levels)
+            body = np.ascontiguousarray(data[:, :levels]).tobytes()
+            ct = seal.Ciphertext(hp.context)
+            self._pk_low[key] = self.io.load(ct, hp.context, wrap(prefix + body))
+        return self._pk_low[key]
+
+    def _rerandomiser(self, i: int, h: int) -> object:
+        """u·pk_i for a fresh uniform ternary u (the server's `SecureRng`), NTT form, at
+        the return level of prime h's context: the (pk0·u, pk1·u) part of a public-key
+        encryption of zero under prime i, computed directly at the return level (SEAL's
+        `encrypt_zero` there encrypts one level up and switches: ≈ 3× the cost). The
+        errors e0, e1 are added by the caller (`_small_errors`).
+        Cost: one plaintext NTT and one ct×pt product on 3 moduli."""
+        hp = self.primes[h]
+        u = self.rng.below(3, self.params.poly_degree) - 1
+        pt = self.to_ntt(h, self.plain(h, np.mod(u, hp.p).astype(U64), True), plain=True, low=True)
+        out = seal.Ciphertext()
+        hp.evaluator.multiply_plain(self._public_key_low(i, h), pt, out)
+        return out
+
+    def _small_errors(self, kept: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The errors (e0 at `kept` coefficients, e1 at all N) of a re-randomiser:
+        centred binomial with η = 21 (σ = 3.24, |e| ≤ 21; SEAL's own: σ = 3.2, |e| ≤ 19),
+        from `SecureRng`. e0 is needed only where c0 travels (`seal_result`'s keep)."""
+        n = self.params.poly_degree
+        w = self.rng.uniform_bits(42, kept + n)
+        lo = np.bitwise_count(w & U64((1 << 21) - 1)).astype(np.int64)
+        e = lo - np.bitwise_count(w >> U64(21)).astype(np.int64)
+        return e[:kept], e[kept:]
+
+    def _scaled_plain(self, i: int, m: NDArray[np.uint64]) -> NDArray[np.uint64]:
+        """(levels, N) return-level residues of round(Q·m/p_i) for coefficients m < p_i,
+        as SEAL's add_plain adds them: floor((Q·m + ⌊(p+1)/2⌋)/p) = Δ·m + ⌊(r·m + h)/p⌋
+        with Q = Δ·p + r. Exact (long-double quotient, corrected in uint64)."""
+        p = self.primes[i].p
+        moduli = self._moduli[i]
+        Q = math.prod(moduli)
+        delta, r = divmod(Q, p)
+        hi, lo = mul_wide(r, m)
+        half = U64((p + 1) // 2)
+        lo2 = lo + half
+        hi = hi + (lo2 < lo).astype(U64)
+        est = np.floor((hi.astype(_LD) * _LD(2.0**64) + lo2.astype(_LD)) / _LD(p)).astype(U64)
+        rem = (lo2 - est * U64(p)).view(np.int64)  # the true remainder ± p: fits
+        est = est - (rem < 0).astype(U64) + (rem >= p).astype(U64)
+        out = np.empty((len(moduli), m.size), dtype=U64)
+        for j, q in enumerate(moduli):
+            out[j] = addmod(mulmod_const(m, delta % q, q), est, q)
+        return out
+
     def seal_result(
         self,
         i: int,
@@ -450,8 +517,10 @@ class CrtBfvServer(_Base):
         17 bytes per coefficient, or 9 + 8·|keep|/N when c0 is sent at the coefficient
         positions `keep` only; the client knows the metadata). `host`: the prime whose
         context `ct` was computed in (`load(…, host=…)`), if not i.
-        Cost: one mod switch, one public-key encryption of zero, one serialization
-        (two with `host`).
+        Re-randomised by u·pk_i + (e0, e1) (`_rerandomiser`): a public-key encryption of
+        zero under prime i, made at the return level.
+        Cost: one mod switch (none if `ct` is there already), a plaintext NTT, a ct×pt
+        product, an inverse NTT, one serialization.
         """
         if flood_bits not in self._room_checked:
             for j, pr in enumerate(self.primes):
@@ -459,24 +528,36 @@ class CrtBfvServer(_Base):
             self._room_checked.add(flood_bits)
         pr = self.primes[i]
         n, levels = self.params.poly_degree, self.params.return_moduli
-        hp = pr if host is None else self.primes[host]
-        if ct.is_ntt_form():
-            hp.evaluator.transform_from_ntt_inplace(ct)
-        # BFV's modulus switch divides by the last prime: the same under every prime
-        hp.evaluator.mod_switch_to_inplace(ct, hp.return_parms)
-        zero = seal.Ciphertext(pr.context)
-        pr.extras["encryptor"].encrypt_zero(pr.return_parms, zero)
+        h = i if host is None else host
+        hp = self.primes[h]
+        ev = hp.evaluator
+        rr = self._rerandomiser(i, h)
+        if ct.is_ntt_form() and list(ct.parms_id()) == list(hp.return_parms):
+            ev.add_inplace(ct, rr)  # products already on the return level: one inverse NTT
+            ev.transform_from_ntt_inplace(ct)
+        else:
+            if ct.is_ntt_form():
+                ev.transform_from_ntt_inplace(ct)
+            # BFV's modulus switch divides by the last prime: the same under every prime
+            ev.mod_switch_to_inplace(ct, hp.return_parms)
+            ev.transform_from_ntt_inplace(rr)
+            ev.add_inplace(ct, rr)
         if hp is pr:
-            pr.evaluator.add_plain_inplace(ct, self.plain(i, mask, coeffs))
-            pr.evaluator.add_inplace(ct, zero)
-            _, data = split_ciphertext(self.io.members(ct), n, levels)
-        else:  # the product ran under another prime: add Δ_i·mask + Enc_i(0) here
-            pr.evaluator.add_plain_inplace(zero, self.plain(i, mask, coeffs))
-            _, data = split_ciphertext(self.io.members(ct), n, levels)
-            _, z = split_ciphertext(self.io.members(zero), n, levels)
-            for j, q in enumerate(self._moduli[i]):
-                data[:, j] = (data[:, j] + z[:, j]) % U64(q)
-        flood = flood_residues(self.rng, flood_bits, self._moduli[i], n)
+            ev.add_plain_inplace(ct, self.plain(i, mask, coeffs))
+        _, data = split_ciphertext(self.io.members(ct), n, levels)
+        # Only the c0 coefficients that travel (`keep`) need their mask, error and flood.
+        sel = slice(None) if keep is None else keep
+        c0 = data[0][:, sel]
+        scaled = None
+        if hp is not pr:  # the product ran under another prime: Δ_i·mask added here
+            if not coeffs:
+                raise ValueError("products under another prime's context are coefficient-packed")
+            scaled = self._scaled_plain(i, np.asarray(mask, dtype=U64)[sel])
+        e0, e1 = self._small_errors(c0.shape[1])
+        flood = flood_residues(self.rng, flood_bits, self._moduli[i], c0.shape[1])
         for j, q in enumerate(self._moduli[i]):
-            data[0, j] = addmod(data[0, j], flood[j], q)
+            c = addmod(addmod(c0[j], flood[j], q), np.mod(e0, np.int64(q)).astype(U64), q)
+            c0[j] = c if scaled is None else addmod(c, scaled[j], q)
+            data[1, j] = addmod(data[1, j], np.mod(e1, np.int64(q)).astype(U64), q)
+        data[0][:, sel] = c0
         return pack(data, self._moduli[i], keep)

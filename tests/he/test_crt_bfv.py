@@ -100,6 +100,57 @@ def test_weight_products_on_the_return_level(he_pair, he_params, host):
         he_params.flood_bits(512, 2.0**57, switched=True)
 
 
+def test_scaled_mask_equals_seal_add_plain(he_pair):
+    """`_scaled_plain` (the mask Δ_i·m added in numpy when a product ran in another
+    prime's context) is exactly what SEAL's add_plain adds, edge values included."""
+    import tenseal.sealapi as seal
+
+    from common.he.seal_io import split_ciphertext
+
+    server, _ = he_pair
+    n, levels = server.params.poly_degree, server.params.return_moduli
+    for i, pr in enumerate(server.primes):
+        m = np.random.default_rng(i).integers(0, pr.p, n, dtype=np.uint64)
+        m[:4] = [0, 1, pr.p - 1, pr.p // 2]
+        ct = seal.Ciphertext(pr.context)
+        pr.extras["encryptor"].encrypt_zero(pr.return_parms, ct)
+        _, before = split_ciphertext(server.io.members(ct), n, levels)
+        pr.evaluator.add_plain_inplace(ct, server.plain(i, m, coeffs=True))
+        _, after = split_ciphertext(server.io.members(ct), n, levels)
+        got = server._scaled_plain(i, m)
+        for j, q in enumerate(server._moduli[i]):
+            assert np.array_equal(
+                (after[0, j] + (np.uint64(q) - before[0, j])) % np.uint64(q), got[j]
+            )
+
+
+def test_rerandomiser_is_a_fresh_small_encryption_of_zero(he_pair):
+    """u·pk + (e0, e1) made at the return level decrypts to 0 with small noise, and two
+    of them differ (fresh u); its errors are centred binomial within ±21."""
+    import tenseal.sealapi as seal
+
+    from common.he.seal_io import split_ciphertext, wrap
+
+    server, client = he_pair
+    n, levels = server.params.poly_degree, server.params.return_moduli
+    i = 1
+    pr = server.primes[i]
+    rr = server._rerandomiser(i, i)
+    pr.evaluator.transform_from_ntt_inplace(rr)
+    prefix, data = split_ciphertext(server.io.members(rr), n, levels)
+    e = np.stack(server._small_errors(n))
+    assert np.abs(e).max() <= 21 and abs(float(e.std()) - 3.24) < 0.1
+    for j, q in enumerate(server._moduli[i]):
+        data[:, j] = (data[:, j] + np.mod(e, np.int64(q)).astype(np.uint64)) % np.uint64(q)
+    ct = server.io.load(seal.Ciphertext(pr.context), pr.context, wrap(prefix + data.tobytes()))
+    assert not client.decrypt(i, ct, coeffs=True).any()
+    # noise ≤ N·(19 + 21) + 21 < 2^19: the budget of a return-level ciphertext minus 19
+    assert client.noise_budget(i, ct) >= server.params.return_bits - server.params.plain_bits - 21
+    other = server._rerandomiser(i, i)
+    pr.evaluator.transform_from_ntt_inplace(other)
+    assert not np.array_equal(split_ciphertext(server.io.members(other), n, levels)[1], data)
+
+
 def test_malformed_ciphertext_rejected(he_pair):
     server, client = he_pair
     blob = client.encrypt(0, np.zeros(8192, dtype=np.uint64))
