@@ -43,6 +43,13 @@ _R = Recipe()
     "lookup per inference). Default: frozen, served as public when the base is a known "
     "public checkpoint.",
 )
+@click.option(
+    "--site-budget/--no-site-budget",
+    default=True,
+    show_default=True,
+    help="Choose each approximation site's accuracy target end to end (fewer products "
+    "where the model allows; about a minute). Off: every site at the default target.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(
     model_dir: Path | None,
@@ -56,6 +63,7 @@ def main(
     lr: float,
     seed: int,
     train_embeddings: bool,
+    site_budget: bool,
     quiet: bool,
 ) -> None:
     """Turn MODEL_DIR (a BERT/RoBERTa checkpoint) into its Comet form.
@@ -84,14 +92,24 @@ def main(
             from comet_server.adapt.default import BUILD_JSON
             from comet_server.adapt.default import build_default as build
 
-            root = build(recipe, force=force, say=say, show_progress=not quiet)
+            root = build(
+                recipe, force=force, say=say, show_progress=not quiet, site_budget=site_budget
+            )
             report = json.loads((root / BUILD_JSON).read_text())
         else:
             if model_dir is None or out is None:
                 raise click.UsageError("give MODEL_DIR and --out, or --default")
             from comet_server.adapt.pipeline import adapt
 
-            report = adapt(model_dir, out, recipe, data=data, say=say, show_progress=not quiet)
+            report = adapt(
+                model_dir,
+                out,
+                recipe,
+                data=data,
+                say=say,
+                show_progress=not quiet,
+                site_budget=site_budget,
+            )
             root = out
             (out / "adapt.json").write_text(json.dumps(report, indent=2) + "\n")
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -49,6 +49,12 @@ def _built(root: Path) -> bool:
     return (root / BUILD_JSON).is_file()
 
 
+def _has_site_targets(root: Path) -> bool:
+    from common.protocol.calibrate import SITE_TARGETS_JSON
+
+    return all((root / sub / SITE_TARGETS_JSON).is_file() for sub in ("comet", "original"))
+
+
 @contextmanager
 def _lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,11 +87,19 @@ def build_default(
     force: bool = False,
     say: Callable[[str], None] | None = None,
     show_progress: bool = True,
+    site_budget: bool = True,
 ) -> Path:
-    """Build (unless cached) both default models; returns their root directory."""
+    """Build (unless cached) both default models; returns their root directory. A
+    build cached before per-site targets existed gets them here (about a minute)."""
     root = default_root()
     with _lock(root.parent / f".{NAME}.lock"):
         if _built(root) and not force:
+            if site_budget and not _has_site_targets(root):
+                from common.protocol.site_budget import write_site_targets
+
+                (say or (lambda m: None))("choosing the default models' per-site targets …")
+                write_site_targets(root / "comet", "comet")
+                write_site_targets(root / "original", "reference")
             return root
         from comet_server.adapt.pipeline import adapt
 
@@ -97,6 +111,7 @@ def build_default(
                 data="tweets",
                 say=say,
                 show_progress=show_progress,
+                site_budget=site_budget,
             )
             report["name"] = NAME
             report["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -112,6 +127,8 @@ def _model_dir(sub: str, build: bool) -> Path:
                 f"the default model is not built yet ({root}); run `comet-adapt --default`"
             )
         build_default(say=lambda m: print(m, flush=True))
+    elif build and not _has_site_targets(root):
+        build_default(say=lambda m: print(m, flush=True))  # adds the per-site targets
     return root / sub
 
 

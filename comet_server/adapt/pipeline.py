@@ -72,10 +72,14 @@ def adapt(
     data: str = "tweets",
     say: Callable[[str], None] | None = None,
     show_progress: bool = True,
+    site_budget: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune `base` into `out/original` (skipped when it already is a classifier for
-    these labels) and distil its Comet form into `out/comet`. Returns a report
-    (recipe, sizes, validation accuracy/agreement, seconds per stage)."""
+    these labels) and distil its Comet form into `out/comet`; with `site_budget`, then
+    choose the per-site accuracy targets of both (`common.protocol.site_budget`): the
+    Comet set's for `out/comet`, the reference set's for `out/original`.
+    Returns a report (recipe, sizes, validation accuracy/agreement, seconds per
+    stage, the site budget's result)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -143,6 +147,21 @@ def adapt(
         "comet_accuracy": accuracy(lc, vy),
         "agreement": float(np.mean(lo.argmax(-1) == lc.argmax(-1))),
     }
+    if site_budget:
+        from common.protocol.site_budget import write_site_targets
+
+        say("choosing per-site accuracy targets (end-to-end error budget) …")
+        report["site_budget"] = {}
+        # The original's for the reference set too, so that the two sets compare fairly.
+        for sub_dir, kind in ((COMET, "comet"), (ORIGINAL, "reference")):
+            t0 = time.perf_counter()
+            sb = write_site_targets(out / sub_dir, kind)
+            report["site_budget"][kind] = sb.to_json() | {"seconds": time.perf_counter() - t0}
+            say(
+                f"{kind} set: {len(sb.targets)} sites loosened, rsqrt openings on the "
+                f"calibration sample {sb.bytes_default / 1e6:.0f} → "
+                f"{sb.bytes_chosen / 1e6:.0f} MB, error {sb.error:.2g} within {sb.budget:.2g}"
+            )
     v = report["val"]
     say(
         f"validation: original {v['original_accuracy']:.3f}, Comet form "

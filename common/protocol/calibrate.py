@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from common.approx.functions import (
     SoftmaxProbe,
     exp_softmax_site,
 )
-from common.approx.rsqrt_fit import plan_rsqrt
+from common.approx.rsqrt_fit import RsqrtPlan, plan_rsqrt
 from common.protocol.card import (
     ApproxConfig,
     CompiledModel,
@@ -48,9 +48,39 @@ SMU_REL_ERR = 2.0**-15
 
 
 def site_rel_err(name: str, approx_kind: str) -> float:
-    """The rsqrt accuracy target of a site (by its name and the approximation set)."""
+    """The default rsqrt accuracy target of a site (by its name and the approximation
+    set); a card's adaptation may loosen it per site (`common.protocol.site_budget`)."""
     smu_site = name.endswith(".softmax.relu") or (approx_kind == "comet" and name.endswith(".gelu"))
     return SMU_REL_ERR if smu_site else REL_ERR
+
+
+def exact_floor(card: ModelCard, name: str) -> float | None:
+    """A public lower bound of a site's rsqrt input that holds by construction, or None.
+
+    SMU sites see ((1−α)x)² + μ² ≥ μ², the algebraic tanh 1 + x² ≥ 1, the reference
+    set's odd forms (GeLU, tanh) x² + p ≥ p: their plans need not reach below that
+    floor (the calibration margin is applied upwards only), which halves the plan's
+    range ratio for free. `FLOOR_SLACK` covers the fixed-point rounding of the square
+    (a few 2^-f) below the floor."""
+    ap = card.approx
+    if name == "pool.act" and card.arch.pooler_act == "relu":
+        return ap.relu_form_mu**2  # the pooler ReLU as SMU, in both sets
+    if ap.kind == "reference":
+        if name.endswith(".gelu") and ap.gelu_form is not None:
+            return ap.gelu_form.p
+        if name == "pool.act" and ap.tanh_form is not None:
+            return ap.tanh_form.p
+        return None
+    if name.endswith(".gelu") and ap.smu is not None:
+        return ap.smu.mu**2
+    if name.endswith(".softmax.relu"):
+        return ap.relu_mu**2
+    if name == "pool.act":
+        return 1.0  # algebraic tanh
+    return None
+
+
+FLOOR_SLACK = 2.0**-6  # plans start at floor / (1 + FLOOR_SLACK)
 
 
 NORM_REL_ERR = 0.25  # the exp-softmax row normaliser only needs a rough scale
@@ -80,13 +110,14 @@ class ExactSites(SiteSource):
         return SoftmaxProbe()  # type: ignore[return-value]
 
 
-class _Recorder(ExactSites):
+class SiteRecorder(ExactSites):
     """Site source for calibration: exact functions, min/max of each site's input."""
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)
         self.lo: dict[str, float] = {}
         self.hi: dict[str, float] = {}
+        self.count: dict[str, int] = {}  # elements seen per site (padding included)
         self.logit_rows: dict[str, list[float]] = {}
         self.keep: NDArray | None = None  # the current batch's padding mask
         self.outputs: dict[str, tuple[float, float]] = {}  # observed output ranges
@@ -99,6 +130,7 @@ class _Recorder(ExactSites):
         t = x.detach().double()
         self.lo[name] = min(self.lo.get(name, math.inf), float(t.min()))
         self.hi[name] = max(self.hi.get(name, -math.inf), float(t.max()))
+        self.count[name] = self.count.get(name, 0) + t.numel()
 
     def observe(self, name: str, value: Value) -> None:
         if name == "output.hidden":
@@ -119,7 +151,7 @@ class _Recorder(ExactSites):
             self.logit_rows.setdefault(name, []).append(float(value.amax(dim=-1).min()))
 
 
-def _run(card: ModelCard, weights: Weights, batches: list[ClientInput], rec: _Recorder) -> None:
+def _run(card: ModelCard, weights: Weights, batches: list[ClientInput], rec: SiteRecorder) -> None:
     ops = PlainBackend(None)
     with torch.no_grad():
         for b in batches:
@@ -130,40 +162,85 @@ def _run(card: ModelCard, weights: Weights, batches: list[ClientInput], rec: _Re
             )
 
 
-def calibrate(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> Sites:
-    """Fit every site's public constants on `batches` (plain float runs)."""
-    rec = _Recorder(card)
+def record_sites(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> SiteRecorder:
+    """Run the program with exact functions over `batches` (plain float) and record
+    every site's input range and element count."""
+    rec = SiteRecorder(card)
     _run(card, weights, batches, rec)
+    return rec
+
+
+def rsqrt_site_names(card: ModelCard, rec: SiteRecorder) -> list[str]:
+    """The recorded sites that get an rsqrt plan (LayerNorms are separate)."""
+    return [
+        n
+        for n in rec.lo
+        if n.endswith((".gelu", ".softmax.relu", ".softmax.sum")) or n == "pool.act"
+    ]
+
+
+def layernorm_site_names(card: ModelCard) -> list[str]:
+    a = card.arch
+    return ["emb.ln"] + [f"L{i}.ln{j}" for i in range(a.layers) for j in (1, 2)]
+
+
+def fit_rsqrt_site(card: ModelCard, rec: SiteRecorder, name: str, rel_err: float) -> RsqrtPlan:
+    """The plan of one element-wise or per-row rsqrt site at `rel_err` on its recorded
+    range, widened by `MARGIN` (upwards only above an `exact_floor`)."""
+    lo, hi = rec.lo[name], rec.hi[name]
+    if not lo > 0:
+        raise ValueError(f"site {name}: non-positive rsqrt input {lo} during calibration")
+    floor = exact_floor(card, name)
+    plan_lo = lo / MARGIN if floor is None else min(lo, floor) / (1 + FLOOR_SLACK)
+    # Element-wise sites (a value per activation) save bytes; per-row ones rounds.
+    per_row = name.endswith(".softmax.sum") or name == "pool.act"
+    return plan_rsqrt(
+        plan_lo, hi * MARGIN, rel_err=rel_err, prefer="rounds" if per_row else "bytes"
+    )
+
+
+def fit_layernorm_site(
+    card: ModelCard, rec: SiteRecorder, name: str, rel_err: float = REL_ERR
+) -> LayerNormSite:
+    """One LayerNorm's pre-scale and plan at `rel_err` on its recorded variance range."""
+    lo, hi = rec.lo[name], rec.hi[name]
+    scale = 1.0 / math.sqrt(math.sqrt(lo * hi))  # var·s² centred (geometrically) on 1
+    plan = plan_rsqrt(
+        lo * scale**2 / MARGIN, hi * scale**2 * MARGIN, rel_err=rel_err, prefer="rounds"
+    )
+    return LayerNormSite(scale, card.arch.ln_eps, plan)
+
+
+def default_target(card: ModelCard, name: str) -> float:
+    """A site's rsqrt target before any per-site budget: `site_rel_err`, `REL_ERR` for
+    LayerNorms."""
+    if name in layernorm_site_names(card):
+        return REL_ERR
+    return site_rel_err(name, card.approx.kind)
+
+
+def fit_sites(
+    card: ModelCard, rec: SiteRecorder, targets: Mapping[str, float] | None = None
+) -> Sites:
+    """Every site's public constants from recorded ranges; `targets` overrides the
+    default rsqrt accuracy of the sites it names (`common.protocol.site_budget`)."""
+    targets = targets or {}
+    unknown = set(targets) - set(rsqrt_site_names(card, rec)) - set(layernorm_site_names(card))
+    if unknown:
+        raise ValueError(f"accuracy targets for unknown sites: {sorted(unknown)}")
     sites = Sites()
     for name in rec.lo:
         sites.ranges[name] = (rec.lo[name], rec.hi[name])
-
-    def fit(name: str):
-        lo, hi = rec.lo[name], rec.hi[name]
-        if not lo > 0:
-            raise ValueError(f"site {name}: non-positive rsqrt input {lo} during calibration")
-        # Element-wise sites (a value per activation) save bytes; per-row ones rounds.
-        per_row = name.endswith(".softmax.sum") or name == "pool.act"
-        return plan_rsqrt(
-            lo / MARGIN,
-            hi * MARGIN,
-            rel_err=site_rel_err(name, card.approx.kind),
-            prefer="rounds" if per_row else "bytes",
+    for name in layernorm_site_names(card):
+        sites.layernorm[name] = fit_layernorm_site(
+            card, rec, name, targets.get(name, default_target(card, name))
         )
-
-    a = card.arch
-    ln_names = ["emb.ln"] + [f"L{i}.ln{j}" for i in range(a.layers) for j in (1, 2)]
-    for name in ln_names:
-        lo, hi = rec.lo[name], rec.hi[name]
-        scale = 1.0 / math.sqrt(math.sqrt(lo * hi))  # var·s² centred (geometrically) on 1
-        plan = plan_rsqrt(
-            lo * scale**2 / MARGIN, hi * scale**2 * MARGIN, rel_err=REL_ERR, prefer="rounds"
+    for name in rsqrt_site_names(card, rec):
+        sites.rsqrt[name] = fit_rsqrt_site(
+            card, rec, name, targets.get(name, default_target(card, name))
         )
-        sites.layernorm[name] = LayerNormSite(scale, a.ln_eps, plan)
-    for name in rec.lo:
-        if name.endswith((".gelu", ".softmax.relu", ".softmax.sum")) or name == "pool.act":
-            sites.rsqrt[name] = fit(name)
     sites.output = output_bounds(rec.outputs)
+    a = card.arch
     if card.approx.kind == "reference":
         for i in range(a.layers):
             name = f"L{i}.logits"
@@ -172,6 +249,17 @@ def calibrate(card: ModelCard, weights: Weights, batches: list[ClientInput]) -> 
             gap = (bound - min(rec.logit_rows[name])) * MARGIN
             sites.softmax[f"L{i}.softmax"] = exp_softmax_site(bound, gap, span, a.max_positions)
     return sites
+
+
+def calibrate(
+    card: ModelCard,
+    weights: Weights,
+    batches: list[ClientInput],
+    targets: Mapping[str, float] | None = None,
+) -> Sites:
+    """Fit every site's public constants on `batches` (plain float runs); `targets`:
+    per-site rsqrt accuracy (default: `default_target`)."""
+    return fit_sites(card, record_sites(card, weights, batches), targets)
 
 
 OUTPUT_MARGIN = 1.0  # output ranges are widened by this many times their width each way
@@ -198,6 +286,21 @@ def output_bounds(observed: dict[str, tuple[float, float]]) -> OutputBounds:
         (nlo / OUTPUT_NORM_FACTOR, nhi * OUTPUT_NORM_FACTOR),
         widen("logits") if "logits" in observed else None,
     )
+
+
+SITE_TARGETS_JSON = "site_targets.json"
+
+
+def read_site_targets(model_dir: Path, approx_kind: str) -> dict[str, float]:
+    """The per-site rsqrt targets chosen for this checkpoint and approximation set
+    (`comet-adapt`, `common.protocol.site_budget`), or {} (every site at its default)."""
+    p = Path(model_dir) / SITE_TARGETS_JSON
+    if not p.is_file():
+        return {}
+    entry = json.loads(p.read_text()).get(approx_kind)
+    if entry is None:
+        return {}
+    return {str(k): float(v) for k, v in entry["targets"].items()}
 
 
 def read_comet_json(model_dir: Path) -> dict | None:
@@ -257,11 +360,13 @@ def compile_loaded(
     name: str,
     public_embeddings: bool = False,
     embedding_source: tuple[str, str] | None = None,
+    targets: Mapping[str, float] | None = None,
 ) -> CompiledModel:
     """Convert and calibrate an already loaded HF model (see `compile_model`).
 
     embedding_source: (public source, table digest) when the word table is public
-    (`common.protocol.public_tables`); implies public embeddings.
+    (`common.protocol.public_tables`); implies public embeddings. targets: per-site
+    rsqrt accuracy (`common.protocol.site_budget`).
     """
     arch = architecture_of(model, config)
     weights = canonical_weights(model, arch)
@@ -272,7 +377,7 @@ def compile_loaded(
         name, arch, approx, Sites(), public_embeddings or bool(src), src, digest,
         weight_log2_of(weights),
     )  # fmt: skip
-    card.sites = calibrate(card, weights, batches)
+    card.sites = calibrate(card, weights, batches, targets)
     return CompiledModel(card, weights)
 
 
@@ -283,10 +388,14 @@ def compile_model(
     max_length: int = 128,
     public_embeddings: bool = False,
     name: str | None = None,
+    site_targets: bool = True,
 ) -> tuple[CompiledModel, object]:
     """Load, convert and calibrate a checkpoint directory. Returns (model, tokenizer).
 
     approx: "comet" (needs comet.json from `comet-adapt`), "reference", or "auto".
+    site_targets: use the per-site accuracy targets stored beside the checkpoint
+    (`SITE_TARGETS_JSON`, written by `comet-adapt`); False fits every site at its
+    default.
     Cost: a few plaintext forward passes over the calibration sample.
     """
     from transformers import AutoTokenizer
@@ -300,13 +409,15 @@ def compile_model(
     source = read_marker(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     texts = list(calibration_texts or default_calibration_texts())
+    approx_cfg = approx_for(model_dir, approx)
     compiled = compile_loaded(
         model,
         config,
-        approx_for(model_dir, approx),
+        approx_cfg,
         tokenize_batches(tokenizer, texts, max_length),
         name or model_dir.name,
         public_embeddings,
         source,
+        read_site_targets(model_dir, approx_cfg.kind) if site_targets else None,
     )
     return compiled, tokenizer

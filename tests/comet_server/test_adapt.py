@@ -23,7 +23,13 @@ from comet_server.adapt.patch import (
 )
 from comet_server.adapt.train import MU_MIN, Recipe, distil, finetune, gelu_fit_smu
 from common.mpc.ring import FRAC_BITS
-from common.protocol.calibrate import approx_for, compile_loaded, compile_model
+from common.protocol.calibrate import (
+    SITE_TARGETS_JSON,
+    approx_for,
+    compile_loaded,
+    compile_model,
+    default_target,
+)
 from common.protocol.program import ClientInput
 from common.protocol.run import plain_forward
 from tests.protocol.test_program import batches, hf_logits, tiny
@@ -251,6 +257,16 @@ def test_cli_adapts_a_checkpoint_on_a_csv(tiny_checkpoint, tmp_path) -> None:
     inp = ClientInput(enc["input_ids"].astype(np.int64), enc["attention_mask"])
     want = hf_logits(load_comet_model(out / "comet")[0], inp)
     assert np.max(np.abs(plain_forward(compiled, inp) - want)) < 1e-2
+    # The per-site targets chosen by the adaptation are what the compiled plans meet.
+    stored = json.loads((out / "comet" / SITE_TARGETS_JSON).read_text())["comet"]
+    assert stored["targets"] == report["site_budget"]["comet"]["targets"]
+    ref = json.loads((out / "original" / SITE_TARGETS_JSON).read_text())["reference"]
+    assert ref["error"] <= ref["budget"]
+    assert stored["error"] <= stored["budget"]
+    for name, target in stored["targets"].items():
+        plan = compiled.card.sites.rsqrt.get(name) or compiled.card.sites.layernorm[name].plan
+        assert default_target(compiled.card, name) < target
+        assert plan.max_rel_err <= target * 1.01
 
 
 @pytest.mark.parametrize(
