@@ -24,6 +24,12 @@ from typing import Any
 import grpc
 import numpy as np
 
+from comet_client.tokenizer import (
+    EncoderTokenizer,
+    FastTokenizer,
+    TransformersTokenizer,
+    encoder_tokenizer,
+)
 from common.mpc.preprocessing import make_provider
 from common.mpc.roles import CLIENT
 from common.protocol.card import ModelCard
@@ -176,18 +182,27 @@ def preload_tokenizer_library() -> None:
     from transformers import PreTrainedTokenizerFast  # noqa: F401
 
 
+def _checked_files(files: Sequence[pb.TokenizerFile]) -> dict[str, bytes]:
+    out = {}
+    for f in files:
+        name = Path(f.name).name  # never a path from the server
+        if name != f.name or name.startswith("."):
+            raise CometError(f"server sent a tokenizer file with a bad name: {f.name!r}")
+        out[name] = f.data
+    return out
+
+
 def _tokenizer(files: Sequence[pb.TokenizerFile]) -> Any:
-    """The server's (public) tokenizer files as a tokenizer. A `tokenizer.json` is loaded
-    by the generic fast tokenizer (the same ids as AutoTokenizer's class, without the
-    ~1.5 s import of every model's configuration); other files by AutoTokenizer."""
+    """The server's (public) tokenizer files as a transformers tokenizer (generation:
+    chat templates, decoding). A `tokenizer.json` is loaded by the generic fast
+    tokenizer (the same ids as AutoTokenizer's class, without the ~1.5 s import of
+    every model's configuration); other files by AutoTokenizer."""
     from transformers import PreTrainedTokenizerFast
 
+    checked = _checked_files(files)
     with tempfile.TemporaryDirectory(prefix="comet-tok-") as d:
-        for f in files:
-            name = Path(f.name).name  # never a path from the server
-            if name != f.name or name.startswith("."):
-                raise CometError(f"server sent a tokenizer file with a bad name: {f.name!r}")
-            (Path(d) / name).write_bytes(f.data)
+        for name, data in checked.items():
+            (Path(d) / name).write_bytes(data)
         if (Path(d) / "tokenizer.json").is_file():
             return PreTrainedTokenizerFast.from_pretrained(d, local_files_only=True)
         from transformers import AutoTokenizer
@@ -195,24 +210,17 @@ def _tokenizer(files: Sequence[pb.TokenizerFile]) -> Any:
         return AutoTokenizer.from_pretrained(d, local_files_only=True)
 
 
+def _as_encoder(tok: Any) -> EncoderTokenizer:
+    if isinstance(tok, FastTokenizer | TransformersTokenizer):
+        return tok
+    return TransformersTokenizer(tok)
+
+
 def tokenize(tokenizer: Any, texts: Sequence[str], card: ModelCard) -> ClientInput:
-    """Tokenize locally; a text longer than the model takes is an error, not truncated."""
-    if not texts:
-        raise InvalidInput("empty input: give at least one text")
-    for i, t in enumerate(texts):
-        if not t.strip():
-            raise InvalidInput(f"empty input: text #{i + 1} is empty")
-    limit = card.arch.max_positions - card.arch.position_offset
-    enc = tokenizer(list(texts), padding=True, truncation=False, return_tensors="np")
-    ids = enc["input_ids"].astype(np.int64)
-    lengths = enc["attention_mask"].sum(axis=1)
-    if ids.shape[1] > limit:
-        i = int(lengths.argmax())
-        raise InvalidInput(
-            f"text too long for model {card.name!r}: text #{i + 1} is {int(lengths[i])} "
-            f"tokens, the model takes at most {limit}"
-        )
-    return ClientInput(ids, enc["attention_mask"].astype(np.int64))
+    """Tokenize locally, padded to the longest text; a text longer than the model takes
+    is an error, not truncated."""
+    rows = tokenize_each(tokenizer, texts, card)
+    return pad_rows(rows, len(rows), max(map(len, rows)), tokenizer)
 
 
 def check_welcome(first: pb.ServerMessage, allow_insecure_dealer: bool) -> pb.Welcome:
@@ -325,9 +333,11 @@ class _Stream(_Outbox):
         self.welcome = w
         self.card = card
 
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> EncoderTokenizer:
+        """The server's tokenizer for token ids (no transformers import when the files
+        hold a `tokenizer.json`: see `comet_client.tokenizer`)."""
         try:
-            return _tokenizer(self.welcome.tokenizer)
+            return encoder_tokenizer(_checked_files(self.welcome.tokenizer))
         except CometError:
             raise
         except Exception as e:
@@ -504,7 +514,6 @@ def infer(
 
     `progress(phase, layer)` is called whenever the protocol enters a new layer.
     """
-    preload_tokenizer_library()
 
     st = _Stream(conn, model, allow_insecure_dealer)
     try:
@@ -562,11 +571,7 @@ def tokenize_each(
         if not t.strip():
             raise InvalidInput(f"empty input: text #{i + 1} is empty")
     limit = card.arch.max_positions - card.arch.position_offset
-    if truncate:
-        enc = tokenizer(list(texts), truncation=True, max_length=limit)
-    else:
-        enc = tokenizer(list(texts), truncation=False)
-    rows = [list(map(int, r)) for r in enc["input_ids"]]
+    rows = _as_encoder(tokenizer).encode(texts, limit if truncate else None)
     for i, r in enumerate(rows):
         if len(r) > limit:
             t = texts[i]
@@ -583,9 +588,10 @@ def pad_rows(rows: Sequence[list[int]], batch: int, length: int, tokenizer: Any)
     """A (batch, length) input: `rows` padded to `length` (the tokenizer's pad token
     and side), then filler rows (the empty text's special tokens) up to `batch`. The
     mask is public: it shows each row's token count, filler rows included."""
-    filler = list(map(int, tokenizer("")["input_ids"])) or [int(tokenizer("x")["input_ids"][0])]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    left = getattr(tokenizer, "padding_side", "right") == "left"
+    tok = _as_encoder(tokenizer)
+    filler = tok.encode([""])[0] or tok.encode(["x"])[0][:1]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    left = tok.padding_side == "left"
     ids = np.full((batch, length), pad, dtype=np.int64)
     mask = np.zeros((batch, length), dtype=np.int64)
     for b in range(batch):
@@ -715,7 +721,6 @@ def infer_many(
     `progress(batch, batches, phase, layer)` is called whenever a batch's protocol
     enters a new layer.
     """
-    preload_tokenizer_library()
 
     st: _Stream | None = _Stream(conn, model, allow_insecure_dealer)
     assert st is not None
@@ -805,8 +810,6 @@ def prepare(
 ) -> list[SetInfo]:
     """Run `count` offline phases for batch × length now (one session each); both
     parties store their halves. Returns the client's sets."""
-    preload_tokenizer_library()
-
     made = []
     for i in range(count):
         st = _Stream(conn, model, allow_insecure_dealer)

@@ -21,6 +21,7 @@ from common.mpc.ring import PublicMatrices
 from common.protocol.calibrate import compile_model
 from common.protocol.card import CompiledModel
 from common.protocol.decoder_card import CompiledDecoder, DecoderCard
+from common.protocol.run import PlanCache
 
 log = logging.getLogger("comet.server")
 
@@ -57,6 +58,8 @@ class ServedModel:
     tokenizer_files: dict[str, bytes]
     # The weights encoded for the protocol, once for all sessions.
     matrices: PublicMatrices = field(default_factory=PublicMatrices)
+    # Its plans per (output, shape): planned once, not per session.
+    plans: PlanCache = field(default_factory=PlanCache)
 
     @property
     def card_json(self) -> str:

@@ -40,7 +40,7 @@ from common.protocol.prepared import (
     plans_nbytes,
     pools_of,
 )
-from common.protocol.run import offline_phase, online_phase, plan_forward
+from common.protocol.run import offline_phase, online_phase
 from common.protocol.session import (
     PROTOCOL_VERSION,
     InvalidInput,
@@ -243,6 +243,34 @@ class CometService(pb_grpc.CometServicer):
         self._lock = threading.Lock()
         self.active = 0
         self.completed = 0
+        if prepared is not None:
+            # Plan the shapes of the stored sets now, so that their (online-only)
+            # inferences do not wait for a planning run (≈ 0.5 s for the default model).
+            threading.Thread(target=self.warm_plans, name="warm-plans", daemon=True).start()
+
+    def warm_plans(self) -> int:
+        """Plan each (model, output, shape) that a stored prepared set was made for;
+        returns how many were planned. Errors are logged, never raised: a set whose
+        model is no longer served is refused when it is named anyway."""
+        assert self.prepared is not None
+        done = 0
+        shapes = {
+            (i.model, i.output, i.batch, i.seq_len, i.hide_lengths) for i in self.prepared.list()
+        }
+        for name, output, batch, seq_len, hide in sorted(shapes):
+            model = self.models.get(name)
+            if model is None or model.is_decoder or self.stopping.is_set():
+                continue
+            try:
+                run_card = card_for_output(model.compiled.card, output)
+                model.plans.plan(
+                    run_card, (batch, seq_len), np.ones((batch, seq_len)),
+                    model.compiled.weights, hide_lengths=hide, matrices=model.matrices,
+                )  # fmt: skip
+                done += 1
+            except Exception as e:  # a stale set's shape: its use is refused later
+                log.info("could not plan %s %d × %d ahead: %s", name, batch, seq_len, e)
+        return done
 
     def shutdown(self) -> None:
         """Stop: every session ends at its next message with UNAVAILABLE (a waiting
@@ -471,8 +499,8 @@ class CometService(pb_grpc.CometServicer):
         shape = (start.batch, start.seq_len)
         if start.hide_lengths and not mask.all():
             raise InvalidInput("with hide_lengths the attention mask must be all ones")
-        planned = plan_forward(
-            SERVER, run_card, shape, mask, model.compiled.weights, None,
+        planned = model.plans.plan(
+            run_card, shape, mask, model.compiled.weights,
             hide_lengths=start.hide_lengths, matrices=model.matrices,
         )  # fmt: skip
         provider = make_provider(self.provider, executor=self.executor)

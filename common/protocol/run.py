@@ -8,8 +8,10 @@ accuracy study).
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,7 +79,28 @@ def plan_forward(
     if party == CLIENT and (client is None or weights is not None):
         raise ValueError("the client runs with its input and without the weights")
     fxp = fxp or FixedPoint()
+    program = _program(party, card, shape, keep, weights, client, hide_lengths)
+    # Plan per layer (the planning channel's layer label), so that the offline phase
+    # is produced — and metered — layer by layer.
+    null = NullChannel(party)
+    rec = SegmentedRecorder(lambda: null.meter.current.layer or "")
+    matrices = PublicMatrices() if matrices is None else matrices
+    program(Mpc(null, rec, fxp, matrices=matrices))
+    bits = linear_weight_bits(card, fxp.frac_bits)
+    for seg in rec.recorders.values():
+        seg.plan.weight_bits = bits
+    return PlannedForward(party, rec, program, fxp, matrices)
 
+
+def _program(
+    party: int,
+    card: ModelCard,
+    shape: tuple[int, int],
+    keep: NDArray,
+    weights: Weights | None,
+    client: ClientInput | None,
+    hide_lengths: bool,
+) -> Callable[[Mpc], NDArray[np.float64] | None]:
     def program(mpc: Mpc) -> NDArray[np.float64] | None:
         return encoder_forward(
             SharedBackend(mpc),
@@ -91,16 +114,66 @@ def plan_forward(
             hide_lengths=hide_lengths,
         )
 
-    # Plan per layer (the planning channel's layer label), so that the offline phase
-    # is produced — and metered — layer by layer.
-    null = NullChannel(party)
-    rec = SegmentedRecorder(lambda: null.meter.current.layer or "")
-    matrices = PublicMatrices() if matrices is None else matrices
-    program(Mpc(null, rec, fxp, matrices=matrices))
-    bits = linear_weight_bits(card, fxp.frac_bits)
-    for seg in rec.recorders.values():
-        seg.plan.weight_bits = bits
-    return PlannedForward(party, rec, program, fxp, matrices)
+    return program
+
+
+class PlanCache:
+    """The server's plans of recent shapes, so that a served model plans each shape once.
+
+    A plan depends on the card, the shape (B, L) and `hide_lengths` only, never on the
+    padding mask (the mask only multiplies the attention scores) nor on a session's
+    data; the program that consumes it is rebuilt per session with that session's mask.
+    A wrong reuse could not go unnoticed anyway: the client compares plan digests (or
+    a prepared set's) before any correlation is used. Planning the default model costs
+    ≈ 0.5 s of server CPU, on the critical path of every prepared (online-only) run.
+    One cache per served model: the server's plan holds that model's weights (for
+    its linear masks), and two models may share a card. Thread-safe; holds at most
+    `size` plans (least recently used dropped first).
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._plans: OrderedDict[tuple, PlannedForward] = OrderedDict()
+        self._lock = threading.Lock()
+        self._weights: Weights | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def plan(
+        self,
+        card: ModelCard,
+        shape: tuple[int, int],
+        keep: NDArray,
+        weights: Weights,
+        hide_lengths: bool = False,
+        matrices: PublicMatrices | None = None,
+    ) -> PlannedForward:
+        """The server's `plan_forward(SERVER, card, shape, keep, weights, None, …)`,
+        planned once per (card digest, shape, hide_lengths) and rebuilt for `keep`.
+        `weights` must be this cache's model's (checked: a cache serves one model)."""
+        key = (card.digest(), tuple(shape), bool(hide_lengths))
+        if self._weights is None:
+            self._weights = weights
+        elif weights is not self._weights:
+            raise ValueError("a PlanCache serves one model's weights")
+        with self._lock:
+            hit = self._plans.get(key)
+            if hit is not None:
+                self._plans.move_to_end(key)
+                self.hits += 1
+        if hit is None:
+            planned = plan_forward(
+                SERVER, card, shape, keep, weights, None,
+                hide_lengths=hide_lengths, matrices=matrices,
+            )  # fmt: skip
+            with self._lock:
+                self.misses += 1
+                self._plans[key] = planned
+                while len(self._plans) > self.size:
+                    self._plans.popitem(last=False)
+            return planned
+        program = _program(SERVER, card, shape, keep, weights, None, hide_lengths)
+        return replace(hit, program=program)
 
 
 def offline_phase(

@@ -283,15 +283,17 @@ def test_batches_group_similar_lengths_and_take_fitting_sets() -> None:
 
 def test_texts_too_long_are_named_or_cut(compiled) -> None:
     from comet_client.session import pad_rows, tokenize_each
+    from comet_client.tokenizer import TransformersTokenizer
     from common.protocol.session import InvalidInput
 
-    model, tok = compiled
+    model, hf = compiled
+    tok = TransformersTokenizer(hf)  # the interface the client's FastTokenizer has
     long = "word " * 100
     with pytest.raises(InvalidInput, match=r"text #2 \('word word.*'\) is 102 tokens"):
         tokenize_each(tok, ["fine", long], model.card)
     rows = tokenize_each(tok, ["fine", long], model.card, truncate=True)
     limit = model.card.arch.max_positions - model.card.arch.position_offset
-    assert len(rows[1]) == limit and rows[1][-1] == tok.sep_token_id
+    assert len(rows[1]) == limit and rows[1][-1] == hf.sep_token_id
     with pytest.raises(InvalidInput, match="text #1 is empty"):
         tokenize_each(tok, [" ", "x"], model.card)
     inp = pad_rows(rows[:1], 3, 8, tok)
