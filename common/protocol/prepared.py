@@ -16,8 +16,8 @@ the caller's first online message. A crash at any point leaves the file in `tmp/
 used at most once, and a second use is refused (`PreparedError`).
 
 Files holding shares are mode 0600 in directories of mode 0700; nothing here logs a
-share. Stored arrays are `np.savez` files, mapped as plain arrays (object arrays are
-refused, never unpickled: the server's store holds what a client asked for).
+share. Stored arrays are `np.savez` files read with `allow_pickle=False` (never a
+pickle: the server's store holds what a client asked for).
 
 The store is party-agnostic; `comet_client` and `comet_server` use it with their own
 limits (the server bounds what clients can make it store: total bytes, bytes per
@@ -323,24 +323,20 @@ class PreparedStore:
         try:
             _fsync_dir(path.parent)
             _at("claimed")
-            z = _mapped_npz(dst)
-            if META not in z:
-                raise PreparedError(f"prepared set {set_id[:8]} is malformed")
-            info = SetInfo.from_json(z[META].tobytes().decode())
-            segs: dict[str, dict[str, np.ndarray]] = {s: {} for s in info.segments}
-            for name in z:
-                if name == META:
-                    continue
-                seg, _, key = name.partition(".")
-                if not seg.startswith("s") or not seg[1:].isdigit():
-                    raise PreparedError(f"prepared set {set_id[:8]} is malformed")
-                i = int(seg[1:])
-                if i >= len(info.segments):
-                    raise PreparedError(f"prepared set {set_id[:8]} is malformed")
-                segs[info.segments[i]][key] = z[name]
+            with np.load(dst, allow_pickle=False) as z:
+                info = SetInfo.from_json(z[META].tobytes().decode())
+                segs: dict[str, dict[str, np.ndarray]] = {s: {} for s in info.segments}
+                for name in z.files:
+                    if name == META:
+                        continue
+                    seg, _, key = name.partition(".")
+                    if not seg.startswith("s") or not seg[1:].isdigit():
+                        raise PreparedError(f"prepared set {set_id[:8]} is malformed")
+                    i = int(seg[1:])
+                    if i >= len(info.segments):
+                        raise PreparedError(f"prepared set {set_id[:8]} is malformed")
+                    segs[info.segments[i]][key] = z[name]
             _at("loaded")
-        except PreparedError:
-            raise
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
             raise PreparedError(f"prepared set {set_id[:8]} is unreadable: {e}") from None
         finally:
@@ -355,49 +351,6 @@ class PreparedStore:
     def delete(self, set_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._ready(set_id).unlink()
-
-
-def _mapped_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an (uncompressed) `np.savez` file, mapped copy-on-write instead of
-    read: a claimed set's pages come from the page cache as the online phase first
-    touches them, not in a 0.4 s read-and-copy of the whole half (default model, 2 × 16)
-    on the critical path of a prepared run. The mapping outlives the file's unlink, so a
-    claimed set is still deleted at once. Every member is checked: a stored `.npy`,
-    no object dtype (never a pickle), data within the member. (Unlike `np.load`, the
-    members' CRCs are not checked: the file was written and fsync'd by this party.)"""
-    import io
-    import mmap
-
-    out: dict[str, np.ndarray] = {}
-    with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-        for zi in zf.infolist():
-            if zi.compress_type != zipfile.ZIP_STORED or not zi.filename.endswith(".npy"):
-                raise ValueError(f"member {zi.filename!r} is not a stored .npy")
-            off = zi.header_offset
-            if mm[off : off + 4] != b"PK\x03\x04":
-                raise ValueError(f"member {zi.filename!r} has no local header")
-            n = int.from_bytes(mm[off + 26 : off + 28], "little")
-            m = int.from_bytes(mm[off + 28 : off + 30], "little")
-            start = off + 30 + n + m
-            end = start + zi.compress_size
-            head = io.BytesIO(mm[start : min(end, start + 65536)])
-            version = np.lib.format.read_magic(head)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-            else:
-                raise ValueError(f"member {zi.filename!r}: .npy version {version}")
-            if dtype.hasobject:
-                raise ValueError(f"member {zi.filename!r} holds objects")
-            data = start + head.tell()
-            count = int(np.prod(shape, dtype=np.int64))
-            if data + count * dtype.itemsize > end or end > len(mm):
-                raise ValueError(f"member {zi.filename!r} is truncated")
-            order = "F" if fortran else "C"
-            out[zi.filename[:-4]] = np.ndarray(shape, dtype, buffer=mm, offset=data, order=order)
-    return out
 
 
 def pools_of(

@@ -156,48 +156,6 @@ def _fake_set(store: PreparedStore, nbytes=100, model="m", owner="", **kw) -> Se
     return info
 
 
-def test_a_claimed_set_is_mapped_writable_and_checked(tmp_path) -> None:
-    """The claimed arrays equal what was saved and are writable (copy-on-write: the
-    file is gone at once); a member that is compressed, holds objects or is cut short
-    makes the set unreadable, and it is consumed all the same."""
-    import zipfile
-
-    from common.protocol.prepared import _mapped_npz
-
-    store = PreparedStore(tmp_path / "st")
-    info = _fake_set(store)
-    _, arrays = store.claim(info.id)
-    a = arrays["embed"]["t0"]
-    a[0] = 7  # the pool is the consumer's to use
-    assert list((tmp_path / "st" / "claimed").iterdir()) == []
-    d = tmp_path / "bad"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    np.savez(d / "ok.npz", x=rng.integers(0, 2**63, (3, 5), dtype=np.uint64),
-             f=np.asfortranarray(rng.random((4, 3))))  # fmt: skip
-    got = _mapped_npz(d / "ok.npz")
-    with np.load(d / "ok.npz") as z:
-        for k in ("x", "f"):
-            np.testing.assert_array_equal(got[k], z[k])
-    np.savez_compressed(d / "c.npz", x=np.zeros(10))
-    np.savez(d / "o.npz", x=np.array([1, "a"], dtype=object))
-    raw = (d / "ok.npz").read_bytes()
-    with zipfile.ZipFile(d / "ok.npz") as z:
-        cut = z.infolist()[0].header_offset + 200  # inside the first member's data
-    (d / "t.npz").write_bytes(raw[:cut] + raw[cut + 64 :])  # a member cut short
-    for name, why in (("c", "not a stored"), ("o", "objects"), ("t", None)):
-        with pytest.raises((ValueError, zipfile.BadZipFile), match=why):
-            _mapped_npz(d / f"{name}.npz")
-    # Through the store: unreadable, and consumed.
-    bad = _fake_set(store)
-    path = tmp_path / "st" / "ready" / f"{bad.id}.npz"
-    path.write_bytes(path.read_bytes()[:-300])
-    with pytest.raises(PreparedError, match="unreadable"):
-        store.claim(bad.id)
-    with pytest.raises(PreparedError, match="already used"):
-        store.claim(bad.id)
-
-
 def test_store_limits_expiry_and_file_modes(tmp_path) -> None:
     store = PreparedStore(tmp_path / "st", Limits(max_bytes=350, model_bytes=200, per_owner=2))
     a = _fake_set(store, 100, "m", "h1")
