@@ -24,13 +24,19 @@ import numpy as np
 import tenseal.sealapi as seal
 from numpy.typing import NDArray
 
-from common.he.compact import check_room, compact_bytes, mul_wide, pack, unpack
-from common.he.crt import CrtBasis, addmod, limbs_mod, mulmod_const, submod
-from common.he.seal_io import SealIO, plaintext_coeffs, plaintext_members, split_ciphertext, wrap
+from common.he.compact import check_room, compact_bytes, pack, unpack
+from common.he.crt import CrtBasis, addmod, limbs_mod, mulhi_const, mulmod_const, submod
+from common.he.seal_io import (
+    SealIO,
+    plaintext_coeffs,
+    plaintext_members,
+    seeded_c0,
+    split_ciphertext,
+    wrap,
+)
 from common.prg import SecureRng, require_secure
 
 U64 = np.uint64
-_LD = np.longdouble
 
 
 def _parms_bytes(parms_id: object) -> bytes:
@@ -74,6 +80,12 @@ class CrtBfvParams:
         about 3.5)."""
         per = sum(math.ceil(b / 8) + 0.5 * (b < 60) for b in self.coeff_bits[:-1])
         return int(self.poly_degree * per)
+
+    @property
+    def upload_bytes_low(self) -> int:
+        """Bytes of the data of one seeded client ciphertext made at the return level
+        (`CrtBfvClient.encrypt_low`): c0 at the return level's moduli, 8 bytes each."""
+        return 8 * self.poly_degree * self.return_moduli
 
     @property
     def upload_max(self) -> int:
@@ -127,7 +139,7 @@ class CrtBfvParams:
             raise ValueError(f"{value_bits:.0f}-bit products need {n} primes > {self.max_primes}")
         return n
 
-    def noise_bits(self, terms: int, plain_max: float, switched: bool = False) -> float:
+    def noise_bits(self, terms: int, plain_max: float, low: bool = False) -> float:
         """log2 of a bound on the server-dependent noise of one returned coefficient, at
         the return level, for a result summing `terms` ct×pt products whose plaintext
         coefficients are at most `plain_max` in absolute value.
@@ -135,28 +147,27 @@ class CrtBfvParams:
         Per coefficient the product noise is Σ_j (e_j + ε_j)·y_j over terms·N
         coefficients y_j of the server's plaintexts: e_j is the client's fresh error
         (SEAL's rounded truncated normal, sub-Gaussian with parameter σ + 1/2), ε_j the
-        rounding of SEAL's Δ·m encoding (|ε_j| ≤ 1/2, the client knows it: counted in
-        the worst case). The random part is bounded with probability 1 − 2^-(stat_sec+
+        rounding of the Δ·m encoding (|ε_j| ≤ 1/2, the client knows it: counted in the
+        worst case). The random part is bounded with probability 1 − 2^-(stat_sec+
         3+session_bits) per coefficient (sub-Gaussian tail), so for every coefficient of
         a session with probability 1 − 2^-(stat_sec+2). The switch to the return level
         scales it by q_ret/q_full and adds at most (N + 1)/2 (rounding of c0 and c1·s,
         ternary s), in the worst case.
 
-        `switched`: the client's ciphertexts were switched to the return level before
-        the products (`CrtBfvServer.switch_down`), so each carries the switch's rounding
-        δ_j (|δ_j| ≤ (N + 1)/2, worst case) into the product: Σ_j δ_j·y_j adds at most
-        terms·N·plain_max·(N + 1)/2, and no switch follows.
+        `low`: the client's ciphertexts were made at the return level
+        (`CrtBfvClient.encrypt_low`) and the products run there: the same fresh error
+        and encoding rounding, at the return level's Δ, and no switch follows.
         """
         n = self.poly_degree
         tail = math.sqrt(2 * math.log(2.0) * (self.stat_sec + 4 + self.session_bits))
         random = tail * (self.noise_sigma + 0.5) * math.sqrt(terms * n) * plain_max
         fixed = 0.5 * terms * n * plain_max
+        if low:
+            return math.log2(random + fixed)
         scaled = (random + fixed) * 2.0 ** (self.return_bits - self.full_bits)
-        if switched:
-            return math.log2(scaled + terms * n * plain_max * (n + 1) / 2)
         return math.log2(scaled + (n + 1) / 2)
 
-    def flood_bits(self, terms: int, plain_max: float, switched: bool = False) -> int:
+    def flood_bits(self, terms: int, plain_max: float, low: bool = False) -> int:
         """Width W of the flooding noise for a result of `terms` ct×pt products (see
         `noise_bits`): the flood is the sum of three independent uniform integers in
         [0, 2^W), centred (`flood_residues`), so |flood| < 1.5·2^W.
@@ -168,7 +179,7 @@ class CrtBfvParams:
         cannot hold it (decryption would fail; `common.he.compact.check_room` checks the
         worst case exactly).
         """
-        bound = math.ceil(self.noise_bits(terms, plain_max, switched))
+        bound = math.ceil(self.noise_bits(terms, plain_max, low))
         flood = bound + self.stat_sec + 2 + math.ceil(self.session_bits / 2) + 1
         if flood + 1 + self.plain_bits + 2 > self.return_bits:
             raise ValueError(
@@ -262,6 +273,22 @@ class _Base:
         """A plaintext for prime i: values in SIMD slots, or as polynomial coefficients."""
         return self._plain_coeffs(i, residues) if coeffs else self._plain_slots(i, residues)
 
+    def _scaled_plain(self, i: int, m: NDArray[np.uint64]) -> NDArray[np.uint64]:
+        """(levels, N) return-level residues of round(Q·m/p_i) for coefficients m < p_i,
+        as SEAL's add_plain adds them: floor((Q·m + ⌊(p+1)/2⌋)/p) = Δ·m + ⌊(r·m + h)/p⌋
+        with Q = Δ·p + r. Exact, in uint64: Shoup's quotient q' = ⌊m·⌊r·2^64/p⌋/2^64⌋
+        leaves r·m − q'·p in [0, 2p), so two comparisons finish ⌊(r·m + h)/p⌋."""
+        p = self.primes[i].p
+        moduli = self._moduli[i]
+        delta, r = divmod(math.prod(moduli), p)
+        quot = mulhi_const(m, (r << 64) // p)
+        rem = m * U64(r) - quot * U64(p) + U64((p + 1) // 2)  # in [0, 3p): no wrap
+        est = quot + (rem >= U64(p)) + (rem >= U64(2 * p))
+        out = np.empty((len(moduli), m.size), dtype=U64)
+        for j, q in enumerate(moduli):
+            out[j] = addmod(mulmod_const(m, delta % q, q), est, q)  # est ≤ p < q
+        return out
+
     def return_size(self, kept: int | None = None) -> int:
         """Bytes of one returned ciphertext (2 polynomials at the return level, their
         low bits rounded away, c0 at `kept` coefficients or all: `common.he.compact`)."""
@@ -292,6 +319,28 @@ class CrtBfvClient(_Base):
         """Seeded symmetric encryption under prime i (half the size of a public-key one)."""
         pt = self.plain(i, residues, coeffs)
         return self.io.save(self.primes[i].extras["encryptor"].encrypt_symmetric(pt))
+
+    def encrypt_low(self, i: int, residues: NDArray[np.uint64]) -> bytes:
+        """Seeded symmetric encryption under prime i of the polynomial with these
+        coefficients (< p_i), made at the return level: c0 on its 3 moduli (8 bytes
+        each, uncompressed), c1 as SEAL's seed. For products by small plaintexts, which
+        then run at the return level (`CrtBfvParams.noise_bits(…, low=True)`): 24
+        instead of ≈ 27.5 bytes per coefficient, and no modulus switch by the server.
+
+        SEAL encrypts messages at the first level only, so this is SEAL's seeded
+        encryption of zero at the return level with Δ·m added to c0 exactly as SEAL's
+        add_plain adds it (`_scaled_plain`). Cost: one SEAL zero encryption (2 NTTs per
+        modulus), one serialization, a numpy CRT scaling of N coefficients.
+        """
+        pr = self.primes[i]
+        n, levels = self.params.poly_degree, self.params.return_moduli
+        zero = pr.extras["encryptor"].encrypt_zero_symmetric(pr.return_parms)
+        body = bytearray(self.io.body(self.io.save(zero)))
+        c0 = seeded_c0(body, n, levels)
+        scaled = self._scaled_plain(i, np.asarray(residues, dtype=U64))
+        for j, q in enumerate(self._moduli[i]):
+            c0[j] = addmod(c0[j], scaled[j], q)
+        return wrap(bytes(body))
 
     def _return_prefix(self, i: int) -> bytes:
         if self._prefix[i] is None:
@@ -360,8 +409,9 @@ class CrtBfvServer(_Base):
             )
         self.exposed += count
 
-    def load(self, i: int, blob: bytes, host: int | None = None) -> object:
-        """A client ciphertext under prime i (raises ValueError if malformed).
+    def load(self, i: int, blob: bytes, host: int | None = None, low: bool = False) -> object:
+        """A client ciphertext under prime i (raises ValueError if malformed), made at
+        the first level, or with `low` at the return level (`CrtBfvClient.encrypt_low`).
 
         With `host`, it is loaded into prime `host`'s context instead (its parameter id
         rewritten): every prime has the same ring and coefficient modulus, so products
@@ -370,35 +420,25 @@ class CrtBfvServer(_Base):
         finishes them under prime i).
         """
         pr = self.primes[i if host is None else host]
+        level = "return_parms" if low else "first_parms"
         ct = seal.Ciphertext(pr.context)
         try:
             if host is not None and host != i:
                 members = self.io.body(blob)
-                if members[:32] != _parms_bytes(self.primes[i].first_parms):
+                if members[:32] != _parms_bytes(getattr(self.primes[i], level)):
                     raise ValueError("not a ciphertext of this prime")
-                blob = wrap(_parms_bytes(pr.first_parms) + members[32:])
+                blob = wrap(_parms_bytes(getattr(pr, level)) + members[32:])
             self.io.load(ct, pr.context, blob)
         except Exception as exc:  # SEAL raises generic errors on bad input
             raise ValueError(f"malformed ciphertext: {exc}") from exc
-        if ct.size() != 2 or ct.parms_id() != pr.first_parms:
-            raise ValueError("ciphertext is not a fresh encryption at the first level")
-        return ct
-
-    def switch_down(self, i: int, ct: object) -> object:
-        """`ct` (coefficient form, prime i's context) switched to the return level, so
-        that the products that follow run there: on 3 moduli instead of 4, and with
-        SEAL's fast plaintext lift (every return-level modulus exceeds p; the data
-        level's small prime does not, and SEAL then lifts each plaintext coefficient by
-        multi-precision CRT, ≈ 3× the cost of its NTTs). The switch's rounding enters
-        the products' noise (`CrtBfvParams.noise_bits(…, switched=True)`), so only
-        products by small plaintexts (weights) can afford it. Cost: one modulus switch
-        (no NTT)."""
-        self.primes[i].evaluator.mod_switch_to_inplace(ct, self.primes[i].return_parms)
+        if ct.size() != 2 or ct.parms_id() != getattr(pr, level) or ct.is_ntt_form():
+            where = "return" if low else "first"
+            raise ValueError(f"ciphertext is not a fresh encryption at the {where} level")
         return ct
 
     def to_ntt(self, i: int, obj: object, plain: bool = False, low: bool = False) -> object:
         """`obj` in NTT form; a plaintext for the first level, or with `low` for the
-        return level (to multiply ciphertexts switched by `switch_down`)."""
+        return level (to multiply ciphertexts made there, `CrtBfvClient.encrypt_low`)."""
         pr = self.primes[i]
         if plain:
             pr.evaluator.transform_to_ntt_inplace(obj, pr.return_parms if low else pr.first_parms)
@@ -480,26 +520,6 @@ class CrtBfvServer(_Base):
         lo = np.bitwise_count(w & U64((1 << 21) - 1)).astype(np.int64)
         e = lo - np.bitwise_count(w >> U64(21)).astype(np.int64)
         return e[:kept], e[kept:]
-
-    def _scaled_plain(self, i: int, m: NDArray[np.uint64]) -> NDArray[np.uint64]:
-        """(levels, N) return-level residues of round(Q·m/p_i) for coefficients m < p_i,
-        as SEAL's add_plain adds them: floor((Q·m + ⌊(p+1)/2⌋)/p) = Δ·m + ⌊(r·m + h)/p⌋
-        with Q = Δ·p + r. Exact (long-double quotient, corrected in uint64)."""
-        p = self.primes[i].p
-        moduli = self._moduli[i]
-        Q = math.prod(moduli)
-        delta, r = divmod(Q, p)
-        hi, lo = mul_wide(r, m)
-        half = U64((p + 1) // 2)
-        lo2 = lo + half
-        hi = hi + (lo2 < lo).astype(U64)
-        est = np.floor((hi.astype(_LD) * _LD(2.0**64) + lo2.astype(_LD)) / _LD(p)).astype(U64)
-        rem = (lo2 - est * U64(p)).view(np.int64)  # the true remainder ± p: fits
-        est = est - (rem < 0).astype(U64) + (rem >= p).astype(U64)
-        out = np.empty((len(moduli), m.size), dtype=U64)
-        for j, q in enumerate(moduli):
-            out[j] = addmod(mulmod_const(m, delta % q, q), est, q)
-        return out
 
     def seal_result(
         self,

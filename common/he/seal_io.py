@@ -133,3 +133,17 @@ def split_ciphertext(members: bytes, degree: int, n_moduli: int) -> tuple[bytes,
     prefix = members[: len(members) - 8 * n]
     coeffs = np.frombuffer(members, dtype=np.uint64, offset=len(prefix)).copy()
     return prefix, coeffs.reshape(size, n_moduli, degree)
+
+
+def seeded_c0(members: bytearray, degree: int, n_moduli: int) -> np.ndarray:
+    """A writable (n_moduli, degree) view of c0 in the members of a seeded Ciphertext
+    (SEAL's `Serializable` symmetric encryption): the 73 bytes of metadata (parms id,
+    NTT flag, size, degree, moduli count, scale, correction factor), then c0 as a
+    nested DynArray (header, count, data), then the seed where c1 would be."""
+    start = 73 + _HEADER.size + 8
+    (count,) = struct.unpack_from("<Q", members, start - 8)
+    (size,) = struct.unpack_from("<Q", members, 33)
+    if members[32] or size != 2 or count != n_moduli * degree:
+        raise ValueError("not a seeded ciphertext in coefficient form of this shape")
+    view = np.frombuffer(members, dtype=np.uint64, count=count, offset=start)
+    return view.reshape(n_moduli, degree)

@@ -44,7 +44,7 @@ class MatmulJob:
     flood: int
     wanted: NDArray[np.bool_] | None = None  # (m, n): the entries the client needs
     shared: bool = False
-    low: bool = False  # products at the return level (`CrtBfvServer.switch_down`)
+    low: bool = False  # uploads and products at the return level (`CrtBfvClient.encrypt_low`)
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,14 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
     (`Blocking.keep`); b"" for a block with none.
     Cost per prime: Mb·Kb ciphertext NTTs and Mb·Kb ct×pt per column, plus Kb
     plaintext NTTs per column (once for all primes with `shared`); with `low` all of
-    them on the return level's 3 moduli, after one modulus switch per upload."""
+    them on the return level's 3 moduli, where the client made the uploads."""
     blk = job.blk
     Mb, Kb, _ = blk.grid
     host = job.primes[0] if job.shared else None
     low = job.low
 
     def upload(i: int, blob: bytes) -> object:
-        j = i if host is None else host
-        ct = he.load(i, blob, host)
-        return he.to_ntt(j, he.switch_down(j, ct) if low else ct)
+        return he.to_ntt(i if host is None else host, he.load(i, blob, host, low=low))
 
     cts = [
         [[upload(i, blobs[a * Kb + b]) for b in range(Kb)] for a in range(Mb)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -391,22 +392,50 @@ class _Pending:
     wanted: NDArray[np.bool_] | None
 
 
-def matmul_layout(
-    params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: int
-) -> tuple[int, int, Blocking]:
-    """(primes, mask bits, block shape) of `he_matmul` for `shape`, from public values."""
+class MatmulLayout(NamedTuple):
+    """How `he_matmul` runs a product, from public values only (both parties compute it).
+
+    primes: CRT primes; mask_bits: the server's integer mask; blocking: the coefficient
+    packing; shared: W's coefficients are small signed integers whose NTT form is the
+    same under every prime (a weight, not a ring share), so one weight NTT serves all
+    primes; low: the client's uploads are made at the return level
+    (`CrtBfvClient.encrypt_low`) and the products run there, which holds whenever the
+    flood of their noise fits the return level (weights of up to ≈ 2^30 here)."""
+
+    primes: int
+    mask_bits: int
+    blocking: Blocking
+    shared: bool
+    low: bool
+
+
+def matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: int) -> MatmulLayout:
+    """The `MatmulLayout` of `he_matmul` for `shape` and |W| < 2^rhs_bits."""
     m, k, n = shape
     N = params.slots
     value_bits = 64 + rhs_bits + math.log2(max(k, 2))
     P = params.primes_for(value_bits)
     sigma = params.mask_bits(value_bits)
-    return P, sigma, choose_blocking(m, k, n, N, params.upload_bytes, compact_bytes(N, 0))
+    down = compact_bytes(N, 0)
+    shared = P > 1 and min(params.plain_primes[:P]) > 1 << (rhs_bits + 1)
+    if shared:
+        blk = choose_blocking(m, k, n, N, params.upload_bytes_low, down)
+        if _fits_low(params, blk.grid[1], plain_bound(params, rhs_bits)):
+            return MatmulLayout(P, sigma, blk, True, True)
+    blk = choose_blocking(m, k, n, N, params.upload_bytes, down)
+    return MatmulLayout(P, sigma, blk, shared, False)
 
 
-def _fits_switched(params: CrtBfvParams, terms: int, plain_max: float) -> bool:
-    """Whether products switched to the return level first leave room for their flood."""
+def plain_bound(params: CrtBfvParams, rhs_bits: int) -> float:
+    """The largest |coefficient| of a W block plaintext: SEAL lifts plaintext
+    coefficients to (−p/2, p/2], and a W block has kb·nb ≤ N of them."""
+    return min(2.0**rhs_bits, params.plain_primes[0] / 2)
+
+
+def _fits_low(params: CrtBfvParams, terms: int, plain_max: float) -> bool:
+    """Whether products of uploads made at the return level leave room for their flood."""
     try:
-        params.flood_bits(terms, plain_max, switched=True)
+        params.flood_bits(terms, plain_max, low=True)
     except ValueError:
         return False
     return True
@@ -426,12 +455,16 @@ def _matmul_send(
     wanted: NDArray[np.bool_] | None,
 ) -> _Pending:
     _check_wanted(wanted, shape)
-    P, _, blk = matmul_layout(he.params, shape, rhs_bits)
+    P, _, blk, _, low = matmul_layout(he.params, shape, rhs_bits)
     Mb, Kb, _ = blk.grid
     enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
+
+    def encrypt(i: int, x: NDArray[np.uint64]) -> bytes:
+        return he.encrypt_low(i, x) if low else he.encrypt(i, x, coeffs=True)
+
     for i in range(P):
         p = U64(he.primes[i].p)
-        blobs = [he.encrypt(i, enc[a, b] % p, coeffs=True) for a in range(Mb) for b in range(Kb)]
+        blobs = [encrypt(i, enc[a, b] % p) for a in range(Mb) for b in range(Kb)]
         ch.send("he.mm.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
     return _Pending(blk, P, shape, wanted)
 
@@ -472,18 +505,12 @@ def _matmul_serve(
     _check_wanted(wanted, shape)
     params = he.params
     N = params.slots
-    P, sigma, blk = matmul_layout(params, shape, rhs_bits)
+    P, sigma, blk, shared, low = matmul_layout(params, shape, rhs_bits)
     Mb, Kb, Nb = blk.grid
     w = np.asarray(operand, dtype=np.int64)
-    # SEAL lifts plaintext coefficients to (−p/2, p/2]; a W block has kb·nb ≤ N of them.
-    plain_max = min(2.0**rhs_bits, he.primes[0].p / 2)
-    # Small signed W (a weight, not a ring share) has the same NTT form under every
-    # prime: one job then runs all primes of its columns and transforms W once.
-    shared = P > 1 and min(pr.p for pr in he.primes[:P]) > 1 << (rhs_bits + 1)
-    # ... and its products can run on the return level, if the flood still fits there
-    # (`CrtBfvServer.switch_down`); the client's messages are the same either way.
-    low = shared and _fits_switched(params, Kb, plain_max)
-    flood = params.flood_bits(Kb, plain_max, switched=low)
+    # With `shared`, one job runs all primes of its columns and transforms W once; with
+    # `low`, its uploads and products are on the return level.
+    flood = params.flood_bits(Kb, plain_bound(params, rhs_bits), low=low)
     # every wanted entry (all, without `wanted`) returns once per prime (`Blocking.keep`)
     m, _, n = shape
     he.expose(P * (m * n if wanted is None else int(wanted.sum())))

@@ -125,7 +125,7 @@ class HeProvider:
 
         def matmul(m: int, k: int, n: int, rhs_bits: int, useful: int) -> None:
             nonlocal frame, work
-            P, _, blk = matmul_layout(params, (m, k, n), rhs_bits)
+            P, _, blk, _, _ = matmul_layout(params, (m, k, n), rhs_bits)
             Mb, Kb, Nb = blk.grid
             up = upload_bound(params, Mb * Kb)
             down = 4 + Mb * Nb * (4 + compact_bytes(N, 0)) + 8 * useful
@@ -177,12 +177,12 @@ class HeProvider:
         N = params.slots
         total = 0
         for spec in plan.linears:
-            P, _, _ = matmul_layout(params, (spec.rows, spec.k, spec.n), self._weight_bits(plan))
+            P = matmul_layout(params, (spec.rows, spec.k, spec.n), self._weight_bits(plan)).primes
             total += P * spec.rows * spec.n
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
             g = matmul_group_size(count, m, k, n, params)
-            P, _, _ = matmul_layout(params, (g * m, k, g * n), 63)
+            P = matmul_layout(params, (g * m, k, g * n), 63).primes
             total += 2 * P * count * m * n
         P3 = params.primes_for(129)
         total += P3 * N * (-(-plan.triples // N) + -(-plan.squares // N))

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from common.protocol.card import ModelCard
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 OUTPUTS = ("logits", "hidden")
 
 

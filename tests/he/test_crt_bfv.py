@@ -49,22 +49,27 @@ def test_slot_product_roundtrip_and_flooded_budget(he_pair, he_params):
 
 @pytest.mark.parametrize("host", [0, 2])
 def test_weight_products_on_the_return_level(he_pair, he_params, host):
-    """Uploads switched to the return level before a product by small weights (the
-    linear masks' path, `CrtBfvServer.switch_down`) decrypt exactly, under the upload's
-    own prime or in another prime's context, and their noise stays inside
-    `noise_bits(…, switched=True)`; large plaintexts do not fit there."""
+    """Uploads made at the return level (`CrtBfvClient.encrypt_low`, the linear masks'
+    path) decrypt to their message, and their products by small weights decrypt
+    exactly, under the upload's own prime or in another prime's context, with noise
+    inside `noise_bits(…, low=True)`; large plaintexts do not fit there."""
     server, client = he_pair
     rng = np.random.default_rng(4)
     n, terms, plain_max, i = he_params.slots, 6, 2**16, 2
     p = server.primes[i].p
     xs = [rng.integers(0, p, n, dtype=np.uint64) for _ in range(terms)]
+    xs[0][:3] = [0, 1, p - 1]
     ws = [rng.choice([-plain_max, plain_max], n) for _ in range(terms)]
-    cts = [
-        server.to_ntt(
-            host, server.switch_down(host, server.load(i, client.encrypt(i, x, True), host))
-        )
-        for x in xs
-    ]
+    blobs = [client.encrypt_low(i, x) for x in xs]
+    assert len(blobs[0]) < len(client.encrypt(i, xs[0], True))
+    assert len(blobs[0]) - he_params.upload_bytes_low < 200  # metadata and seed
+    fresh = server.load(i, blobs[0], low=True)
+    assert np.array_equal(client.decrypt(i, fresh, True), xs[0])
+    with pytest.raises(ValueError, match="first level"):
+        server.load(i, blobs[0])
+    with pytest.raises(ValueError, match="return level"):
+        server.load(i, client.encrypt(i, xs[0], True), low=True)
+    cts = [server.to_ntt(host, server.load(i, b, host, low=True)) for b in blobs]
     pts = [
         server.to_ntt(
             host,
@@ -78,9 +83,9 @@ def test_weight_products_on_the_return_level(he_pair, he_params, host):
         acc = server.dot(host, cts, pts)
         server.primes[i].evaluator.transform_from_ntt_inplace(acc)
         used = math.log2(math.prod(server._moduli[i]) / p) - client.noise_budget(i, acc) - 1
-        assert used <= he_params.noise_bits(terms, plain_max, switched=True)
+        assert used <= he_params.noise_bits(terms, plain_max, low=True)
     acc = server.dot(host, cts, pts)
-    flood = he_params.flood_bits(terms, plain_max, switched=True)
+    flood = he_params.flood_bits(terms, plain_max, low=True)
     mask = rng.integers(0, p, n, dtype=np.uint64)
     raw = server.seal_result(i, acc, mask, coeffs=True, flood_bits=flood, host=host)
     want = np.zeros(n, dtype=object)
@@ -93,11 +98,8 @@ def test_weight_products_on_the_return_level(he_pair, he_params, host):
     want = (want + mask.astype(object)) % p
     got = client.decrypt(i, client.load_result(i, raw), True).astype(object)
     assert np.array_equal(got, want)
-    assert he_params.noise_bits(terms, plain_max, switched=True) > he_params.noise_bits(
-        terms, plain_max
-    )
     with pytest.raises(ValueError, match="flooding"):
-        he_params.flood_bits(512, 2.0**57, switched=True)
+        he_params.flood_bits(64, 2.0**57, low=True)
 
 
 def test_scaled_mask_equals_seal_add_plain(he_pair):

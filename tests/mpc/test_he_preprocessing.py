@@ -537,11 +537,11 @@ def test_matmul_returns_only_the_wanted_entries():
 
 @pytest.mark.parametrize("rhs_bits", [21, 63])
 def test_matmul_exact_with_zero_weight_columns(rhs_bits):
-    """All primes' products share one weight NTT when W is small (rhs_bits 21), not
-    when it is a ring share (63); an all-zero W block column still decrypts under each
-    prime's own key."""
+    """All primes' products share one weight NTT when W is small (rhs_bits 21) and run
+    at the return level from uploads made there, not when W is a ring share (63); an
+    all-zero W block column still decrypts under each prime's own key."""
     from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
-    from common.mpc.he_protocols import he_matmul
+    from common.mpc.he_protocols import he_matmul, matmul_layout
 
     params = CrtBfvParams()
     client = CrtBfvClient(params)
@@ -557,6 +557,8 @@ def test_matmul_exact_with_zero_weight_columns(rhs_bits):
             return he_matmul(ch, client, x, (m, k, n), rhs_bits, SecureRng(8))
         return he_matmul(ch, server, w, (m, k, n), rhs_bits, SecureRng(9))
 
+    layout = matmul_layout(params, (m, k, n), rhs_bits)
+    assert (layout.shared, layout.low) == ((True, True) if rhs_bits == 21 else (False, False))
     s_srv, s_cli = run_local(body)
     assert np.array_equal(s_srv + s_cli, ring_matmul_public(x, w))
 
