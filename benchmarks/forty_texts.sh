@@ -28,13 +28,16 @@ if [ -z "${SKIP_INLINE:-}" ]; then
   t comet-client --quiet --json --server "$A" "${X[@]}" > "$T/inline.json"
   stop
 fi
-start prepare --prepared-bytes 4000000000
-t comet-client prepare --quiet --server "$A" --batch 8 --length 16 --count 5
-du -b "$T"/home/server/prepared/ready/* "$T"/home/prepared/ready/* >&2
-stop
-start prepared --prepared-bytes 4000000000
-t comet-client --quiet --json --server "$A" "${X[@]}" > "$T/prepared.json"
-stop
+# SKIP_PREPARED=1: only the inline half.
+if [ -z "${SKIP_PREPARED:-}" ]; then
+  start prepare --prepared-bytes 4000000000
+  t comet-client prepare --quiet --server "$A" --batch 8 --length 16 --count 5
+  du -b "$T"/home/server/prepared/ready/* "$T"/home/prepared/ready/* >&2
+  stop
+  start prepared --prepared-bytes 4000000000
+  t comet-client --quiet --json --server "$A" "${X[@]}" > "$T/prepared.json"
+  stop
+fi
 python - "$T" <<'PY' >&2
 import json, sys
 import numpy as np
