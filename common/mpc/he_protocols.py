@@ -400,7 +400,8 @@ class MatmulLayout(NamedTuple):
     same under every prime (a weight, not a ring share), so one weight NTT serves all
     primes; low: the client's uploads are made at the return level
     (`CrtBfvClient.encrypt_low`) and the products run there, which holds whenever the
-    flood of their noise fits the return level (weights of up to ≈ 2^30 here)."""
+    flood of their noise fits the return level (encoded weights below ≈ 2^38–2^43 at
+    the default model's and BERT-base's shapes)."""
 
     primes: int
     mask_bits: int
