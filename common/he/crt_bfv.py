@@ -315,6 +315,13 @@ class CrtBfvClient(_Base):
         """Serialized public keys, one per prime (sent once per session)."""
         return [self.io.save(pr.extras["pk"]) for pr in self.primes]
 
+    def galois_keys(self, i: int, elements: list[int]) -> bytes:
+        """Serialized (seeded) Galois keys of prime i for the automorphisms X ↦ X^g,
+        g in `elements` (`common.he.galois_merge`): public, ≈ 1 MB per element and
+        prime at the default parameters (one key-switching key per data modulus)."""
+        kg = seal.KeyGenerator(self.primes[i].context, self.primes[i].extras["sk"])
+        return self.io.save(kg.create_galois_keys(list(elements)))
+
     def encrypt(self, i: int, residues: NDArray[np.uint64], coeffs: bool = False) -> bytes:
         """Seeded symmetric encryption under prime i (half the size of a public-key one)."""
         pt = self.plain(i, residues, coeffs)
@@ -394,6 +401,16 @@ class CrtBfvServer(_Base):
         self._pk_low: dict[tuple[int, int], object] = {}
         self._room_checked: set[int] = set()
         self.exposed = 0  # masked values and flooded coefficients returned so far
+
+    def load_galois_keys(self, i: int, blob: bytes) -> object:
+        """The client's Galois keys for prime i (`CrtBfvClient.galois_keys`); raises
+        ValueError if malformed."""
+        keys = seal.GaloisKeys()
+        try:
+            self.io.load(keys, self.primes[i].context, blob)
+        except Exception as exc:  # SEAL raises generic errors on bad input
+            raise ValueError(f"malformed Galois keys: {exc}") from exc
+        return keys
 
     def expose(self, count: int) -> None:
         """Account for `count` more returned coefficients (each a masked value under
