@@ -8,7 +8,8 @@ weights, the blocking `he_matmul` chooses):
   * the merge (`common.he.galois_merge`): seconds per key switch, the noise after it
     against `merge_noise_bits`, the Galois keys' bytes, and that the merged ciphertext
     decrypts to every product exactly.
-Usage: python -m benchmarks.galois_merge [--rows 16 --k 384 --n 384 --group 8] [--json]
+Usage: python -m benchmarks.galois_merge [--rows 16 --k 384 --n 384 --group 8]
+       [--level first|return] [--json]
 """
 
 from __future__ import annotations
@@ -21,14 +22,24 @@ import time
 import numpy as np
 
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
-from common.he.galois_merge import Merger, galois_elements, merge_layout, merge_noise_bits
+from common.he.galois_merge import (
+    Merger,
+    first_level_merge_noise_bits,
+    galois_elements,
+    merge_layout,
+    merge_noise_bits,
+)
 from common.he.packing import choose_blocking
 from common.prg import SecureRng
 
 U64 = np.uint64
 
 
-def measure(rows: int, k: int, n: int, group: int) -> dict:
+def measure(rows: int, k: int, n: int, group: int, level: str = "first") -> dict:
+    """One product's column blocks under prime 0, merged in groups of `group`; `level`:
+    'first' (uploads, products and merge at the first level, then the switch to the
+    return level) or 'return' (all at the return level)."""
+    low = level == "return"
     params = CrtBfvParams()
     N = params.poly_degree
     rng = SecureRng()
@@ -44,22 +55,25 @@ def measure(rows: int, k: int, n: int, group: int) -> dict:
     x = rng.below(p, rows * k).astype(U64).reshape(rows, k)
     w = (rng.below(1 << 16, k * n).astype(np.int64) - (1 << 15)).reshape(k, n)
     enc = blk.encode_lhs(x)
-    ups = [
-        server.to_ntt(0, server.load(0, client.encrypt_low(0, enc[0, b] % U64(p)), low=True))
-        for b in range(Kb)
-    ]
+
+    def upload(v: np.ndarray) -> object:
+        if low:
+            return server.to_ntt(0, server.load(0, client.encrypt_low(0, v), low=True))
+        return server.to_ntt(0, server.load(0, client.encrypt(0, v, coeffs=True)))
+
+    ups = [upload(enc[0, b] % U64(p)) for b in range(Kb)]
 
     def product(c: int) -> object:
         wc = np.mod(blk.encode_rhs(w, col=c), np.int64(p)).astype(U64)
         pts = [
-            server.to_ntt(0, server.plain(0, wc[b], True), plain=True, low=True) for b in range(Kb)
+            server.to_ntt(0, server.plain(0, wc[b], True), plain=True, low=low) for b in range(Kb)
         ]
         return server.dot(0, ups, pts)
 
     cols = list(range(group))
     accs = [product(c) for c in cols]
     keep = blk.keep(0, 0)
-    flood = params.flood_bits(Kb, 2.0**15, low=True)
+    flood = params.flood_bits(Kb, 2.0**15, low=low)
     spare = [product(c) for c in cols]
     t = time.perf_counter()
     raws = [server.seal_result(0, a, np.zeros(N, U64), True, flood, keep=keep) for a in spare]
@@ -83,6 +97,8 @@ def measure(rows: int, k: int, n: int, group: int) -> dict:
     budget_in = min(client.noise_budget(0, c) for c in cts)
     t = time.perf_counter()
     merged = merger.merge(cts, blk.kb)
+    if not low:
+        pr.evaluator.mod_switch_to_inplace(merged, pr.return_parms)
     merge_s = time.perf_counter() - t
     budget_out = client.noise_budget(0, merged)
     got = client.decrypt(0, merged, coeffs=True)
@@ -93,12 +109,19 @@ def measure(rows: int, k: int, n: int, group: int) -> dict:
         pos = blk.output_index() - (blk.kb - 1) + offsets[j]
         vals = got[pos].astype(object) * pow(2, -int(scales[j]), p) % p
         exact &= bool(np.array_equal(vals, np.mod(want[j], p)))
-    room = params.return_bits - math.log2(p) - 1
-    bound = merge_noise_bits(room - budget_in + 1, int(scales.max()), [60, 60, 60], 17, N)
+    merges = int(scales.max())
+    if low:
+        digits, special = list(params.coeff_bits[:-2]), params.coeff_bits[-1]
+        noise = params.noise_bits(Kb, 2.0**15, low=True)
+        bound = merge_noise_bits(noise, merges, digits, special, N)
+    else:
+        bound = first_level_merge_noise_bits(params, Kb, 2.0**15, merges)
+    merged_flood = math.ceil(bound) + params.stat_sec + 2 + math.ceil(params.session_bits / 2) + 1
     return {
         "shape": [rows, k, n],
         "blocking": {"mb": blk.mb, "kb": blk.kb, "nb": blk.nb, "grid": list(blk.grid)},
         "group": group,
+        "level": level,
         "today_per_return": {
             "seal_result_ms": round(seal_s * 1e3, 2),
             "client_load_decrypt_ms": round(client_s * 1e3, 2),
@@ -112,8 +135,9 @@ def measure(rows: int, k: int, n: int, group: int) -> dict:
             "keygen_s": round(keygen_s, 2),
             "noise_budget_in": budget_in,
             "noise_budget_out": budget_out,
-            "noise_bound_bits": round(bound, 1),
-            "measured_noise_bits": round(room - budget_out, 1),
+            "server_noise_bound_bits": round(bound, 1),
+            "flood_bits": merged_flood,
+            "flood_fits": merged_flood + 1 + params.plain_bits + 2 <= params.return_bits,
             "merged_return_bytes": server.return_size(group * keep.size),
             "exact": exact,
         },
@@ -132,9 +156,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=384)
     ap.add_argument("--n", type=int, default=384)
     ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--level", choices=["first", "return"], default="first")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    out = measure(a.rows, a.k, a.n, a.group)
+    out = measure(a.rows, a.k, a.n, a.group, a.level)
     print(json.dumps(out, indent=None if a.json else 2))
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import tenseal.sealapi as seal
 from numpy.typing import NDArray
 
+from common.he.crt_bfv import CrtBfvParams
+
 
 def merge_levels(degree: int, lattice: int, group: int) -> list[int]:
     """The tree levels ℓ (ψ_ℓ: X ↦ X^(2^ℓ + 1), shift N/2^ℓ) that merge `group` inputs
@@ -138,3 +140,22 @@ def merge_noise_bits(
     for _ in range(merges):
         total = 2 * total + ks
     return math.log2(total)
+
+
+def first_level_merge_noise_bits(
+    params: CrtBfvParams, terms: int, plain_max: float, merges: int
+) -> float:
+    """log2 of a bound on the server-dependent noise of a merged return whose products
+    and merge ran at the first level and which was then switched to the return level:
+    the products' noise (`CrtBfvParams.noise_bits` before any switch), `merges` tree
+    levels of `merge_noise_bits` with the first level's moduli as key-switching digits,
+    then the switch, which divides by the dropped modulus and adds ≤ (N + 1)/2.
+    Merging at the return level instead leaves the key-switching noise (≈ 2^60 per
+    switch in the worst case with the 17-bit special prime) unscaled, beyond what the
+    flood can cover; the switch is what makes the merge affordable."""
+    bits = list(params.coeff_bits)
+    n = params.poly_degree
+    noise = merge_noise_bits(
+        params.noise_bits(terms, plain_max, low=True), merges, bits[:-1], bits[-1], n
+    )
+    return math.log2(2.0 ** (noise + params.return_bits - params.full_bits) + (n + 1) / 2)

@@ -5,6 +5,7 @@ import pytest
 
 from common.he.galois_merge import (
     Merger,
+    first_level_merge_noise_bits,
     galois_elements,
     merge_layout,
     merge_levels,
@@ -42,7 +43,7 @@ def merger(he_pair, he_params):
     return Merger(pr.context, pr.evaluator, keys, he_params.poly_degree)
 
 
-def _return_level_cts(he_pair, msgs):
+def _cts(he_pair, msgs, switch=True):
     server, client = he_pair
     pr = server.primes[0]
     out = []
@@ -51,16 +52,21 @@ def _return_level_cts(he_pair, msgs):
             out.append(None)
             continue
         ct = server.load(0, client.encrypt(0, m, coeffs=True))
-        pr.evaluator.mod_switch_to_inplace(ct, pr.return_parms)
+        if switch:
+            pr.evaluator.mod_switch_to_inplace(ct, pr.return_parms)
         out.append(ct)
     return out
 
 
 @pytest.mark.parametrize(
-    "lattice,present",
-    [(8, [True] * 8), (32, [True, False, True, True, False, True, True, False])],
+    "lattice,present,first",
+    [
+        (8, [True] * 8, False),
+        (32, [True, False, True, True, False, True, True, False], False),
+        (32, [True] * 5, True),
+    ],
 )
-def test_merge_is_exact(he_pair, he_params, merger, lattice, present):
+def test_merge_is_exact(he_pair, he_params, merger, lattice, present, first):
     """Every input's lattice coefficients reappear at p + offset, times 2^scale mod p;
     the inputs' other coefficients (arbitrary here, cross terms in a product) vanish or
     stay off the used positions."""
@@ -69,9 +75,13 @@ def test_merge_is_exact(he_pair, he_params, merger, lattice, present):
     n = he_params.poly_degree
     rng = np.random.default_rng(3)
     msgs = [rng.integers(0, p, n, dtype=np.uint64) if ok else None for ok in present]
-    cts = _return_level_cts(he_pair, msgs)
+    cts = _cts(he_pair, msgs, switch=not first)
     budget_in = min(client.noise_budget(0, c) for c in cts if c is not None)
     out = merger.merge(cts, lattice)
+    if first:  # merged at the first level, then switched down (the affordable flood)
+        pr = server.primes[0]
+        pr.evaluator.mod_switch_to_inplace(out, pr.return_parms)
+        assert client.noise_budget(0, out) > 60
     got = client.decrypt(0, out, coeffs=True)
     offsets, scales = merge_layout(present, n, lattice)
     lat = np.arange(0, n, lattice)
@@ -81,8 +91,28 @@ def test_merge_is_exact(he_pair, he_params, merger, lattice, present):
         pos = lat + offsets[j]
         want = (m[lat].astype(object) * (1 << int(scales[j]))) % p
         assert np.array_equal(got[pos].astype(object), want)
+    if first:
+        return
     # the measured noise stays within the bound that the flood will have to cover
     room = he_params.return_bits - math.log2(p) - 1
     merges = int(max(scales))
     bound = merge_noise_bits(room - budget_in + 1, merges, [60, 60, 60], 17, n)
     assert client.noise_budget(0, out) >= math.floor(room - bound) - 1
+
+
+def test_flood_fits_only_when_merged_at_the_first_level(he_params):
+    """The key switches' server-dependent noise must be flooded: over the 17-bit special
+    prime that needs a switch to the return level after the merge (issue 13's plan)."""
+    p = he_params
+
+    def flood(bits: float) -> int:
+        return math.ceil(bits) + p.stat_sec + 2 + math.ceil(p.session_bits / 2) + 1
+
+    limit = p.return_bits - p.plain_bits - 3
+    for terms, plain_max in ((12, 2.0**15), (48, 2.0**22)):
+        merged_first = first_level_merge_noise_bits(p, terms, plain_max, 4)
+        assert flood(merged_first) <= limit
+        at_return = merge_noise_bits(
+            p.noise_bits(terms, plain_max, low=True), 4, list(p.coeff_bits[:-2]), 17, 8192
+        )
+        assert flood(at_return) > limit
