@@ -24,7 +24,6 @@ import numpy as np
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.galois_merge import (
     Merger,
-    first_level_merge_noise_bits,
     galois_elements,
     merge_layout,
     merge_noise_bits,
@@ -115,7 +114,7 @@ def measure(rows: int, k: int, n: int, group: int, level: str = "first") -> dict
         noise = params.noise_bits(Kb, 2.0**15, low=True)
         bound = merge_noise_bits(noise, merges, digits, special, N)
     else:
-        bound = first_level_merge_noise_bits(params, Kb, 2.0**15, merges)
+        bound = params.noise_bits(Kb, 2.0**15, merges=merges)
     merged_flood = math.ceil(bound) + params.stat_sec + 2 + math.ceil(params.session_bits / 2) + 1
     return {
         "shape": [rows, k, n],

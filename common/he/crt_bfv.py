@@ -15,6 +15,7 @@ does not depend on the server's operands (`CrtBfvParams.flood_bits`, docs/SECURI
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from numpy.typing import NDArray
 
 from common.he.compact import check_room, compact_bytes, pack, unpack
 from common.he.crt import CrtBasis, addmod, limbs_mod, mulhi_const, mulmod_const, submod
+from common.he.galois_merge import merge_noise_bits
 from common.he.seal_io import (
     SealIO,
     plaintext_coeffs,
@@ -67,6 +69,10 @@ class CrtBfvParams:
     noise_sigma: float = 3.2  # SEAL's default error standard deviation
     stat_sec: int = 40  # for the whole session
     session_bits: int = 34  # log2 of the most values and coefficients one session exposes
+    # Returns merged into one by Galois automorphisms (`common.he.galois_merge`; 1: none).
+    # Off by default: merged at the first level, the demo's linear masks return half the
+    # bytes but take 27 % more HE CPU (docs/BENCHMARKS.md, 2026-12-07).
+    merge_max: int = 1
 
     @property
     def slots(self) -> int:
@@ -139,7 +145,7 @@ class CrtBfvParams:
             raise ValueError(f"{value_bits:.0f}-bit products need {n} primes > {self.max_primes}")
         return n
 
-    def noise_bits(self, terms: int, plain_max: float, low: bool = False) -> float:
+    def noise_bits(self, terms: int, plain_max: float, low: bool = False, merges: int = 0) -> float:
         """log2 of a bound on the server-dependent noise of one returned coefficient, at
         the return level, for a result summing `terms` ct×pt products whose plaintext
         coefficients are at most `plain_max` in absolute value.
@@ -157,17 +163,28 @@ class CrtBfvParams:
         `low`: the client's ciphertexts were made at the return level
         (`CrtBfvClient.encrypt_low`) and the products run there: the same fresh error
         and encoding rounding, at the return level's Δ, and no switch follows.
+
+        `merges`: the products were then merged, `merges` tree levels deep, at the first
+        level (`common.he.galois_merge`), before the switch: each level doubles the
+        noise and adds one key switch's (`merge_noise_bits`), and the switch divides
+        it all by the dropped modulus.
         """
         n = self.poly_degree
         tail = math.sqrt(2 * math.log(2.0) * (self.stat_sec + 4 + self.session_bits))
         random = tail * (self.noise_sigma + 0.5) * math.sqrt(terms * n) * plain_max
         fixed = 0.5 * terms * n * plain_max
         if low:
+            if merges:
+                raise ValueError("returns are merged at the first level only")
             return math.log2(random + fixed)
-        scaled = (random + fixed) * 2.0 ** (self.return_bits - self.full_bits)
+        noise = random + fixed
+        if merges:
+            bits = list(self.coeff_bits)
+            noise = 2.0 ** merge_noise_bits(math.log2(noise), merges, bits[:-1], bits[-1], n)
+        scaled = noise * 2.0 ** (self.return_bits - self.full_bits)
         return math.log2(scaled + (n + 1) / 2)
 
-    def flood_bits(self, terms: int, plain_max: float, low: bool = False) -> int:
+    def flood_bits(self, terms: int, plain_max: float, low: bool = False, merges: int = 0) -> int:
         """Width W of the flooding noise for a result of `terms` ct×pt products (see
         `noise_bits`): the flood is the sum of three independent uniform integers in
         [0, 2^W), centred (`flood_residues`), so |flood| < 1.5·2^W.
@@ -179,7 +196,7 @@ class CrtBfvParams:
         cannot hold it (decryption would fail; `common.he.compact.check_room` checks the
         worst case exactly).
         """
-        bound = math.ceil(self.noise_bits(terms, plain_max, low))
+        bound = math.ceil(self.noise_bits(terms, plain_max, low, merges))
         flood = bound + self.stat_sec + 2 + math.ceil(self.session_bits / 2) + 1
         if flood + 1 + self.plain_bits + 2 > self.return_bits:
             raise ValueError(
@@ -398,7 +415,8 @@ class CrtBfvServer(_Base):
             pk = self.io.load(seal.PublicKey(), pr.context, blob)
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)
             pr.extras["pk"] = pk
-        self._pk_low: dict[tuple[int, int], object] = {}
+        self._pk_low: dict[tuple[int, int, bool], object] = {}
+        self._galois: dict[tuple[int, int, bytes], object] = {}
         self._room_checked: set[int] = set()
         self.exposed = 0  # masked values and flooded coefficients returned so far
 
@@ -494,25 +512,56 @@ class CrtBfvServer(_Base):
         """Σ ct_j · pt_j (NTT form in, NTT form out)."""
         return self._accumulate(i, cts, pts, ntt=True)
 
-    def _public_key_low(self, i: int, h: int) -> object:
-        """Prime i's public key (pk0, pk1) as a return-level NTT-form ciphertext of
-        prime h's context: its first return-level RNS components (the key is in NTT
-        form, component by component), the parameter id rewritten. Cached."""
-        key = (i, h)
+    def _public_key_low(self, i: int, h: int, first: bool = False) -> object:
+        """Prime i's public key (pk0, pk1) as a return-level (or with `first`, a
+        first-level) NTT-form ciphertext of prime h's context: its first RNS components
+        of that level (the key is in NTT form, component by component), the parameter
+        id rewritten. Cached."""
+        key = (i, h, first)
         if key not in self._pk_low:
-            n, levels = self.params.poly_degree, self.params.return_moduli
+            n = self.params.poly_degree
+            levels = len(self.params.coeff_bits) - 1 if first else self.params.return_moduli
             hp = self.primes[h]
             _, data = split_ciphertext(
                 self.io.members(self.primes[i].extras["pk"].data()), n, len(self.params.coeff_bits)
             )
             probe = seal.Ciphertext(hp.context)
-            hp.extras["encryptor"].encrypt_zero(hp.return_parms, probe)
+            hp.extras["encryptor"].encrypt_zero(hp.first_parms if first else hp.return_parms, probe)
             hp.evaluator.transform_to_ntt_inplace(probe)
             prefix, _ = split_ciphertext(self.io.members(probe), n, levels)
             body = np.ascontiguousarray(data[:, :levels]).tobytes()
             ct = seal.Ciphertext(hp.context)
             self._pk_low[key] = self.io.load(ct, hp.context, wrap(prefix + body))
         return self._pk_low[key]
+
+    def zero_first(self, i: int, h: int) -> object:
+        """u·pk_i for a fresh ternary u: an encryption of zero under prime i, at the first
+        level of prime h's context, NTT form; the stand-in for a product whose
+        plaintexts are all zero (SEAL refuses transparent products) where a merge needs
+        a ciphertext. Its noise, u·e, is below the products' bound (`noise_bits`)."""
+        hp = self.primes[h]
+        u = self.rng.below(3, self.params.poly_degree) - 1
+        pt = self.to_ntt(h, self.plain(h, np.mod(u, hp.p).astype(U64), True), plain=True)
+        out = seal.Ciphertext()
+        hp.evaluator.multiply_plain(self._public_key_low(i, h, first=True), pt, out)
+        return out
+
+    def galois_keys_for(self, i: int, blob: bytes, host: int | None = None) -> object:
+        """Prime i's Galois keys (`CrtBfvClient.galois_keys`), loaded into prime
+        `host`'s context (their parameter ids rewritten: key switching does not depend
+        on the plaintext modulus) or prime i's own. Cached per blob."""
+        h = i if host is None else host
+        key = (i, h, hashlib.sha256(blob).digest())
+        if key not in self._galois:
+            if h != i:
+                body = self.io.body(blob)
+                src = _parms_bytes(self.primes[i].context.key_parms_id())
+                dst = _parms_bytes(self.primes[h].context.key_parms_id())
+                blob = wrap(body.replace(src, dst))
+            self._galois[key] = self.load_galois_keys(h, blob)
+            while len(self._galois) > 4 * len(self.primes):
+                self._galois.pop(next(iter(self._galois)))
+        return self._galois[key]
 
     def _rerandomiser(self, i: int, h: int) -> object:
         """u·pk_i for a fresh uniform ternary u (the server's `SecureRng`), NTT form, at

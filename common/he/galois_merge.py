@@ -33,7 +33,7 @@ import numpy as np
 import tenseal.sealapi as seal
 from numpy.typing import NDArray
 
-from common.he.crt_bfv import CrtBfvParams
+from common.he.packing import Blocking
 
 
 def merge_levels(degree: int, lattice: int, group: int) -> list[int]:
@@ -142,20 +142,36 @@ def merge_noise_bits(
     return math.log2(total)
 
 
-def first_level_merge_noise_bits(
-    params: CrtBfvParams, terms: int, plain_max: float, merges: int
-) -> float:
-    """log2 of a bound on the server-dependent noise of a merged return whose products
-    and merge ran at the first level and which was then switched to the return level:
-    the products' noise (`CrtBfvParams.noise_bits` before any switch), `merges` tree
-    levels of `merge_noise_bits` with the first level's moduli as key-switching digits,
-    then the switch, which divides by the dropped modulus and adds ≤ (N + 1)/2.
-    Merging at the return level instead leaves the key-switching noise (≈ 2^60 per
-    switch in the worst case with the 17-bit special prime) unscaled, beyond what the
-    flood can cover; the switch is what makes the merge affordable."""
-    bits = list(params.coeff_bits)
-    n = params.poly_degree
-    noise = merge_noise_bits(
-        params.noise_bits(terms, plain_max, low=True), merges, bits[:-1], bits[-1], n
-    )
-    return math.log2(2.0 ** (noise + params.return_bits - params.full_bits) + (n + 1) / 2)
+def group_layout(blk: Blocking, count: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """For a merged group of `count` consecutive block columns of the coefficient
+    packing `blk` whose weights were encoded times X^−(kb−1) (`shift_rhs`): (positions,
+    log2 scales). positions[j] (mb·nb, in `Blocking.output_index` order) are where
+    column j's outputs lie in the merged ciphertext, multiplied by 2^scales[j]."""
+    offsets, scales = merge_layout([True] * count, blk.degree, blk.kb)
+    base = blk.output_index().ravel() - (blk.kb - 1)
+    return base[None, :] + offsets[:, None], scales
+
+
+def group_keep(
+    blk: Blocking, a: int, cols: list[int], wanted: NDArray[np.bool_] | None = None
+) -> NDArray[np.int64]:
+    """Sorted positions of a merged return (row block a, block columns `cols`) that carry
+    an output the client needs (`Blocking.keep`, moved by `group_layout`). Public."""
+    pos, _ = group_layout(blk, len(cols))
+    index = blk.output_index().ravel()
+    parts = []
+    for j, c in enumerate(cols):
+        kept = blk.keep(a, c, wanted)
+        parts.append(pos[j][np.searchsorted(index, kept)] if kept.size else kept)
+    return np.sort(np.concatenate(parts)).astype(np.int64)
+
+
+def shift_rhs(enc: NDArray[np.int64], kb: int) -> NDArray[np.int64]:
+    """Weight block coefficients (…, N) times X^−(kb−1) in Z[X]/(X^N + 1), so that the
+    products' outputs lie on the multiples of kb (the merge's lattice): a negacyclic
+    rotation, exact for signed integers."""
+    s = kb - 1
+    out = np.roll(enc, -s, axis=-1)
+    if s:
+        out[..., -s:] *= -1
+    return out

@@ -12,6 +12,7 @@ from the worker's own `SecureRng`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from common.he.crt import mulmod_const
 from common.he.crt_bfv import CrtBfvParams, CrtBfvServer
+from common.he.galois_merge import Merger, group_keep, group_layout, shift_rhs
 from common.he.packing import Blocking
 from common.prg import SecureRng
 
@@ -45,6 +48,8 @@ class MatmulJob:
     wanted: NDArray[np.bool_] | None = None  # (m, n): the entries the client needs
     shared: bool = False
     low: bool = False  # uploads and products at the return level (`CrtBfvClient.encrypt_low`)
+    merge: int = 1  # block columns per merged return (`common.he.galois_merge`); cols: whole groups
+    galois: tuple[bytes, ...] = ()  # per prime of `primes`: the client's Galois keys (public)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,65 @@ class ProductsJob:
     flood: int
 
 
+def run_matmul_merged(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
+    """`run_matmul` with merged returns: per prime, the sealed result of (row block a,
+    the job's g-th group of `merge` block columns) at index a·groups + g.
+    The products run at the first level with W encoded times X^−(kb−1), so that their
+    outputs lie on the multiples of kb; each group is merged there (`Merger`, ≤ merge − 1
+    key switches), then sealed once (`seal_result`: switch, re-randomise, flood).
+    An all-zero W block column contributes an encryption of zero (`zero_first`)."""
+    blk = job.blk
+    Mb, Kb, _ = blk.grid
+    N = blk.degree
+    host = job.primes[0] if job.shared else None
+    groups = [list(g) for _, g in itertools.groupby(job.cols, key=lambda c: c // job.merge)]
+    index = {c: ci for ci, c in enumerate(job.cols)}
+    cts = [
+        [[he.to_ntt(i if host is None else host, he.load(i, blobs[a * Kb + b], host))
+          for b in range(Kb)] for a in range(Mb)]
+        for i, blobs in zip(job.primes, job.blobs, strict=True)
+    ]  # fmt: skip
+    mergers = []
+    for t, i in enumerate(job.primes):
+        h = i if host is None else host
+        keys = he.galois_keys_for(i, job.galois[t], host)
+        mergers.append(Merger(he.primes[h].context, he.primes[h].evaluator, keys, N))
+    out: list[list[bytes]] = [[b""] * (Mb * len(groups)) for _ in job.primes]
+    for g, cols in enumerate(groups):
+        pos, scales = group_layout(blk, len(cols))
+        accs = [[[] for _ in range(Mb)] for _ in job.primes]
+        for c in cols:
+            enc = shift_rhs(blk.encode_rhs(job.w, col=c), blk.kb)
+            pts = None
+            for t, i in enumerate(job.primes):
+                j = i if host is None else host
+                if pts is None or not job.shared:
+                    w_res = np.mod(enc, np.int64(he.primes[j].p)).astype(U64)
+                    pts = [he.to_ntt(j, he.plain(j, w_res[b], coeffs=True), plain=True)
+                           for b in range(Kb)]  # fmt: skip
+                zero = all(pt.is_zero() for pt in pts)
+                for a in range(Mb):
+                    acc = he.zero_first(i, j) if zero else he.dot(j, cts[t][a], pts)
+                    he.primes[j].evaluator.transform_from_ntt_inplace(acc)
+                    accs[t][a].append(acc)
+        for t, i in enumerate(job.primes):
+            p = he.primes[i].p
+            for a in range(Mb):
+                keep = group_keep(blk, a, cols, job.wanted)
+                if not keep.size:
+                    continue
+                merged = mergers[t].merge(accs[t][a], blk.kb)
+                mask = np.zeros(N, dtype=U64)
+                for jj, c in enumerate(cols):
+                    m = job.mask_res[t, a, index[c]][blk.output_index().ravel()]
+                    mask[pos[jj]] = mulmod_const(m, pow(2, int(scales[jj]), p), p)
+                out[t][a * len(groups) + g] = he.seal_result(
+                    i, merged, mask, coeffs=True, flood_bits=job.flood, keep=keep,
+                    host=None if host is None or host == i else host,
+                )  # fmt: skip
+    return out
+
+
 def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
     """Per prime of the job, the sealed results for (row block a, column job.cols[c])
     at index a·len(cols) + c, c0 at the block's wanted coefficients only
@@ -67,6 +131,8 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
     Cost per prime: Mb·Kb ciphertext NTTs and Mb·Kb ct×pt per column, plus Kb
     plaintext NTTs per column (once for all primes with `shared`); with `low` all of
     them on the return level's 3 moduli, where the client made the uploads."""
+    if job.merge > 1:
+        return run_matmul_merged(he, job)
     blk = job.blk
     Mb, Kb, _ = blk.grid
     host = job.primes[0] if job.shared else None

@@ -21,8 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from common.he.compact import compact_bytes
+from common.he.crt import mulmod_const
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
+from common.he.galois_merge import galois_elements, group_keep, group_layout
 from common.he.packing import Blocking, choose_blocking
 from common.he.server_jobs import (
     MatmulJob,
@@ -390,6 +392,7 @@ class _Pending:
     P: int
     shape: tuple[int, int, int]
     wanted: NDArray[np.bool_] | None
+    layout: MatmulLayout | None = None
 
 
 class MatmulLayout(NamedTuple):
@@ -401,13 +404,27 @@ class MatmulLayout(NamedTuple):
     primes; low: the client's uploads are made at the return level
     (`CrtBfvClient.encrypt_low`) and the products run there, which holds whenever the
     flood of their noise fits the return level (encoded weights below ≈ 2^38–2^43 at
-    the default model's and BERT-base's shapes)."""
+    the default model's and BERT-base's shapes); merge: block columns per merged
+    return (`common.he.galois_merge`, 1: none): with `shared` weights, a power-of-two
+    kb and at least 2 block columns, groups of `merge` consecutive block columns
+    (public) return as one ciphertext, merged at the first level (uploads there, not
+    `low`) by merge − 1 automorphisms with the client's Galois keys."""
 
     primes: int
     mask_bits: int
     blocking: Blocking
     shared: bool
     low: bool
+    merge: int = 1
+
+    @property
+    def merge_levels(self) -> int:
+        return int(math.log2(self.merge))
+
+    def groups(self) -> list[range]:
+        """The merged groups of block columns (each `merge` long, the last shorter)."""
+        nb = self.blocking.grid[2]
+        return [range(c, min(c + self.merge, nb)) for c in range(0, nb, self.merge)]
 
 
 def matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: int) -> MatmulLayout:
@@ -419,6 +436,13 @@ def matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: i
     sigma = params.mask_bits(value_bits)
     down = compact_bytes(N, 0)
     shared = P > 1 and min(params.plain_primes[:P]) > 1 << (rhs_bits + 1)
+    if shared and params.merge_max > 1:
+        blk = choose_blocking(m, k, n, N, params.upload_bytes, down)
+        kb, cols = blk.kb, blk.grid[2]
+        if cols > 1 and not kb & (kb - 1):
+            g = min(params.merge_max, kb, 1 << int(math.log2(cols)))
+            if _fits_merged(params, blk.grid[1], plain_bound(params, rhs_bits), g):
+                return MatmulLayout(P, sigma, blk, True, False, g)
     if shared:
         blk = choose_blocking(m, k, n, N, params.upload_bytes_low, down)
         if _fits_low(params, blk.grid[1], plain_bound(params, rhs_bits)):
@@ -442,6 +466,24 @@ def _fits_low(params: CrtBfvParams, terms: int, plain_max: float) -> bool:
     return True
 
 
+def _fits_merged(params: CrtBfvParams, terms: int, plain_max: float, group: int) -> bool:
+    """Whether returns merged `group` at a time leave room for their flood."""
+    try:
+        params.flood_bits(terms, plain_max, merges=int(math.log2(group)))
+    except ValueError:
+        return False
+    return True
+
+
+def galois_elements_for(params: CrtBfvParams, layouts: list[MatmulLayout]) -> list[int]:
+    """The Galois elements every merged layout of `layouts` needs (sorted; public)."""
+    out: set[int] = set()
+    for lay in layouts:
+        if lay.merge > 1:
+            out.update(galois_elements(params.poly_degree, lay.blocking.kb, lay.merge))
+    return sorted(out)
+
+
 def _check_wanted(wanted: NDArray[np.bool_] | None, shape: tuple[int, int, int]) -> None:
     if wanted is not None and wanted.shape != shape[::2]:
         raise ValueError(f"wanted has shape {wanted.shape}, the product {shape[::2]}")
@@ -456,7 +498,8 @@ def _matmul_send(
     wanted: NDArray[np.bool_] | None,
 ) -> _Pending:
     _check_wanted(wanted, shape)
-    P, _, blk, _, low = matmul_layout(he.params, shape, rhs_bits)
+    lay = matmul_layout(he.params, shape, rhs_bits)
+    P, blk, low = lay.primes, lay.blocking, lay.low
     Mb, Kb, _ = blk.grid
     enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
 
@@ -467,11 +510,50 @@ def _matmul_send(
         p = U64(he.primes[i].p)
         blobs = [encrypt(i, enc[a, b] % p) for a in range(Mb) for b in range(Kb)]
         ch.send("he.mm.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
-    return _Pending(blk, P, shape, wanted)
+    return _Pending(blk, P, shape, wanted, lay)
+
+
+def _receive_merged(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray[np.uint64]]:
+    """Per prime, the (Mb·Nb, N) block output coefficients from merged returns: each
+    group's return decrypted once, its columns' outputs moved back to their blocks'
+    `output_index` and divided by the merge's powers of two."""
+    blk, lay, wanted = st.blk, st.layout, st.wanted
+    assert lay is not None
+    Mb, _, Nb = blk.grid
+    N = he.params.slots
+    groups = [list(g) for g in lay.groups()]
+    keeps = [group_keep(blk, a, g, wanted) for a in range(Mb) for g in groups]
+    index = blk.output_index().ravel()
+    res = []
+    for i in range(st.P):
+        p = he.primes[i].p
+        want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
+        raws = unpack_blobs(ch.recv("he.mm.down", want), len(keeps))
+        coeffs = np.zeros((Mb * Nb, N), dtype=U64)
+        for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
+            if not keep.size:
+                if raw:
+                    raise ValueError("a return for an output block with nothing wanted")
+                continue
+            a, cols = divmod(t, len(groups))[0], groups[t % len(groups)]
+            dec = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
+            pos, scales = group_layout(blk, len(cols))
+            for j, c in enumerate(cols):
+                inv = pow(2, -int(scales[j]), p)
+                coeffs[a * Nb + c, index] = mulmod_const(dec[pos[j]], inv, p)
+        res.append(coeffs)
+    return res
 
 
 def _matmul_receive(ch: Channel, he: CrtBfvClient, st: _Pending) -> Ring:
     blk, P, wanted = st.blk, st.P, st.wanted
+    if st.layout is not None and st.layout.merge > 1:
+        Mb, _, Nb = blk.grid
+        full = he.basis(P).to_ring(_receive_merged(ch, he, st)).reshape(Mb, Nb, he.params.slots)
+        out = blk.decode_output(full)
+        if wanted is not None:
+            out[~wanted] = 0
+        return out
     Mb, _, Nb = blk.grid
     N = he.params.slots
     keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
@@ -506,12 +588,20 @@ def _matmul_serve(
     _check_wanted(wanted, shape)
     params = he.params
     N = params.slots
-    P, sigma, blk, shared, low = matmul_layout(params, shape, rhs_bits)
+    lay = matmul_layout(params, shape, rhs_bits)
+    P, sigma, blk, shared, low = lay.primes, lay.mask_bits, lay.blocking, lay.shared, lay.low
     Mb, Kb, Nb = blk.grid
     w = np.asarray(operand, dtype=np.int64)
     # With `shared`, one job runs all primes of its columns and transforms W once; with
-    # `low`, its uploads and products are on the return level.
-    flood = params.flood_bits(Kb, plain_bound(params, rhs_bits), low=low)
+    # `low`, its uploads and products are on the return level; with `merge`, groups of
+    # block columns return as one ciphertext.
+    merges = lay.merge_levels
+    flood = params.flood_bits(Kb, plain_bound(params, rhs_bits), low=low, merges=merges)
+    galois: list[bytes] = []
+    if lay.merge > 1:
+        galois = list(getattr(he, "galois_blobs", ()))
+        if len(galois) < P:
+            raise ValueError("merged returns need the client's Galois keys for every prime")
     # every wanted entry (all, without `wanted`) returns once per prime (`Blocking.keep`)
     m, _, n = shape
     he.expose(P * (m * n if wanted is None else int(wanted.sum())))
@@ -528,7 +618,9 @@ def _matmul_serve(
     # upload twice as often: 16% more linear-mask CPU for the demo, and no better
     # balance); otherwise the primes themselves are the jobs.
     groups = workers if shared else math.ceil(2 * workers / P)
-    col_groups = _split(Nb, 1 if workers <= 1 else min(Nb, groups))
+    merged = lay.groups() if lay.merge > 1 else [range(c, c + 1) for c in range(Nb)]
+    parts = _split(len(merged), 1 if workers <= 1 else min(len(merged), groups))
+    col_groups = [np.array([c for q in part for c in merged[q]], dtype=np.int64) for part in parts]
     prime_sets = [tuple(range(P))] if shared else [(i,) for i in range(P)]
     jobs = [
         MatmulJob(
@@ -544,18 +636,22 @@ def _matmul_serve(
             wanted,
             shared,
             low,
+            lay.merge,
+            tuple(galois[i] for i in primes) if galois else (),
         )
         for primes in prime_sets
         for g in col_groups
     ]
-    raws = [[b""] * (Mb * Nb) for _ in range(P)]
+    raws = [[b""] * (Mb * len(merged)) for _ in range(P)]
     for job, per_prime in zip(
         jobs, _run(ch, executor, he, run_matmul, matmul_in_worker, jobs), strict=True
     ):
+        # the job's results in order: per row block, its groups (single columns unmerged)
+        qs = sorted({c // lay.merge for c in job.cols})
         for i, part in zip(job.primes, per_prime, strict=True):
             for a in range(Mb):
-                for ci, c in enumerate(job.cols):
-                    raws[i][a * Nb + c] = part[a * len(job.cols) + ci]
+                for qi, q in enumerate(qs):
+                    raws[i][a * len(merged) + q] = part[a * len(qs) + qi]
     for i in range(P):
         ch.send("he.mm.down", pack_blobs(raws[i]), kind="ciphertexts", shape=(len(raws[i]),))
     return blk.decode_output(-limbs[0])

@@ -33,6 +33,7 @@ from common.mpc.correlations import (
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import (
     SLICE_BYTES,
+    galois_elements_for,
     he_matmul_many,
     he_products,
     he_track_products,
@@ -125,10 +126,11 @@ class HeProvider:
 
         def matmul(m: int, k: int, n: int, rhs_bits: int, useful: int) -> None:
             nonlocal frame, work
-            P, _, blk, _, _ = matmul_layout(params, (m, k, n), rhs_bits)
+            lay = matmul_layout(params, (m, k, n), rhs_bits)
+            P, blk = lay.primes, lay.blocking
             Mb, Kb, Nb = blk.grid
             up = upload_bound(params, Mb * Kb)
-            down = 4 + Mb * Nb * (4 + compact_bytes(N, 0)) + 8 * useful
+            down = 4 + Mb * len(lay.groups()) * (4 + compact_bytes(N, 0)) + 8 * useful
             frame = max(frame, up, down)
             work = max(work, P * (up + down) + (3 + P) * Mb * Nb * N * 8)
 
@@ -220,6 +222,7 @@ class HeProvider:
             _agree(ch, plan)
             # Linear masks first: bound masks (`Bind`) take the client's output shares.
             wbits = self._weight_bits(plan)
+            self._galois_keys(ch, plan, wbits)
             with ch.scope(op="linear-masks"):
                 # all of the segment's linear layers in one pipelined batch
                 if client:
@@ -273,6 +276,32 @@ class HeProvider:
             with ch.scope(op="matmul-triples"):
                 matmuls = self._matmul_triples(ch, plan.matmul_specs(), outputs)
         return Pool(triples, squares, matmuls, linears, groups, wraps)
+
+    def _galois_keys(self, ch: Channel, plan: Plan, wbits: int) -> None:
+        """Send (client) / receive (server) the Galois keys the plan's merged linear
+        masks need (`MatmulLayout.merge`), once per session: public, from the public
+        shapes, ≈ 1 MB per element and prime. Rounds: 1 if any are new, else 0."""
+        he = self.he
+        assert he is not None
+        layouts = [matmul_layout(he.params, (s.rows, s.k, s.n), wbits) for s in plan.linears]
+        need = set(galois_elements_for(he.params, layouts))
+        have = set(getattr(he, "galois_elements", ()))
+        if need <= have:
+            return
+        elements = sorted(need | have)
+        P = max(lay.primes for lay in layouts if lay.merge > 1)
+        with ch.scope(op="galois-keys"):
+            if ch.party == CLIENT:
+                assert isinstance(he, CrtBfvClient)
+                blobs = [he.galois_keys(i, elements) for i in range(P)]
+                ch.send("he.gk", pack_blobs(blobs), kind="he-keys", shape=(len(blobs),))
+            else:
+                bound = 2 * 8 * P * len(elements) * len(he.params.coeff_bits) ** 2 * he.params.slots
+                blobs = unpack_blobs(ch.recv("he.gk", max_bytes=bound), P)
+                for i, blob in enumerate(blobs):
+                    he.load_galois_keys(i, blob)  # refuse malformed keys before any work
+                he.galois_blobs = tuple(blobs)
+        he.galois_elements = tuple(elements)
 
     def _wraps(self, ch: Channel, n: int) -> tuple[NDArray[np.uint8], Ring]:
         """n bit triples for `Mpc.wrap_bits`: a random bit each (u: server, v: client)

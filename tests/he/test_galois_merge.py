@@ -5,7 +5,6 @@ import pytest
 
 from common.he.galois_merge import (
     Merger,
-    first_level_merge_noise_bits,
     galois_elements,
     merge_layout,
     merge_levels,
@@ -110,7 +109,7 @@ def test_flood_fits_only_when_merged_at_the_first_level(he_params):
 
     limit = p.return_bits - p.plain_bits - 3
     for terms, plain_max in ((12, 2.0**15), (48, 2.0**22)):
-        merged_first = first_level_merge_noise_bits(p, terms, plain_max, 4)
+        merged_first = p.noise_bits(terms, plain_max, merges=4)
         assert flood(merged_first) <= limit
         at_return = merge_noise_bits(
             p.noise_bits(terms, plain_max, low=True), 4, list(p.coeff_bits[:-2]), 17, 8192

@@ -535,15 +535,17 @@ def test_matmul_returns_only_the_wanted_entries():
     assert down_part < down_all
 
 
-@pytest.mark.parametrize("rhs_bits", [21, 63])
-def test_matmul_exact_with_zero_weight_columns(rhs_bits):
-    """All primes' products share one weight NTT when W is small (rhs_bits 21) and run
-    at the return level from uploads made there, not when W is a ring share (63); an
-    all-zero W block column still decrypts under each prime's own key."""
+@pytest.mark.parametrize("rhs_bits,merge", [(21, 1), (21, 16), (63, 16)])
+def test_matmul_exact_with_zero_weight_columns(rhs_bits, merge):
+    """All primes' products share one weight NTT when W is small (rhs_bits 21): at the
+    return level from uploads made there, or (merge) at the first level with groups of
+    block columns merged into one return by Galois automorphisms; neither when W is a
+    ring share (63). An all-zero W block column still decrypts under each prime's own
+    key, merged or not."""
     from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
-    from common.mpc.he_protocols import he_matmul, matmul_layout
+    from common.mpc.he_protocols import galois_elements_for, he_matmul, matmul_layout
 
-    params = CrtBfvParams()
+    params = CrtBfvParams(merge_max=merge)
     client = CrtBfvClient(params)
     server = CrtBfvServer(params, client.public_keys(), SecureRng(7))
     rng = np.random.default_rng(6)
@@ -552,13 +554,19 @@ def test_matmul_exact_with_zero_weight_columns(rhs_bits):
     w = rng.integers(-(2**20), 2**20, (k, n))
     w[:, 100:] = 0  # whole block columns of zeros
 
+    layout = matmul_layout(params, (m, k, n), rhs_bits)
+    elements = galois_elements_for(params, [layout])
+    if elements:
+        server.galois_blobs = tuple(client.galois_keys(i, elements) for i in range(layout.primes))
+
     def body(ch: Channel):
         if ch.party == CLIENT:
             return he_matmul(ch, client, x, (m, k, n), rhs_bits, SecureRng(8))
         return he_matmul(ch, server, w, (m, k, n), rhs_bits, SecureRng(9))
 
-    layout = matmul_layout(params, (m, k, n), rhs_bits)
-    assert (layout.shared, layout.low) == ((True, True) if rhs_bits == 21 else (False, False))
+    want = {(21, 1): (True, True, 1), (63, 16): (False, False, 1)}.get((rhs_bits, merge))
+    got = (layout.shared, layout.low, layout.merge)
+    assert got == want if want else (got[:2] == (True, False) and got[2] > 1 and elements)
     s_srv, s_cli = run_local(body)
     assert np.array_equal(s_srv + s_cli, ring_matmul_public(x, w))
 
