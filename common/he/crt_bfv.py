@@ -265,6 +265,8 @@ class _Base:
         self.io = SealIO()
         self.primes = [_make_prime(params, p) for p in params.plain_primes]
         self._prefix: list[bytes | None] = [None] * len(self.primes)
+        # Galois elements whose keys the client has sent this session (both parties)
+        self.galois_elements: tuple[int, ...] = ()
         self._moduli = [
             [
                 m.value()
@@ -411,6 +413,7 @@ class CrtBfvServer(_Base):
             raise ValueError("wrong number of public keys")
         self.rng = require_secure(rng, "CrtBfvServer")
         self.public_key_blobs = tuple(public_keys)  # for worker processes (public)
+        self.galois_blobs: tuple[bytes, ...] = ()  # the client's Galois keys, per prime
         for pr, blob in zip(self.primes, public_keys, strict=True):
             pk = self.io.load(seal.PublicKey(), pr.context, blob)
             pr.extras["encryptor"] = seal.Encryptor(pr.context, pk)

@@ -20,9 +20,12 @@ multiplied by 2^(number of merges on its path) (`merge_layout`). An absent input
 (None) costs nothing: its partner is only shifted.
 
 Cost per merge: one key switch (one Galois key per level of the tree, sent once per
-session by the client), one monomial product and three additions, all on the return
-level. Key switching adds noise (the coefficient modulus' last, 17-bit prime is the
-special prime): `merge_noise_bits` bounds it for the flood that must follow.
+session by the client), one monomial product and three additions. Key switching adds
+noise that depends on the products (the coefficient modulus' last, 17-bit prime is the
+special prime): `merge_noise_bits` bounds it. Merged at the return level that noise
+needs a flood the return level cannot hold, so `he_matmul` merges at the first level
+and switches down, which divides it by the dropped modulus
+(`CrtBfvParams.noise_bits(…, merges=)`).
 """
 
 from __future__ import annotations
@@ -60,12 +63,12 @@ def merge_layout(
     ends at coefficient p + offset[j], multiplied by 2^scale[j] (−1 for an absent input).
     Public: both parties compute it from the group's shape."""
     group = 1 << max(0, math.ceil(math.log2(max(1, len(present)))))
-    levels = merge_levels(degree, lattice, group)
+    merge_levels(degree, lattice, group)  # validates the shape
     step = lattice // group
     offsets = np.arange(len(present), dtype=np.int64) * step
     scales = np.full(len(present), -1, dtype=np.int64)
 
-    def walk(idx: list[int], depth: int) -> bool:
+    def walk(idx: list[int]) -> bool:
         """Fill `scales` for the inputs `idx` (one subtree); return whether any is present."""
         if len(idx) == 1:
             j = idx[0]
@@ -73,14 +76,14 @@ def merge_layout(
                 scales[j] = 0
                 return True
             return False
-        evens, odds = walk(idx[0::2], depth - 1), walk(idx[1::2], depth - 1)
+        evens, odds = walk(idx[0::2]), walk(idx[1::2])
         if evens and odds:
             for j in idx:
                 if j < len(present) and scales[j] >= 0:
                     scales[j] += 1
         return evens or odds
 
-    walk(list(range(group)), len(levels))
+    walk(list(range(group)))
     return offsets, scales
 
 

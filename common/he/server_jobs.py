@@ -89,8 +89,10 @@ def run_matmul_merged(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
         keys = he.galois_keys_for(i, job.galois[t], host)
         mergers.append(Merger(he.primes[h].context, he.primes[h].evaluator, keys, N))
     out: list[list[bytes]] = [[b""] * (Mb * len(groups)) for _ in job.primes]
+    index_out = blk.output_index().ravel()
     for g, cols in enumerate(groups):
         pos, scales = group_layout(blk, len(cols))
+        keeps = [group_keep(blk, a, cols, job.wanted) for a in range(Mb)]
         accs = [[[] for _ in range(Mb)] for _ in job.primes]
         for c in cols:
             enc = shift_rhs(blk.encode_rhs(job.w, col=c), blk.kb)
@@ -109,13 +111,13 @@ def run_matmul_merged(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
         for t, i in enumerate(job.primes):
             p = he.primes[i].p
             for a in range(Mb):
-                keep = group_keep(blk, a, cols, job.wanted)
+                keep = keeps[a]
                 if not keep.size:
                     continue
                 merged = mergers[t].merge(accs[t][a], blk.kb)
                 mask = np.zeros(N, dtype=U64)
                 for jj, c in enumerate(cols):
-                    m = job.mask_res[t, a, index[c]][blk.output_index().ravel()]
+                    m = job.mask_res[t, a, index[c]][index_out]
                     mask[pos[jj]] = mulmod_const(m, pow(2, int(scales[jj]), p), p)
                 out[t][a * len(groups) + g] = he.seal_result(
                     i, merged, mask, coeffs=True, flood_bits=job.flood, keep=keep,

@@ -513,6 +513,25 @@ def _matmul_send(
     return _Pending(blk, P, shape, wanted, lay)
 
 
+def _receive_blocks(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray[np.uint64]]:
+    """Per prime, the (Mb·Nb, N) block output coefficients, one return per block."""
+    blk, wanted = st.blk, st.wanted
+    Mb, _, Nb = blk.grid
+    keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
+    res = []
+    for i in range(st.P):
+        want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
+        raws = unpack_blobs(ch.recv("he.mm.down", want), Mb * Nb)
+        coeffs = np.zeros((Mb * Nb, he.params.slots), dtype=U64)
+        for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
+            if keep.size:
+                coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
+            elif raw:
+                raise ValueError("a return for an output block with nothing wanted")
+        res.append(coeffs)
+    return res
+
+
 def _receive_merged(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray[np.uint64]]:
     """Per prime, the (Mb·Nb, N) block output coefficients from merged returns: each
     group's return decrypted once, its columns' outputs moved back to their blocks'
@@ -520,25 +539,25 @@ def _receive_merged(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray
     blk, lay, wanted = st.blk, st.layout, st.wanted
     assert lay is not None
     Mb, _, Nb = blk.grid
-    N = he.params.slots
     groups = [list(g) for g in lay.groups()]
     keeps = [group_keep(blk, a, g, wanted) for a in range(Mb) for g in groups]
+    layouts = [group_layout(blk, len(g)) for g in groups]
     index = blk.output_index().ravel()
     res = []
     for i in range(st.P):
         p = he.primes[i].p
         want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
         raws = unpack_blobs(ch.recv("he.mm.down", want), len(keeps))
-        coeffs = np.zeros((Mb * Nb, N), dtype=U64)
+        coeffs = np.zeros((Mb * Nb, he.params.slots), dtype=U64)
         for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
             if not keep.size:
                 if raw:
                     raise ValueError("a return for an output block with nothing wanted")
                 continue
-            a, cols = divmod(t, len(groups))[0], groups[t % len(groups)]
+            a, q = divmod(t, len(groups))
             dec = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
-            pos, scales = group_layout(blk, len(cols))
-            for j, c in enumerate(cols):
+            pos, scales = layouts[q]
+            for j, c in enumerate(groups[q]):
                 inv = pow(2, -int(scales[j]), p)
                 coeffs[a * Nb + c, index] = mulmod_const(dec[pos[j]], inv, p)
         res.append(coeffs)
@@ -546,29 +565,11 @@ def _receive_merged(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray
 
 
 def _matmul_receive(ch: Channel, he: CrtBfvClient, st: _Pending) -> Ring:
-    blk, P, wanted = st.blk, st.P, st.wanted
-    if st.layout is not None and st.layout.merge > 1:
-        Mb, _, Nb = blk.grid
-        full = he.basis(P).to_ring(_receive_merged(ch, he, st)).reshape(Mb, Nb, he.params.slots)
-        out = blk.decode_output(full)
-        if wanted is not None:
-            out[~wanted] = 0
-        return out
+    blk, wanted = st.blk, st.wanted
+    merged = st.layout is not None and st.layout.merge > 1
+    res = (_receive_merged if merged else _receive_blocks)(ch, he, st)
     Mb, _, Nb = blk.grid
-    N = he.params.slots
-    keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
-    res = []
-    for i in range(P):
-        want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
-        raws = unpack_blobs(ch.recv("he.mm.down", want), Mb * Nb)
-        coeffs = np.zeros((Mb * Nb, N), dtype=U64)
-        for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
-            if keep.size:
-                coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
-            elif raw:
-                raise ValueError("a return for an output block with nothing wanted")
-        res.append(coeffs)
-    full = he.basis(P).to_ring(res).reshape(Mb, Nb, N)
+    full = he.basis(st.P).to_ring(res).reshape(Mb, Nb, he.params.slots)
     out = blk.decode_output(full)
     if wanted is not None:
         out[~wanted] = 0
@@ -599,7 +600,7 @@ def _matmul_serve(
     flood = params.flood_bits(Kb, plain_bound(params, rhs_bits), low=low, merges=merges)
     galois: list[bytes] = []
     if lay.merge > 1:
-        galois = list(getattr(he, "galois_blobs", ()))
+        galois = list(he.galois_blobs)
         if len(galois) < P:
             raise ValueError("merged returns need the client's Galois keys for every prime")
     # every wanted entry (all, without `wanted`) returns once per prime (`Blocking.keep`)

@@ -285,7 +285,7 @@ class HeProvider:
         assert he is not None
         layouts = [matmul_layout(he.params, (s.rows, s.k, s.n), wbits) for s in plan.linears]
         need = set(galois_elements_for(he.params, layouts))
-        have = set(getattr(he, "galois_elements", ()))
+        have = set(he.galois_elements)
         if need <= have:
             return
         elements = sorted(need | have)
