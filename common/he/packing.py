@@ -5,6 +5,9 @@ with W[l,j] at j·kb + kb−1−l. In the negacyclic product the coefficient
 i·kb·nb + j·kb + kb−1 is exactly Σ_l X[i,l]·W[l,j] when mb·kb·nb ≤ N; every other
 coefficient holds cross terms and must be masked before it returns to the client.
 Only the useful coefficients' c0 travels back (`Blocking.keep`, `common.he.compact`).
+The product is commutative, so either operand may be the encrypted one: a matrix
+triple's two cross terms X·W + X'·Y (X and Y encrypted, W and X' plaintexts, each in
+its own side's layout) land on the same coefficients and return as one ciphertext.
 """
 
 from __future__ import annotations
@@ -102,14 +105,47 @@ class Blocking:
         return full[: self.m, : self.n]
 
 
+def diagonal_blocks(m: int, n: int, diag: tuple[int, int]) -> NDArray[np.bool_]:
+    """The (m, n) `wanted` of a stack of products: diagonal blocks of dm×dn, m/dm of them."""
+    dm, dn = diag
+    if m % dm or n % dn or m // dm != n // dn:
+        raise ValueError(f"({m}, {n}) is not a stack of {dm}×{dn} diagonal blocks")
+    return np.kron(np.eye(m // dm, dtype=bool), np.ones((dm, dn), dtype=bool))
+
+
+def live_blocks(m: int, n: int, mb: int, nb: int, diag: tuple[int, int] | None) -> int:
+    """Output blocks of an mb×nb grid that hold a wanted entry (all, without `diag`)."""
+    Mb, Nb = math.ceil(m / mb), math.ceil(n / nb)
+    if diag is None:
+        return Mb * Nb
+    dm, dn = diag
+    live = np.zeros((Mb, Nb), dtype=bool)
+    for t in range(m // dm):
+        live[
+            t * dm // mb : ((t + 1) * dm - 1) // mb + 1, t * dn // nb : ((t + 1) * dn - 1) // nb + 1
+        ] = True
+    return int(live.sum())
+
+
 @lru_cache(maxsize=256)
 def choose_blocking(
-    m: int, k: int, n: int, degree: int, up_bytes: int, down_bytes: int
+    m: int,
+    k: int,
+    n: int,
+    degree: int,
+    up_bytes: int,
+    down_bytes: int,
+    cross: bool = False,
+    diag: tuple[int, int] | None = None,
 ) -> Blocking:
     """The block shape that minimises bytes on the wire, then ct×pt products.
 
     `down_bytes` is a return's size without its useful coefficients: those (8 bytes
-    each, `common.he.compact`) add up to the same m·n whatever the blocking."""
+    each, `common.he.compact`) add up to the same m·n whatever the blocking.
+    `cross`: both operands are uploaded (X·W + X'·Y with X and Y encrypted, the
+    products' sum returned once): Kb·Nb more uploads and twice the products.
+    `diag`: only the diagonal dm×dn blocks are wanted (`diagonal_blocks`, a stack of
+    small products): output blocks with none are neither computed nor returned."""
     best: tuple[tuple[int, int], Blocking] | None = None
     for mb in range(1, min(m, degree) + 1):
         Mb = math.ceil(m / mb)
@@ -118,7 +154,10 @@ def choose_blocking(
         for kb in range(1, min(k, degree // mb) + 1):
             nb = min(n, degree // (mb * kb))
             b = Blocking(m, k, n, mb, kb, nb, degree)
-            cost = (b.uploads * up_bytes + b.returns * down_bytes, b.products)
+            live = live_blocks(m, n, mb, nb, diag)
+            ups = b.uploads + (b.grid[1] * b.grid[2] if cross else 0)
+            products = live * b.grid[1] * (2 if cross else 1)
+            cost = (ups * up_bytes + live * down_bytes, products)
             if best is None or cost < best[0]:
                 best = (cost, b)
     assert best is not None

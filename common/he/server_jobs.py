@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,6 +50,10 @@ class MatmulJob:
     low: bool = False  # uploads and products at the return level (`CrtBfvClient.encrypt_low`)
     merge: int = 1  # block columns per merged return (`common.he.galois_merge`); cols: whole groups
     galois: tuple[bytes, ...] = ()  # per prime of `primes`: the client's Galois keys (public)
+    # Cross products (`he_cross_matmul_many`): the server's m×k lhs X', and per prime, per
+    # column of `cols`, the Kb uploaded blocks of the client's rhs Y; outputs X·W + X'·Y.
+    lhs: NDArray[np.int64] | None = None
+    rhs_blobs: list[list[list[bytes]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,9 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
     (`Blocking.keep`); b"" for a block with none.
     Cost per prime: Mb·Kb ciphertext NTTs and Mb·Kb ct×pt per column, plus Kb
     plaintext NTTs per column (once for all primes with `shared`); with `low` all of
-    them on the return level's 3 moduli, where the client made the uploads."""
+    them on the return level's 3 moduli, where the client made the uploads. With
+    `lhs` (cross products) also Kb ciphertext NTTs and Mb·Kb ct×pt per column and
+    Mb·Kb plaintext NTTs of X' per job."""
     if job.merge > 1:
         return run_matmul_merged(he, job)
     blk = job.blk
@@ -147,6 +153,21 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
         [[upload(i, blobs[a * Kb + b]) for b in range(Kb)] for a in range(Mb)]
         for i, blobs in zip(job.primes, job.blobs, strict=True)
     ]
+    if job.lhs is not None:
+        if job.shared or low:
+            raise ValueError("cross products run on ring values at the first level")
+        rhs_cts = [
+            [[upload(i, blob) for blob in col] for col in per_col]
+            for i, per_col in zip(job.primes, job.rhs_blobs, strict=True)
+        ]
+        enc_x = blk.encode_lhs(job.lhs)
+        x_pts = []
+        for i in job.primes:
+            x_res = np.mod(enc_x, np.int64(he.primes[i].p)).astype(U64)
+            x_pts.append(
+                [[he.to_ntt(i, he.plain(i, x_res[a, b], coeffs=True), plain=True)
+                  for b in range(Kb)] for a in range(Mb)]
+            )  # fmt: skip
     out: list[list[bytes]] = [[b""] * (Mb * len(job.cols)) for _ in job.primes]
     keeps = [[blk.keep(a, c, job.wanted) for c in job.cols] for a in range(Mb)]
     for ci, c in enumerate(job.cols):
@@ -168,7 +189,9 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
                 keep = keeps[a][ci]
                 if not keep.size:
                     continue
-                if at is None and host is not None:
+                if job.lhs is not None:  # X·W + X'·Y: the rhs uploads times X' blocks
+                    acc = he.dot(i, cts[t][a] + rhs_cts[t][ci], pts_host + x_pts[t][a])
+                elif at is None and host is not None:
                     acc = he.dot(i, [], [])
                 else:
                     acc = he.dot(i if at is None else at, cts[t][a], pts_host)

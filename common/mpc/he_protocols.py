@@ -25,7 +25,7 @@ from common.he.crt import mulmod_const
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
 from common.he.galois_merge import galois_elements, group_keep, group_layout
-from common.he.packing import Blocking, choose_blocking
+from common.he.packing import Blocking, choose_blocking, diagonal_blocks, live_blocks
 from common.he.server_jobs import (
     MatmulJob,
     ProductsJob,
@@ -384,6 +384,41 @@ def he_matmul_many(
     ]
 
 
+def he_cross_matmul_many(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    items: list[tuple[NDArray, NDArray, tuple[int, int, int], tuple[int, int] | None]],
+    rng: SecureRng,
+    executor: HeExecutor | None = None,
+) -> list[Ring]:
+    """Shares of X·W + X'·Y mod 2^64 for each (lhs, rhs, (m, k, n), diag) of `items`:
+    the client's lhs X (m×k) and rhs Y (k×n), uint64, are encrypted; the server's lhs
+    X' (m×k) and rhs W (k×n) are uniform ring values (int64 views). With `diag` =
+    (dm, dn) only the diagonal dm×dn blocks are wanted (a stack of small products,
+    `diagonal_blocks`): the client's share elsewhere is 0. A matrix triple's two cross
+    terms in one product: both land on the same coefficients of the coefficient
+    packing, so they return as one ciphertext per output block, half the returns (and
+    half the sealing and decryptions) of two `he_matmul` calls, as many ct×pt products.
+    Pipelined like `he_matmul_many`; rounds: 2 in all. Bytes per item and prime:
+    Mb·Kb + Kb·Nb uploads (first level) and one return of 9·N per output block with a
+    wanted entry, plus 8 per wanted entry (`cross_matmul_layout`)."""
+
+    def wanted(shape: tuple[int, int, int], diag: tuple[int, int] | None) -> NDArray | None:
+        return None if diag is None else diagonal_blocks(shape[0], shape[2], diag)
+
+    if ch.party == CLIENT:
+        assert isinstance(he, CrtBfvClient)
+        pending = [
+            _matmul_send(ch, he, x, shape, 63, wanted(shape, d), rhs=y, diag=d)
+            for x, y, shape, d in items
+        ]
+        return [_matmul_receive(ch, he, st) for st in pending]
+    return [
+        _matmul_serve(ch, he, w, shape, 63, rng, executor, wanted(shape, d), lhs=x, diag=d)
+        for x, w, shape, d in items
+    ]
+
+
 @dataclass
 class _Pending:
     """A client's matrix product whose uploads are sent and whose returns are due."""
@@ -451,6 +486,35 @@ def matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: i
     return MatmulLayout(P, sigma, blk, shared, False)
 
 
+def cross_matmul_layout(
+    params: CrtBfvParams, shape: tuple[int, int, int], diag: tuple[int, int] | None = None
+) -> MatmulLayout:
+    """The `MatmulLayout` of `he_cross_matmul_many` for `shape` (and `diag`): two
+    products of ring values summed (one more value bit), both operands of the client
+    uploaded at the first level (the plaintexts are full-range), the block shape chosen
+    for the Kb·Nb extra uploads and the wanted blocks (`choose_blocking(…, cross=True,
+    diag=…)`)."""
+    m, k, n = shape
+    N = params.slots
+    value_bits = 64 + 63 + math.log2(max(k, 2)) + 1
+    P = params.primes_for(value_bits)
+    down = compact_bytes(N, 0)
+    blk = choose_blocking(m, k, n, N, params.upload_bytes, down, cross=True, diag=diag)
+    return MatmulLayout(P, params.mask_bits(value_bits), blk, False, False)
+
+
+def cross_matmul_bytes(
+    params: CrtBfvParams, shape: tuple[int, int, int], diag: tuple[int, int] | None = None
+) -> int:
+    """Bytes of one prime's uploads and returns of `he_cross_matmul_many` for `shape`,
+    without the wanted entries' 8 bytes each (the same whatever the blocking)."""
+    blk = cross_matmul_layout(params, shape, diag).blocking
+    _, Kb, Nb = blk.grid
+    ups = blk.uploads + Kb * Nb
+    live = live_blocks(shape[0], shape[2], blk.mb, blk.nb, diag)
+    return ups * params.upload_bytes + live * compact_bytes(params.slots, 0)
+
+
 def plain_bound(params: CrtBfvParams, rhs_bits: int) -> float:
     """The largest |coefficient| of a W block plaintext: SEAL lifts plaintext
     coefficients to (−p/2, p/2], and a W block has kb·nb ≤ N of them."""
@@ -496,12 +560,21 @@ def _matmul_send(
     shape: tuple[int, int, int],
     rhs_bits: int,
     wanted: NDArray[np.bool_] | None,
+    rhs: NDArray | None = None,
+    diag: tuple[int, int] | None = None,
 ) -> _Pending:
+    """Encrypt and send the client's blocks: per prime one message of the Mb·Kb lhs
+    blocks (row-major), then with `rhs` (`he_cross_matmul_many`) its Kb·Nb blocks in
+    the rhs layout (row-major)."""
     _check_wanted(wanted, shape)
-    lay = matmul_layout(he.params, shape, rhs_bits)
+    if rhs is None:
+        lay = matmul_layout(he.params, shape, rhs_bits)
+    else:
+        lay = cross_matmul_layout(he.params, shape, diag)
     P, blk, low = lay.primes, lay.blocking, lay.low
-    Mb, Kb, _ = blk.grid
+    Mb, Kb, Nb = blk.grid
     enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
+    enc_rhs = None if rhs is None else blk.encode_rhs(np.asarray(rhs, dtype=U64))
 
     def encrypt(i: int, x: NDArray[np.uint64]) -> bytes:
         return he.encrypt_low(i, x) if low else he.encrypt(i, x, coeffs=True)
@@ -509,6 +582,8 @@ def _matmul_send(
     for i in range(P):
         p = U64(he.primes[i].p)
         blobs = [encrypt(i, enc[a, b] % p) for a in range(Mb) for b in range(Kb)]
+        if enc_rhs is not None:
+            blobs += [encrypt(i, enc_rhs[b, c] % p) for b in range(Kb) for c in range(Nb)]
         ch.send("he.mm.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
     return _Pending(blk, P, shape, wanted, lay)
 
@@ -585,19 +660,31 @@ def _matmul_serve(
     rng: SecureRng,
     executor: HeExecutor | None,
     wanted: NDArray[np.bool_] | None,
+    lhs: NDArray | None = None,
+    diag: tuple[int, int] | None = None,
 ) -> Ring:
+    """The server's side of `he_matmul` (W = `operand`), or with `lhs` (X') of
+    `he_cross_matmul_many`: X·W + X'·Y from the client's uploads of X and Y."""
     _check_wanted(wanted, shape)
     params = he.params
     N = params.slots
-    lay = matmul_layout(params, shape, rhs_bits)
+    cross = lhs is not None
+    if cross:
+        lay = cross_matmul_layout(params, shape, diag)
+    else:
+        lay = matmul_layout(params, shape, rhs_bits)
     P, sigma, blk, shared, low = lay.primes, lay.mask_bits, lay.blocking, lay.shared, lay.low
     Mb, Kb, Nb = blk.grid
     w = np.asarray(operand, dtype=np.int64)
+    x = None if lhs is None else np.asarray(lhs, dtype=np.int64)
+    if x is not None and x.shape != shape[:2]:
+        raise ValueError(f"lhs has shape {x.shape}, expected {shape[:2]}")
     # With `shared`, one job runs all primes of its columns and transforms W once; with
     # `low`, its uploads and products are on the return level; with `merge`, groups of
     # block columns return as one ciphertext.
     merges = lay.merge_levels
-    flood = params.flood_bits(Kb, plain_bound(params, rhs_bits), low=low, merges=merges)
+    terms = 2 * Kb if cross else Kb  # ct×pt products summed into one output block
+    flood = params.flood_bits(terms, plain_bound(params, rhs_bits), low=low, merges=merges)
     galois: list[bytes] = []
     if lay.merge > 1:
         galois = list(he.galois_blobs)
@@ -611,8 +698,12 @@ def _matmul_serve(
     mask_res = basis.residues_of_limbs(limbs)
     # The client sends every prime's uploads before it reads: take them all, then cut
     # the work by prime and block column.
-    bound = upload_bound(params, Mb * Kb)
-    ups = [unpack_blobs(ch.recv("he.mm.up", max_bytes=bound), Mb * Kb) for _ in range(P)]
+    n_up = Mb * Kb + (Kb * Nb if cross else 0)
+    bound = upload_bound(params, n_up)
+    got = [unpack_blobs(ch.recv("he.mm.up", max_bytes=bound), n_up) for _ in range(P)]
+    ups = [g[: Mb * Kb] for g in got]
+    # the rhs uploads of each block column, (b, c) row-major on the wire
+    rhs_ups = [[g[Mb * Kb + c :: Nb] for c in range(Nb)] for g in got] if cross else []
     workers = 1 if executor is None else executor.workers
     # Every job loads and transforms all its primes' uploads, so a job per worker: with
     # `shared` one job holds every prime of its block columns (2 per worker loaded each
@@ -639,6 +730,8 @@ def _matmul_serve(
             low,
             lay.merge,
             tuple(galois[i] for i in primes) if galois else (),
+            x,
+            [[rhs_ups[i][c] for c in g] for i in primes] if cross else [],
         )
         for primes in prime_sets
         for g in col_groups

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from common.he.compact import compact_bytes
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
-from common.he.packing import choose_blocking
+from common.he.packing import live_blocks
 from common.mpc.correlations import (
     Bind,
     GroupSpec,
@@ -33,7 +33,10 @@ from common.mpc.correlations import (
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import (
     SLICE_BYTES,
+    cross_matmul_bytes,
+    cross_matmul_layout,
     galois_elements_for,
+    he_cross_matmul_many,
     he_matmul_many,
     he_products,
     he_track_products,
@@ -124,12 +127,23 @@ class HeProvider:
         down_b = compact_bytes(N)
         frame = work = 0
 
-        def matmul(m: int, k: int, n: int, rhs_bits: int, useful: int) -> None:
+        def matmul(
+            m: int,
+            k: int,
+            n: int,
+            rhs_bits: int,
+            useful: int,
+            diag: tuple[int, int] | None = None,
+            cross: bool = False,
+        ) -> None:
             nonlocal frame, work
-            lay = matmul_layout(params, (m, k, n), rhs_bits)
+            if cross:
+                lay = cross_matmul_layout(params, (m, k, n), diag)
+            else:
+                lay = matmul_layout(params, (m, k, n), rhs_bits)
             P, blk = lay.primes, lay.blocking
             Mb, Kb, Nb = blk.grid
-            up = upload_bound(params, Mb * Kb)
+            up = upload_bound(params, Mb * Kb + (Kb * Nb if cross else 0))
             down = 4 + Mb * len(lay.groups()) * (4 + compact_bytes(N, 0)) + 8 * useful
             frame = max(frame, up, down)
             work = max(work, P * (up + down) + (3 + P) * Mb * Nb * N * 8)
@@ -147,8 +161,7 @@ class HeProvider:
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
             g = matmul_group_size(count, m, k, n, params)
-            matmul(g * m, k, g * n, 63, g * m * n)
-            matmul(g * n, k, g * m, 63, g * m * n)
+            matmul(g * m, k, g * n, 63, g * m * n, diag=(m, n), cross=True)
         P3 = params.primes_for(129)
         if plan.triples:
             simd(plan.triples, 2, 1, P3)
@@ -184,8 +197,8 @@ class HeProvider:
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
             g = matmul_group_size(count, m, k, n, params)
-            P = matmul_layout(params, (g * m, k, g * n), 63).primes
-            total += 2 * P * count * m * n
+            P = cross_matmul_layout(params, (g * m, k, g * n), (m, n)).primes
+            total += P * count * m * n
         P3 = params.primes_for(129)
         total += P3 * N * (-(-plan.triples // N) + -(-plan.squares // N))
         total += N * -(-plan.wraps // N)
@@ -346,13 +359,15 @@ class HeProvider:
         specs: list[tuple[tuple[int, ...], tuple[Bind | None, Bind | None]]],
         outputs: Mapping[str, Ring],
     ) -> list[tuple[Ring, Ring, Ring]]:
-        """Batches of matrix triples C = A·B (A: …×m×k, B: …×k×n), each party's cross
-        terms by HE, all of a segment's in one pipelined batch (`he_matmul_many`; 2
-        rounds). Small matrices (one head's attention) would each fill whole
-        ciphertexts, so `g` of them (chosen by `matmul_group_size`) are stacked into one
-        (g·m)×k by k×(g·n) product whose diagonal blocks are the g wanted products; the
-        server returns c0 only at the diagonal blocks' coefficients (`he_matmul`'s
-        `wanted`), so the off-diagonal ones cannot even be decrypted."""
+        """Batches of matrix triples C = A·B (A: …×m×k, B: …×k×n): both cross terms
+        a_c·b_s + a_s·b_c in one HE product (`he_cross_matmul_many`: the client uploads
+        a_c and b_c, the server multiplies by b_s and a_s and returns the sum once), all
+        of a segment's in one pipelined batch (2 rounds). Small matrices (one head's
+        attention) would each fill whole ciphertexts, so `g` of them (chosen by
+        `matmul_group_size`) are stacked into one (g·m)×k by k×(g·n) product whose
+        diagonal blocks are the g wanted products; the server returns c0 only at the
+        diagonal blocks' coefficients (`wanted`), so the off-diagonal ones cannot even
+        be decrypted."""
         rng, he = self.rng, self.he
         assert he is not None
         client = ch.party == CLIENT
@@ -369,29 +384,25 @@ class HeProvider:
             for grp in np.array_split(np.arange(count), -(-count // g)):
                 h = len(grp)
                 ag, bg = af[grp], bf[grp]
-                if client:  # the client's matrices on the left, stacked by rows
-                    lhs1 = ag.reshape(h * m, k)
-                    lhs2 = bg.transpose(0, 2, 1).reshape(h * n, k)
-                else:  # the server's on the right, stacked by columns
-                    lhs1 = bg.transpose(1, 0, 2).reshape(k, h * n).view(np.int64)
-                    lhs2 = ag.transpose(2, 0, 1).reshape(k, h * m).view(np.int64)
-                # cross terms a_c·b_s and (b_c^T·a_s^T)^T; only the diagonal blocks return
-                diag = np.kron(np.eye(h, dtype=bool), np.ones((m, n), dtype=bool))
+                # A's stacked by rows, B's by columns: the (h·m)×(h·n) product's diagonal
+                # blocks are the h products. Both cross terms a_c·b_s + a_s·b_c in one.
+                lhs = ag.reshape(h * m, k)
+                rhs = bg.transpose(1, 0, 2).reshape(k, h * n)
+                if not client:
+                    lhs, rhs = lhs.view(np.int64), rhs.view(np.int64)
                 groups.append((grp, len(items)))
-                items.append((lhs1, (h * m, k, h * n), 63, diag))
-                items.append((lhs2, (h * n, k, h * m), 63, diag.T))
+                items.append((lhs, rhs, (h * m, k, h * n), (m, n)))
             layout.append((shape, a, b, af, bf, groups))
-        shares = he_matmul_many(ch, he, items, rng, self.executor)
+        shares = he_cross_matmul_many(ch, he, items, rng, self.executor)
         out = []
         for shape, a, b, af, bf, groups in layout:
             *batch, m, k, n = shape
             c = np.empty((af.shape[0], m, n), U64)
             for grp, pos in groups:
-                s1, s2 = shares[pos], shares[pos + 1]
+                s = shares[pos]
                 for t, idx in enumerate(grp):
-                    d1 = s1[t * m : (t + 1) * m, t * n : (t + 1) * n]
-                    d2 = s2[t * n : (t + 1) * n, t * m : (t + 1) * m]
-                    c[idx] = ring_matmul(af[idx], bf[idx]) + d1 + d2.T
+                    d = s[t * m : (t + 1) * m, t * n : (t + 1) * n]
+                    c[idx] = ring_matmul(af[idx], bf[idx]) + d
             out.append((a, b, c.reshape(*batch, m, n)))
         return out
 
@@ -400,14 +411,11 @@ def matmul_group_size(
     count: int, m: int, k: int, n: int, he: CrtBfvClient | CrtBfvServer | CrtBfvParams
 ) -> int:
     """How many of `count` independent m×k·k×n products share one stacked HE product:
-    the g that minimises the bytes of both cross terms (uploads + returns, from the
-    coefficient packing's block choice), then their ct×pt products. Public: both parties
-    compute it from the shapes and the HE parameters (`he`: the parameters, or a party's
-    HE objects)."""
+    the g that minimises the bytes of the cross product (uploads + returns of one
+    prime, from the coefficient packing's block choice), then its ct×pt products.
+    Public: both parties compute it from the shapes and the HE parameters (`he`: the
+    parameters, or a party's HE objects)."""
     params = he if isinstance(he, CrtBfvParams) else he.params
-    N = params.slots
-    up_b = params.upload_bytes
-    down_b = compact_bytes(N, 0)  # the useful coefficients: 8·count·m·n whatever g is
     best: tuple[tuple[int, int], int] | None = None
     for g in range(1, count + 1):
         nbytes = products = 0
@@ -417,12 +425,12 @@ def matmul_group_size(
         for size, groups in ((small + 1, extra), (small, calls - extra)):
             if not groups:
                 continue
-            for blk in (
-                choose_blocking(size * m, k, size * n, N, up_b, down_b),
-                choose_blocking(size * n, k, size * m, N, up_b, down_b),
-            ):
-                nbytes += groups * (blk.uploads * up_b + blk.returns * down_b)
-                products += groups * blk.products
+            shp = (size * m, k, size * n)
+            nbytes += groups * cross_matmul_bytes(params, shp, (m, n))
+            blk = cross_matmul_layout(params, shp, (m, n)).blocking
+            products += (
+                groups * 2 * live_blocks(shp[0], shp[2], blk.mb, blk.nb, (m, n)) * blk.grid[1]
+            )
         if best is None or (nbytes, products) < best[0]:
             best = ((nbytes, products), g)
     assert best is not None

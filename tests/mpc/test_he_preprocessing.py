@@ -535,6 +535,57 @@ def test_matmul_returns_only_the_wanted_entries():
     assert down_part < down_all
 
 
+def test_cross_matmul_sums_both_terms_in_one_return():
+    """`he_cross_matmul_many`: X·W + X'·Y exact mod 2^64 for uniform ring operands on
+    both sides (padded blocks, the wanted entries only), with one return per output
+    block: half the returns, and fewer bytes down, than the two cross terms as two
+    `he_matmul` calls."""
+    from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+    from common.mpc.he_protocols import cross_matmul_layout, he_cross_matmul_many, he_matmul
+
+    params = CrtBfvParams()
+    client = CrtBfvClient(params)
+    server = CrtBfvServer(params, client.public_keys(), SecureRng(7))
+    rng = np.random.default_rng(11)
+    m, k, n = 30, 33, 30  # 3 stacked 10×33·33×10 products, diagonal blocks wanted
+
+    def ring(shape):
+        return rng.integers(0, 2**64, shape, dtype=np.uint64)
+
+    x, y, xs, w = ring((m, k)), ring((k, n)), ring((m, k)), ring((k, n))
+    wanted = np.kron(np.eye(3, dtype=bool), np.ones((10, 10), dtype=bool))
+
+    def cross(ch: Channel):
+        if ch.party == CLIENT:
+            item = (x, y, (m, k, n), (10, 10))
+        else:
+            item = (xs.view(np.int64), w.view(np.int64), (m, k, n), (10, 10))
+        (out,) = he_cross_matmul_many(ch, client if ch.party == CLIENT else server,
+                                      [item], SecureRng(8 + ch.party))  # fmt: skip
+        return out, ch.meter.totals().recv_bytes
+
+    (s_srv, _), (s_cli, down) = run_local(cross)
+    want = ring_matmul(x, w) + ring_matmul(xs, y)
+    assert np.array_equal((s_srv + s_cli)[wanted], want[wanted])
+    assert not s_cli[~wanted].any()
+
+    def two(ch: Channel):
+        he = client if ch.party == CLIENT else server
+        if ch.party == CLIENT:
+            a = he_matmul(ch, he, x, (m, k, n), 63, SecureRng(8), wanted=wanted)
+            b = he_matmul(ch, he, y.T.copy(), (n, k, m), 63, SecureRng(8), wanted=wanted.T)
+        else:
+            a = he_matmul(ch, he, w.view(np.int64), (m, k, n), 63, SecureRng(9), wanted=wanted)
+            b = he_matmul(ch, he, xs.T.copy().view(np.int64), (n, k, m), 63, SecureRng(9),
+                          wanted=wanted.T)  # fmt: skip
+        return a, b, ch.meter.totals().recv_bytes
+
+    (a0, b0, _), (a1, b1, down_two) = run_local(two)
+    assert np.array_equal((a0 + a1 + (b0 + b1).T)[wanted], want[wanted])
+    assert cross_matmul_layout(params, (m, k, n), (10, 10)).primes == 4
+    assert down < down_two
+
+
 @pytest.mark.parametrize("rhs_bits,merge", [(21, 1), (21, 16), (63, 16)])
 def test_matmul_exact_with_zero_weight_columns(rhs_bits, merge):
     """All primes' products share one weight NTT when W is small (rhs_bits 21): at the
