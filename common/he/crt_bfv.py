@@ -259,6 +259,10 @@ def _make_prime(params: CrtBfvParams, p: int) -> _Prime:
     )
 
 
+# Up to this many wanted coefficients, `decrypt` reads them one by one (≈ 0.8 µs each).
+_SPARSE_READ = 384
+
+
 class _Base:
     def __init__(self, params: CrtBfvParams) -> None:
         self.params = params
@@ -391,13 +395,23 @@ class CrtBfvClient(_Base):
     def noise_budget(self, i: int, ct: object) -> int:
         return self.primes[i].extras["decryptor"].invariant_noise_budget(ct)
 
-    def decrypt(self, i: int, ct: object, coeffs: bool = False) -> NDArray[np.uint64]:
-        """Residues mod p_i of the plaintext (slots, or coefficients)."""
+    def decrypt(
+        self, i: int, ct: object, coeffs: bool = False, keep: NDArray[np.int64] | None = None
+    ) -> NDArray[np.uint64]:
+        """Residues mod p_i of the plaintext (slots, or coefficients). With `keep`
+        (coefficients only), only those positions are read (the others are 0): for a
+        sparse return, a few hundred bounds-checked reads instead of serializing the
+        whole plaintext (≈ 0.2 against 0.4–0.7 ms)."""
         pr = self.primes[i]
         pt = seal.Plaintext()
         pr.extras["decryptor"].decrypt(ct, pt)
         if coeffs:
             out = np.zeros(self.params.poly_degree, dtype=U64)
+            if keep is not None and keep.size <= _SPARSE_READ:
+                count = pt.coeff_count()  # SEAL drops trailing zero coefficients
+                got = [pt.data(int(j)) if j < count else 0 for j in keep]
+                out[keep] = np.array(got, dtype=U64)
+                return out
             c = plaintext_coeffs(self.io.members(pt))
             out[: c.size] = c
             return out

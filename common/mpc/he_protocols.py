@@ -600,7 +600,7 @@ def _receive_blocks(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray
         coeffs = np.zeros((Mb * Nb, he.params.slots), dtype=U64)
         for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
             if keep.size:
-                coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
+                coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True, keep=keep)
             elif raw:
                 raise ValueError("a return for an output block with nothing wanted")
         res.append(coeffs)
@@ -630,7 +630,7 @@ def _receive_merged(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray
                     raise ValueError("a return for an output block with nothing wanted")
                 continue
             a, q = divmod(t, len(groups))
-            dec = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True)
+            dec = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True, keep=keep)
             pos, scales = layouts[q]
             for j, c in enumerate(groups[q]):
                 inv = pow(2, -int(scales[j]), p)
