@@ -113,20 +113,6 @@ def diagonal_blocks(m: int, n: int, diag: tuple[int, int]) -> NDArray[np.bool_]:
     return np.kron(np.eye(m // dm, dtype=bool), np.ones((dm, dn), dtype=bool))
 
 
-def live_blocks(m: int, n: int, mb: int, nb: int, diag: tuple[int, int] | None) -> int:
-    """Output blocks of an mb×nb grid that hold a wanted entry (all, without `diag`)."""
-    Mb, Nb = math.ceil(m / mb), math.ceil(n / nb)
-    if diag is None:
-        return Mb * Nb
-    dm, dn = diag
-    live = np.zeros((Mb, Nb), dtype=bool)
-    for t in range(m // dm):
-        live[
-            t * dm // mb : ((t + 1) * dm - 1) // mb + 1, t * dn // nb : ((t + 1) * dn - 1) // nb + 1
-        ] = True
-    return int(live.sum())
-
-
 @lru_cache(maxsize=256)
 def choose_blocking(
     m: int,
@@ -136,7 +122,6 @@ def choose_blocking(
     up_bytes: int,
     down_bytes: int,
     cross: bool = False,
-    diag: tuple[int, int] | None = None,
 ) -> Blocking:
     """The block shape that minimises bytes on the wire, then ct×pt products.
 
@@ -144,8 +129,10 @@ def choose_blocking(
     each, `common.he.compact`) add up to the same m·n whatever the blocking.
     `cross`: both operands are uploaded (X·W + X'·Y with X and Y encrypted, the
     products' sum returned once): Kb·Nb more uploads and twice the products.
-    `diag`: only the diagonal dm×dn blocks are wanted (`diagonal_blocks`, a stack of
-    small products): output blocks with none are neither computed nor returned."""
+    Every output block counts as a return, even one that a caller's `wanted` leaves
+    empty: an empty block still costs its mask and its decoding on both sides, so
+    grids of many small mostly-empty blocks (fewer bytes for a stack of small
+    products) cost far more CPU (measured: 8 × 18 tokens, docs/BENCHMARKS.md)."""
     best: tuple[tuple[int, int], Blocking] | None = None
     for mb in range(1, min(m, degree) + 1):
         Mb = math.ceil(m / mb)
@@ -154,10 +141,8 @@ def choose_blocking(
         for kb in range(1, min(k, degree // mb) + 1):
             nb = min(n, degree // (mb * kb))
             b = Blocking(m, k, n, mb, kb, nb, degree)
-            live = live_blocks(m, n, mb, nb, diag)
             ups = b.uploads + (b.grid[1] * b.grid[2] if cross else 0)
-            products = live * b.grid[1] * (2 if cross else 1)
-            cost = (ups * up_bytes + live * down_bytes, products)
+            cost = (ups * up_bytes + b.returns * down_bytes, b.products * (2 if cross else 1))
             if best is None or cost < best[0]:
                 best = (cost, b)
     assert best is not None

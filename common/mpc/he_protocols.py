@@ -25,7 +25,7 @@ from common.he.crt import mulmod_const
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
 from common.he.galois_merge import galois_elements, group_keep, group_layout
-from common.he.packing import Blocking, choose_blocking, diagonal_blocks, live_blocks
+from common.he.packing import Blocking, choose_blocking, diagonal_blocks
 from common.he.server_jobs import (
     MatmulJob,
     ProductsJob,
@@ -401,7 +401,8 @@ def he_cross_matmul_many(
     half the sealing and decryptions) of two `he_matmul` calls, as many ct×pt products.
     Pipelined like `he_matmul_many`; rounds: 2 in all. Bytes per item and prime:
     Mb·Kb + Kb·Nb uploads (first level) and one return of 9·N per output block with a
-    wanted entry, plus 8 per wanted entry (`cross_matmul_layout`)."""
+    wanted entry (an empty blob for the others), plus 8 per wanted entry
+    (`cross_matmul_layout`)."""
 
     def wanted(shape: tuple[int, int, int], diag: tuple[int, int] | None) -> NDArray | None:
         return None if diag is None else diagonal_blocks(shape[0], shape[2], diag)
@@ -409,12 +410,11 @@ def he_cross_matmul_many(
     if ch.party == CLIENT:
         assert isinstance(he, CrtBfvClient)
         pending = [
-            _matmul_send(ch, he, x, shape, 63, wanted(shape, d), rhs=y, diag=d)
-            for x, y, shape, d in items
+            _matmul_send(ch, he, x, shape, 63, wanted(shape, d), rhs=y) for x, y, shape, d in items
         ]
         return [_matmul_receive(ch, he, st) for st in pending]
     return [
-        _matmul_serve(ch, he, w, shape, 63, rng, executor, wanted(shape, d), lhs=x, diag=d)
+        _matmul_serve(ch, he, w, shape, 63, rng, executor, wanted(shape, d), lhs=x)
         for x, w, shape, d in items
     ]
 
@@ -486,33 +486,27 @@ def matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: i
     return MatmulLayout(P, sigma, blk, shared, False)
 
 
-def cross_matmul_layout(
-    params: CrtBfvParams, shape: tuple[int, int, int], diag: tuple[int, int] | None = None
-) -> MatmulLayout:
-    """The `MatmulLayout` of `he_cross_matmul_many` for `shape` (and `diag`): two
-    products of ring values summed (one more value bit), both operands of the client
-    uploaded at the first level (the plaintexts are full-range), the block shape chosen
-    for the Kb·Nb extra uploads and the wanted blocks (`choose_blocking(…, cross=True,
-    diag=…)`)."""
+def cross_matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int]) -> MatmulLayout:
+    """The `MatmulLayout` of `he_cross_matmul_many` for `shape`: two products of ring
+    values summed (one more value bit), both operands of the client uploaded at the
+    first level (the plaintexts are full-range), the block shape chosen for the Kb·Nb
+    extra uploads (`choose_blocking(…, cross=True)`)."""
     m, k, n = shape
     N = params.slots
     value_bits = 64 + 63 + math.log2(max(k, 2)) + 1
     P = params.primes_for(value_bits)
     down = compact_bytes(N, 0)
-    blk = choose_blocking(m, k, n, N, params.upload_bytes, down, cross=True, diag=diag)
+    blk = choose_blocking(m, k, n, N, params.upload_bytes, down, cross=True)
     return MatmulLayout(P, params.mask_bits(value_bits), blk, False, False)
 
 
-def cross_matmul_bytes(
-    params: CrtBfvParams, shape: tuple[int, int, int], diag: tuple[int, int] | None = None
-) -> int:
+def cross_matmul_bytes(params: CrtBfvParams, shape: tuple[int, int, int]) -> int:
     """Bytes of one prime's uploads and returns of `he_cross_matmul_many` for `shape`,
     without the wanted entries' 8 bytes each (the same whatever the blocking)."""
-    blk = cross_matmul_layout(params, shape, diag).blocking
+    blk = cross_matmul_layout(params, shape).blocking
     _, Kb, Nb = blk.grid
     ups = blk.uploads + Kb * Nb
-    live = live_blocks(shape[0], shape[2], blk.mb, blk.nb, diag)
-    return ups * params.upload_bytes + live * compact_bytes(params.slots, 0)
+    return ups * params.upload_bytes + blk.returns * compact_bytes(params.slots, 0)
 
 
 def plain_bound(params: CrtBfvParams, rhs_bits: int) -> float:
@@ -561,7 +555,6 @@ def _matmul_send(
     rhs_bits: int,
     wanted: NDArray[np.bool_] | None,
     rhs: NDArray | None = None,
-    diag: tuple[int, int] | None = None,
 ) -> _Pending:
     """Encrypt and send the client's blocks: per prime one message of the Mb·Kb lhs
     blocks (row-major), then with `rhs` (`he_cross_matmul_many`) its Kb·Nb blocks in
@@ -570,7 +563,7 @@ def _matmul_send(
     if rhs is None:
         lay = matmul_layout(he.params, shape, rhs_bits)
     else:
-        lay = cross_matmul_layout(he.params, shape, diag)
+        lay = cross_matmul_layout(he.params, shape)
     P, blk, low = lay.primes, lay.blocking, lay.low
     Mb, Kb, Nb = blk.grid
     enc = blk.encode_lhs(np.asarray(operand, dtype=U64))
@@ -661,7 +654,6 @@ def _matmul_serve(
     executor: HeExecutor | None,
     wanted: NDArray[np.bool_] | None,
     lhs: NDArray | None = None,
-    diag: tuple[int, int] | None = None,
 ) -> Ring:
     """The server's side of `he_matmul` (W = `operand`), or with `lhs` (X') of
     `he_cross_matmul_many`: X·W + X'·Y from the client's uploads of X and Y."""
@@ -669,10 +661,7 @@ def _matmul_serve(
     params = he.params
     N = params.slots
     cross = lhs is not None
-    if cross:
-        lay = cross_matmul_layout(params, shape, diag)
-    else:
-        lay = matmul_layout(params, shape, rhs_bits)
+    lay = cross_matmul_layout(params, shape) if cross else matmul_layout(params, shape, rhs_bits)
     P, sigma, blk, shared, low = lay.primes, lay.mask_bits, lay.blocking, lay.shared, lay.low
     Mb, Kb, Nb = blk.grid
     w = np.asarray(operand, dtype=np.int64)

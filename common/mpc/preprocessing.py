@@ -19,7 +19,6 @@ from numpy.typing import NDArray
 from common.he.compact import compact_bytes
 from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
 from common.he.executor import HeExecutor
-from common.he.packing import live_blocks
 from common.mpc.correlations import (
     Bind,
     GroupSpec,
@@ -133,12 +132,11 @@ class HeProvider:
             n: int,
             rhs_bits: int,
             useful: int,
-            diag: tuple[int, int] | None = None,
             cross: bool = False,
         ) -> None:
             nonlocal frame, work
             if cross:
-                lay = cross_matmul_layout(params, (m, k, n), diag)
+                lay = cross_matmul_layout(params, (m, k, n))
             else:
                 lay = matmul_layout(params, (m, k, n), rhs_bits)
             P, blk = lay.primes, lay.blocking
@@ -161,7 +159,7 @@ class HeProvider:
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
             g = matmul_group_size(count, m, k, n, params)
-            matmul(g * m, k, g * n, 63, g * m * n, diag=(m, n), cross=True)
+            matmul(g * m, k, g * n, 63, g * m * n, cross=True)
         P3 = params.primes_for(129)
         if plan.triples:
             simd(plan.triples, 2, 1, P3)
@@ -197,7 +195,7 @@ class HeProvider:
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
             g = matmul_group_size(count, m, k, n, params)
-            P = cross_matmul_layout(params, (g * m, k, g * n), (m, n)).primes
+            P = cross_matmul_layout(params, (g * m, k, g * n)).primes
             total += P * count * m * n
         P3 = params.primes_for(129)
         total += P3 * N * (-(-plan.triples // N) + -(-plan.squares // N))
@@ -426,11 +424,9 @@ def matmul_group_size(
             if not groups:
                 continue
             shp = (size * m, k, size * n)
-            nbytes += groups * cross_matmul_bytes(params, shp, (m, n))
-            blk = cross_matmul_layout(params, shp, (m, n)).blocking
-            products += (
-                groups * 2 * live_blocks(shp[0], shp[2], blk.mb, blk.nb, (m, n)) * blk.grid[1]
-            )
+            nbytes += groups * cross_matmul_bytes(params, shp)
+            blk = cross_matmul_layout(params, shp).blocking
+            products += groups * 2 * blk.products
         if best is None or (nbytes, products) < best[0]:
             best = ((nbytes, products), g)
     assert best is not None
