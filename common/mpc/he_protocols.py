@@ -500,10 +500,10 @@ def cross_matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int]) -> Ma
     return MatmulLayout(P, params.mask_bits(value_bits), blk, False, False)
 
 
-def cross_matmul_bytes(params: CrtBfvParams, shape: tuple[int, int, int]) -> int:
-    """Bytes of one prime's uploads and returns of `he_cross_matmul_many` for `shape`,
-    without the wanted entries' 8 bytes each (the same whatever the blocking)."""
-    blk = cross_matmul_layout(params, shape).blocking
+def cross_matmul_bytes(params: CrtBfvParams, blk: Blocking) -> int:
+    """Bytes of one prime's uploads and returns of `he_cross_matmul_many` with the
+    blocking `blk` (`cross_matmul_layout`), without the wanted entries' 8 bytes each
+    (the same whatever the blocking)."""
     _, Kb, Nb = blk.grid
     ups = blk.uploads + Kb * Nb
     return ups * params.upload_bytes + blk.returns * compact_bytes(params.slots, 0)

@@ -423,9 +423,8 @@ def matmul_group_size(
         for size, groups in ((small + 1, extra), (small, calls - extra)):
             if not groups:
                 continue
-            shp = (size * m, k, size * n)
-            nbytes += groups * cross_matmul_bytes(params, shp)
-            blk = cross_matmul_layout(params, shp).blocking
+            blk = cross_matmul_layout(params, (size * m, k, size * n)).blocking
+            nbytes += groups * cross_matmul_bytes(params, blk)
             products += groups * 2 * blk.products
         if best is None or (nbytes, products) < best[0]:
             best = ((nbytes, products), g)
