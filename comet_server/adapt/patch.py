@@ -42,7 +42,12 @@ class SoftmaxConstants:
 
 
 class CometParams(nn.Module):
-    """The trainable SMU constants (shared by every FFN) and the fixed softmax ones."""
+    """The trainable SMU constants (shared by every FFN) and the fixed softmax ones.
+
+    `taps`, when a list, collects every rsqrt site's input during a forward pass —
+    (SMU input, None) per FFN and (attention scores, keep mask) per attention — for
+    training's range penalty (`train.range_penalty`); None (the default) records nothing.
+    """
 
     def __init__(
         self, alpha: float = 0.0, mu: float = 1.0, softmax: SoftmaxConstants | None = None
@@ -51,6 +56,7 @@ class CometParams(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.mu = nn.Parameter(torch.tensor(float(mu)))
         self.softmax = softmax or SoftmaxConstants()
+        self.taps: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +81,8 @@ class _Smu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p: CometParams = self._p  # type: ignore[assignment]
+        if p.taps is not None:
+            p.taps.append((x, None))
         return smu(x, p.alpha, p.mu)
 
 
@@ -113,7 +121,11 @@ def _relu_attention(
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     sm: SoftmaxConstants = getattr(module, "_comet_softmax", SoftmaxConstants())
-    weights = relu_softmax(scores, _keep_from_mask(attention_mask), sm.mu, sm.eps)
+    keep = _keep_from_mask(attention_mask)
+    params: CometParams | None = getattr(module, "_comet_params", None)
+    if params is not None and params.taps is not None:
+        params.taps.append((scores, keep))
+    weights = relu_softmax(scores, keep, sm.mu, sm.eps)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return out, weights
@@ -149,6 +161,7 @@ def comet_form(model: nn.Module, params: CometParams) -> nn.Module:
             n_ffn += 1
         if type(mod).__name__.endswith("SelfAttention"):
             object.__setattr__(mod, "_comet_softmax", params.softmax)
+            object.__setattr__(mod, "_comet_params", params)
         if type(mod).__name__.endswith("Pooler") and hasattr(mod, "activation"):
             mod.activation = _AlgebraicTanh()
         if type(mod).__name__ == "RobertaClassificationHead":

@@ -44,6 +44,12 @@ class Recipe:
     # product, disappears (docs/SECURITY.md, "Public embeddings"). `adapt` applies it
     # only to a known public base.
     freeze_embeddings: bool = True
+    # Range-bounded distillation: a penalty on every rsqrt site's input beyond this bound
+    # (|SMU input|, |attention score|), so the calibrated ranges — and with them the Newton
+    # steps each GeLU and ReLU-softmax element pays for — shrink (`range_penalty`).
+    # None: no penalty.
+    range_bound: float | None = None
+    range_weight: float = 1.0
 
 
 Progress = Callable[[int, float], None]  # (steps done, running loss)
@@ -187,9 +193,11 @@ def distil(
     T = recipe.temperature
     run = None
     it = batches(tokenizer, texts, labels, recipe, recipe.distil_steps, recipe.seed + 1)
+    bound = recipe.range_bound
     for step, (enc, y) in enumerate(it, 1):
         with torch.no_grad():
             t_logits = teacher(**enc).logits
+        params.taps = [] if bound is not None else None
         s_logits = student(**enc).logits
         kl = nn.functional.kl_div(
             nn.functional.log_softmax(s_logits / T, -1),
@@ -200,6 +208,9 @@ def distil(
         loss = (1 - recipe.ce_weight) * T * T * kl + recipe.ce_weight * (
             nn.functional.cross_entropy(s_logits, y)
         )
+        if bound is not None:
+            loss = loss + recipe.range_weight * range_penalty(params.taps or [], bound)
+            params.taps = None
         loss.backward()
         nn.utils.clip_grad_norm_(list(student.parameters()) + list(params.parameters()), 1.0)
         opt.step()
@@ -211,6 +222,21 @@ def distil(
         if progress:
             progress(step, run)
     return student.eval(), params
+
+
+def range_penalty(
+    taps: Sequence[tuple[torch.Tensor, torch.Tensor | None]], bound: float
+) -> torch.Tensor:
+    """Σ over sites of mean(relu(|x| − bound)²), padded keys excluded: zero when every
+    site input is within ±bound, so it moves only the outliers that set a site's range
+    (and its Newton steps, `common.approx.rsqrt_fit`)."""
+    total = torch.zeros(())
+    for x, keep in taps:
+        excess = nn.functional.relu(x.abs() - bound)
+        if keep is not None:
+            excess = excess * keep
+        total = total + excess.square().mean()
+    return total
 
 
 def predict(

@@ -21,7 +21,14 @@ from comet_server.adapt.patch import (
     load_comet_model,
     save_comet_model,
 )
-from comet_server.adapt.train import MU_MIN, Recipe, distil, finetune, gelu_fit_smu
+from comet_server.adapt.train import (
+    MU_MIN,
+    Recipe,
+    distil,
+    finetune,
+    gelu_fit_smu,
+    range_penalty,
+)
 from common.mpc.ring import FRAC_BITS
 from common.protocol.calibrate import (
     SITE_TARGETS_JSON,
@@ -110,6 +117,37 @@ def test_patch_changes_every_activation_and_keeps_state_dict_standard() -> None:
     with torch.no_grad():
         ids = torch.tensor([[5, 17, 9, 33]])
         assert not torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+def test_taps_record_every_rsqrt_site_input_only_when_asked() -> None:
+    model, cfg, params = _patched_tiny()
+    ids = torch.tensor([[5, 17, 9, 33, 2, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+        assert params.taps is None
+        params.taps = []
+        model(input_ids=ids, attention_mask=mask)
+    taps, params.taps = params.taps, None
+    layers = cfg.num_hidden_layers
+    ffn = [x for x, keep in taps if keep is None]
+    att = [(x, keep) for x, keep in taps if keep is not None]
+    assert len(ffn) == layers and len(att) == layers
+    assert ffn[0].shape[-1] == cfg.intermediate_size
+    scores, keep = att[0]
+    assert scores.shape[-2:] == (6, 6)
+    assert torch.equal(keep.expand_as(scores)[0, 0, 0], torch.tensor([1.0] * 5 + [0.0]))
+
+
+def test_range_penalty_counts_only_excess_on_kept_positions() -> None:
+    x = torch.tensor([[0.5, -2.0, 3.0, -7.0]])
+    assert float(range_penalty([(x, None)], 8.0)) == 0.0
+    # excesses 1 and 5 beyond ±2: (0 + 0 + 1 + 25) / 4
+    assert float(range_penalty([(x, None)], 2.0)) == pytest.approx(26 / 4)
+    keep = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the padded key's score is not used
+    assert float(range_penalty([(x, keep)], 2.0)) == pytest.approx(1 / 4)
+    two = range_penalty([(x, None), (x, keep)], 2.0)
+    assert float(two) == pytest.approx(27 / 4)
 
 
 def test_unsupported_family_is_refused() -> None:
@@ -243,13 +281,15 @@ def test_cli_adapts_a_checkpoint_on_a_csv(tiny_checkpoint, tmp_path) -> None:
     _write_csv(data, [(t, "pos" if y else "neg") for t, y in zip(texts, labels, strict=True)])
     out = tmp_path / "out"
     args = [str(tiny_checkpoint), "--out", str(out), "--data", str(data), "--quiet"]
-    res = CliRunner().invoke(main, [*args, "--finetune-steps", "3", "--distil-steps", "3"])
+    steps = ["--finetune-steps", "3", "--distil-steps", "3", "--range-bound", "4"]
+    res = CliRunner().invoke(main, [*args, *steps])
     assert res.exit_code == 0, res.output
     assert "validation accuracy" in res.output
     meta = json.loads((out / "comet" / "comet.json").read_text())
     assert meta["gelu"]["mu"] >= MU_MIN
     report = json.loads((out / "adapt.json").read_text())
     assert report["labels"] == ["neg", "pos"] and report["train_texts"] == 36
+    assert report["recipe"]["range_bound"] == 4.0
     # The result compiles for private execution with the Comet set.
     compiled, tok = compile_model(out / "comet", approx="comet", calibration_texts=texts[:8])
     assert compiled.card.approx.kind == "comet"
