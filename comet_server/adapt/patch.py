@@ -120,9 +120,9 @@ def _relu_attention(
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    sm: SoftmaxConstants = getattr(module, "_comet_softmax", SoftmaxConstants())
-    keep = _keep_from_mask(attention_mask)
     params: CometParams | None = getattr(module, "_comet_params", None)
+    sm = params.softmax if params is not None else SoftmaxConstants()
+    keep = _keep_from_mask(attention_mask)
     if params is not None and params.taps is not None:
         params.taps.append((scores, keep))
     weights = relu_softmax(scores, keep, sm.mu, sm.eps)
@@ -160,7 +160,6 @@ def comet_form(model: nn.Module, params: CometParams) -> nn.Module:
             mod.intermediate_act_fn = _Smu(params)
             n_ffn += 1
         if type(mod).__name__.endswith("SelfAttention"):
-            object.__setattr__(mod, "_comet_softmax", params.softmax)
             object.__setattr__(mod, "_comet_params", params)
         if type(mod).__name__.endswith("Pooler") and hasattr(mod, "activation"):
             mod.activation = _AlgebraicTanh()
