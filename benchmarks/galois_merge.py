@@ -75,7 +75,8 @@ def measure(rows: int, k: int, n: int, group: int, level: str = "first") -> dict
     flood = params.flood_bits(Kb, 2.0**15, low=low)
     spare = [product(c) for c in cols]
     t = time.perf_counter()
-    raws = [server.seal_result(0, a, np.zeros(N, U64), True, flood, keep=keep) for a in spare]
+    zero = np.zeros(keep.size, U64)
+    raws = [server.seal_result(0, a, zero, True, flood, keep=keep) for a in spare]
     seal_s = (time.perf_counter() - t) / group
     t = time.perf_counter()
     for raw in raws:

@@ -618,8 +618,10 @@ class CrtBfvServer(_Base):
 
         Returns the coefficients with their low bits rounded away (`common.he.compact`,
         17 bytes per coefficient, or 9 + 8·|keep|/N when c0 is sent at the coefficient
-        positions `keep` only; the client knows the metadata). `host`: the prime whose
-        context `ct` was computed in (`load(…, host=…)`), if not i.
+        positions `keep` only; the client knows the metadata). `mask`: N slot values,
+        or with `coeffs` the mask's coefficients at the positions `keep` (all N
+        without it): a coefficient whose c0 does not travel needs none. `host`: the
+        prime whose context `ct` was computed in (`load(…, host=…)`), if not i.
         Re-randomised by u·pk_i + (e0, e1) (`_rerandomiser`): a public-key encryption of
         zero under prime i, made at the return level.
         Cost: one mod switch (none if `ct` is there already), a plaintext NTT, a ct×pt
@@ -645,17 +647,20 @@ class CrtBfvServer(_Base):
             ev.mod_switch_to_inplace(ct, hp.return_parms)
             ev.transform_from_ntt_inplace(rr)
             ev.add_inplace(ct, rr)
-        if hp is pr:
+        if not coeffs:
+            if hp is not pr:
+                raise ValueError("products under another prime's context are coefficient-packed")
             ev.add_plain_inplace(ct, self.plain(i, mask, coeffs))
         _, data = split_ciphertext(self.io.members(ct), n, levels)
         # Only the c0 coefficients that travel (`keep`) need their mask, error and flood.
         sel = slice(None) if keep is None else keep
         c0 = data[0][:, sel]
         scaled = None
-        if hp is not pr:  # the product ran under another prime: Δ_i·mask added here
-            if not coeffs:
-                raise ValueError("products under another prime's context are coefficient-packed")
-            scaled = self._scaled_plain(i, np.asarray(mask, dtype=U64)[sel])
+        if coeffs:  # Δ_i·mask added here, at the coefficients that travel only
+            mask = np.asarray(mask, dtype=U64)
+            if mask.shape != (c0.shape[1],):
+                raise ValueError(f"{mask.size} mask coefficients for {c0.shape[1]} kept")
+            scaled = self._scaled_plain(i, mask)
         e0, e1 = self._small_errors(c0.shape[1])
         flood = flood_residues(self.rng, flood_bits, self._moduli[i], c0.shape[1])
         for j, q in enumerate(self._moduli[i]):

@@ -87,6 +87,13 @@ class Blocking:
         """Sorted coefficient positions of output block (a, c) that carry a result the
         client needs: inside the (m, n) product (not padding) and, if given, where the
         (m, n) boolean `wanted` is set. Public: both parties compute it."""
+        return self.output_index().ravel()[self.keep_index(a, c, wanted)]
+
+    def keep_index(
+        self, a: int, c: int, wanted: NDArray[np.bool_] | None = None
+    ) -> NDArray[np.int64]:
+        """`keep`'s entries as indices into the block's mb·nb outputs (row-major, the
+        order of `output_index`, which increases along it)."""
         rows = np.arange(a * self.mb, (a + 1) * self.mb) < self.m
         cols = np.arange(c * self.nb, (c + 1) * self.nb) < self.n
         sel = rows[:, None] & cols[None, :]
@@ -95,13 +102,17 @@ class Blocking:
             blk = wanted[a * self.mb : (a + 1) * self.mb, c * self.nb : (c + 1) * self.nb]
             w[: blk.shape[0], : blk.shape[1]] = blk
             sel &= w
-        return self.output_index()[sel].astype(np.int64)
+        return np.flatnonzero(sel).astype(np.int64)
 
     def decode_output(self, coeffs: NDArray) -> NDArray:
         """(Mb, Nb, N) output coefficients → the (m, n) product."""
+        return self.decode_values(coeffs[:, :, self.output_index().ravel()])
+
+    def decode_values(self, vals: NDArray) -> NDArray:
+        """(Mb, Nb, mb·nb) block outputs (in `output_index` order) → the (m, n) product."""
         Mb, _, Nb = self.grid
-        vals = coeffs[:, :, self.output_index()]  # (Mb, Nb, mb, nb)
-        full = vals.transpose(0, 2, 1, 3).reshape(Mb * self.mb, Nb * self.nb)
+        blocks = vals.reshape(Mb, Nb, self.mb, self.nb)
+        full = blocks.transpose(0, 2, 1, 3).reshape(Mb * self.mb, Nb * self.nb)
         return full[: self.m, : self.n]
 
 

@@ -43,7 +43,9 @@ class MatmulJob:
     w: NDArray[np.int64]  # the server's k×n operand
     blk: Blocking
     cols: tuple[int, ...]
-    mask_res: NDArray[np.uint64]  # (len(primes), Mb, len(cols), N) mask residues
+    # (len(primes), Mb, len(cols), mb·nb) mask residues at the blocks' outputs
+    # (`Blocking.output_index` order): the other coefficients' c0 never travels
+    mask_res: NDArray[np.uint64]
     flood: int
     wanted: NDArray[np.bool_] | None = None  # (m, n): the entries the client needs
     shared: bool = False
@@ -93,7 +95,6 @@ def run_matmul_merged(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
         keys = he.galois_keys_for(i, job.galois[t], host)
         mergers.append(Merger(he.primes[h].context, he.primes[h].evaluator, keys, N))
     out: list[list[bytes]] = [[b""] * (Mb * len(groups)) for _ in job.primes]
-    index_out = blk.output_index().ravel()
     for g, cols in enumerate(groups):
         pos, scales = group_layout(blk, len(cols))
         keeps = [group_keep(blk, a, cols, job.wanted) for a in range(Mb)]
@@ -121,10 +122,10 @@ def run_matmul_merged(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
                 merged = mergers[t].merge(accs[t][a], blk.kb)
                 mask = np.zeros(N, dtype=U64)
                 for jj, c in enumerate(cols):
-                    m = job.mask_res[t, a, index[c]][index_out]
+                    m = job.mask_res[t, a, index[c]]
                     mask[pos[jj]] = mulmod_const(m, pow(2, int(scales[jj]), p), p)
                 out[t][a * len(groups) + g] = he.seal_result(
-                    i, merged, mask, coeffs=True, flood_bits=job.flood, keep=keep,
+                    i, merged, mask[keep], coeffs=True, flood_bits=job.flood, keep=keep,
                     host=None if host is None or host == i else host,
                 )  # fmt: skip
     return out
@@ -170,6 +171,7 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
             )  # fmt: skip
     out: list[list[bytes]] = [[b""] * (Mb * len(job.cols)) for _ in job.primes]
     keeps = [[blk.keep(a, c, job.wanted) for c in job.cols] for a in range(Mb)]
+    picks = [[blk.keep_index(a, c, job.wanted) for c in job.cols] for a in range(Mb)]
     for ci, c in enumerate(job.cols):
         # One block column of W at a time: Kb plaintexts in memory, not Kb·Nb.
         enc = blk.encode_rhs(job.w, col=c)
@@ -196,8 +198,8 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
                 else:
                     acc = he.dot(i if at is None else at, cts[t][a], pts_host)
                 out[t][a * len(job.cols) + ci] = he.seal_result(
-                    i, acc, job.mask_res[t, a, ci], coeffs=True, flood_bits=job.flood,
-                    keep=keep, host=at,
+                    i, acc, job.mask_res[t, a, ci][picks[a][ci]], coeffs=True,
+                    flood_bits=job.flood, keep=keep, host=at,
                 )  # fmt: skip
     return out
 

@@ -582,41 +582,43 @@ def _matmul_send(
 
 
 def _receive_blocks(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray[np.uint64]]:
-    """Per prime, the (Mb·Nb, N) block output coefficients, one return per block."""
+    """Per prime, the (Mb·Nb, mb·nb) block outputs (`Blocking.output_index` order; 0
+    where not wanted), one return per block."""
     blk, wanted = st.blk, st.wanted
     Mb, _, Nb = blk.grid
     keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
+    picks = [blk.keep_index(a, c, wanted) for a in range(Mb) for c in range(Nb)]
     res = []
     for i in range(st.P):
         want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
         raws = unpack_blobs(ch.recv("he.mm.down", want), Mb * Nb)
-        coeffs = np.zeros((Mb * Nb, he.params.slots), dtype=U64)
+        vals = np.zeros((Mb * Nb, blk.mb * blk.nb), dtype=U64)
         for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
             if keep.size:
-                coeffs[t] = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True, keep=keep)
+                dec = he.decrypt(i, he.load_result(i, raw, keep), coeffs=True, keep=keep)
+                vals[t, picks[t]] = dec[keep]
             elif raw:
                 raise ValueError("a return for an output block with nothing wanted")
-        res.append(coeffs)
+        res.append(vals)
     return res
 
 
 def _receive_merged(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray[np.uint64]]:
-    """Per prime, the (Mb·Nb, N) block output coefficients from merged returns: each
-    group's return decrypted once, its columns' outputs moved back to their blocks'
-    `output_index` and divided by the merge's powers of two."""
+    """Per prime, the (Mb·Nb, mb·nb) block outputs (`Blocking.output_index` order)
+    from merged returns: each group's return decrypted once, its columns' outputs
+    taken from their merged positions and divided by the merge's powers of two."""
     blk, lay, wanted = st.blk, st.layout, st.wanted
     assert lay is not None
     Mb, _, Nb = blk.grid
     groups = [list(g) for g in lay.groups()]
     keeps = [group_keep(blk, a, g, wanted) for a in range(Mb) for g in groups]
     layouts = [group_layout(blk, len(g)) for g in groups]
-    index = blk.output_index().ravel()
     res = []
     for i in range(st.P):
         p = he.primes[i].p
         want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
         raws = unpack_blobs(ch.recv("he.mm.down", want), len(keeps))
-        coeffs = np.zeros((Mb * Nb, he.params.slots), dtype=U64)
+        vals = np.zeros((Mb * Nb, blk.mb * blk.nb), dtype=U64)
         for t, (raw, keep) in enumerate(zip(raws, keeps, strict=True)):
             if not keep.size:
                 if raw:
@@ -627,8 +629,8 @@ def _receive_merged(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray
             pos, scales = layouts[q]
             for j, c in enumerate(groups[q]):
                 inv = pow(2, -int(scales[j]), p)
-                coeffs[a * Nb + c, index] = mulmod_const(dec[pos[j]], inv, p)
-        res.append(coeffs)
+                vals[a * Nb + c] = mulmod_const(dec[pos[j]], inv, p)
+        res.append(vals)
     return res
 
 
@@ -637,8 +639,8 @@ def _matmul_receive(ch: Channel, he: CrtBfvClient, st: _Pending) -> Ring:
     merged = st.layout is not None and st.layout.merge > 1
     res = (_receive_merged if merged else _receive_blocks)(ch, he, st)
     Mb, _, Nb = blk.grid
-    full = he.basis(st.P).to_ring(res).reshape(Mb, Nb, he.params.slots)
-    out = blk.decode_output(full)
+    full = he.basis(st.P).to_ring(res).reshape(Mb, Nb, blk.mb * blk.nb)
+    out = blk.decode_values(full)
     if wanted is not None:
         out[~wanted] = 0
     return out
@@ -659,7 +661,6 @@ def _matmul_serve(
     `he_cross_matmul_many`: X·W + X'·Y from the client's uploads of X and Y."""
     _check_wanted(wanted, shape)
     params = he.params
-    N = params.slots
     cross = lhs is not None
     lay = cross_matmul_layout(params, shape) if cross else matmul_layout(params, shape, rhs_bits)
     P, sigma, blk, shared, low = lay.primes, lay.mask_bits, lay.blocking, lay.shared, lay.low
@@ -682,7 +683,8 @@ def _matmul_serve(
     # every wanted entry (all, without `wanted`) returns once per prime (`Blocking.keep`)
     m, _, n = shape
     he.expose(P * (m * n if wanted is None else int(wanted.sum())))
-    limbs = _mask(rng, sigma, (Mb, Nb, N))
+    # masks at the blocks' outputs only: no other coefficient's c0 travels (`keep`)
+    limbs = _mask(rng, sigma, (Mb, Nb, blk.mb * blk.nb))
     basis = he.basis(P)
     mask_res = basis.residues_of_limbs(limbs)
     # The client sends every prime's uploads before it reads: take them all, then cut
@@ -737,4 +739,4 @@ def _matmul_serve(
                     raws[i][a * len(merged) + q] = part[a * len(qs) + qi]
     for i in range(P):
         ch.send("he.mm.down", pack_blobs(raws[i]), kind="ciphertexts", shape=(len(raws[i]),))
-    return blk.decode_output(-limbs[0])
+    return blk.decode_values(-limbs[0])
