@@ -8,6 +8,8 @@ Beaver triples, square pairs, mask-group products, matrix triples — the table 
 * bytes and ciphertexts up (client → server) and down, summed over layers;
 * CPU seconds of each party's protocol thread (`time.thread_time`, so right although
   both parties share one process) and of the server's worker processes;
+* the Galois keys of the linear masks' merged returns, sent once per session, apart
+  (`totals.galois_key_bytes`);
 * the elements produced (element-wise products; linear and matrix MACs) and the bytes
   per element, beside the byte floor of HE-based OLE in Z_2^64 from the analysis in
   DESIGN.md (91 B per element-wise product with 3 CRT primes, 0.08 B per linear MAC at
@@ -161,6 +163,8 @@ def run_offline(
         out_rows.append(row)
     off = {"server": server.meter.totals(phase="offline"),
            "client": client.meter.totals(phase="offline")}  # fmt: skip
+    # the linear masks' Galois keys (`HeProvider._galois_keys`), once per session
+    keys = client.meter.breakdown(by=("phase", "op")).get(("offline", "galois-keys"))
     return {
         "meta": {
             "model": str(model_dir),
@@ -177,6 +181,7 @@ def run_offline(
             "server_worker_cpu_s": off["server"].worker_cpu_seconds,
             "client_cpu_s": off["client"].cpu_seconds,
             "offline_wall_s": off["client"].seconds,
+            "galois_key_bytes": keys.sent_bytes if keys is not None else 0,
             "run_wall_s": wall,
         },
     }

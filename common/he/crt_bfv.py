@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -53,7 +53,10 @@ class CrtBfvParams:
     which no data level uses (no key switching here), so it is as small as SEAL allows
     (17 bits) and the data level gets the rest of the 218 bits that are SEAL's 128-bit
     bound for N = 8192 (HE standard, checked by SEAL at context creation): 201 bits.
-    The return level drops the small data prime: three 60-bit primes.
+    The return level drops the small data prime: three 60-bit primes. The linear
+    masks run on a chain of their own (`linear_bits`, `linear`): three 60-bit data
+    primes, which are also its return level, and a 38-bit special prime over which
+    their returns merge by key switching (docs/SECURITY.md, item 7 of "flooding").
 
     Statistical security holds for the whole session, not per coefficient
     (docs/SECURITY.md, "Session-level statistical security"): a session may expose at
@@ -73,6 +76,29 @@ class CrtBfvParams:
     # Off by default: merged at the first level, the demo's linear masks return half the
     # bytes but take 27 % more HE CPU (docs/BENCHMARKS.md, 2026-12-07).
     merge_max: int = 1
+    # Data moduli the return level drops (1: the small one; 0: returns stay at the first
+    # level, for a chain whose data level is the return level: `linear`).
+    return_drops: int = 1
+    # The linear masks' own chain (`linear`; None: they run on `coeff_bits`): their
+    # products need no 201-bit data level (small weights, uploads at the return level),
+    # so the 218 bits go to three 60-bit data primes and a 38-bit special prime, over
+    # which their returns merge by key switching at the return level with little noise.
+    linear_bits: tuple[int, ...] | None = (60, 60, 60, 38)
+    linear_merge: int = 16  # block columns per merged linear-mask return on that chain
+
+    def linear(self) -> CrtBfvParams:
+        """The parameters of the linear masks' HE objects: this set itself, or its
+        `linear_bits` chain with returns at the first level, merged `linear_merge`
+        block columns at a time (the same ring, plaintext primes and security)."""
+        if self.linear_bits is None:
+            return self
+        return replace(
+            self,
+            coeff_bits=self.linear_bits,
+            return_drops=0,
+            merge_max=self.linear_merge,
+            linear_bits=None,
+        )
 
     @property
     def slots(self) -> int:
@@ -105,11 +131,11 @@ class CrtBfvParams:
 
     @property
     def return_bits(self) -> int:
-        return sum(self.coeff_bits[:-2])
+        return sum(self.coeff_bits[: self.return_moduli])
 
     @property
     def return_moduli(self) -> int:
-        return len(self.coeff_bits) - 2
+        return len(self.coeff_bits) - 1 - self.return_drops
 
     @property
     def exposure_limit(self) -> int:
@@ -253,7 +279,9 @@ def _make_prime(params: CrtBfvParams, p: int) -> _Prime:
     if not ctx.parameters_set():
         raise ValueError(f"invalid BFV parameters: {ctx.parameter_error_message()}")
     first = ctx.first_context_data()
-    ret = first.next_context_data()
+    ret = first
+    for _ in range(params.return_drops):
+        ret = ret.next_context_data()
     return _Prime(
         p, ctx, seal.BatchEncoder(ctx), seal.Evaluator(ctx), first.parms_id(), ret.parms_id()
     )
@@ -435,7 +463,7 @@ class CrtBfvServer(_Base):
         self._pk_low: dict[tuple[int, int, bool], object] = {}
         self._galois: dict[tuple[int, int, bytes], object] = {}
         self._room_checked: set[int] = set()
-        self.exposed = 0  # masked values and flooded coefficients returned so far
+        self._ledger = [0]  # masked values and flooded coefficients returned so far
 
     def load_galois_keys(self, i: int, blob: bytes) -> object:
         """The client's Galois keys for prime i (`CrtBfvClient.galois_keys`); raises
@@ -446,6 +474,19 @@ class CrtBfvServer(_Base):
         except Exception as exc:  # SEAL raises generic errors on bad input
             raise ValueError(f"malformed Galois keys: {exc}") from exc
         return keys
+
+    @property
+    def exposed(self) -> int:
+        return self._ledger[0]
+
+    @exposed.setter
+    def exposed(self, value: int) -> None:
+        self._ledger[0] = value
+
+    def share_exposure(self, other: CrtBfvServer) -> None:
+        """Count this object's returns against `other`'s budget too: the session's
+        statistical budget covers every HE object of the session."""
+        self._ledger = other._ledger
 
     def expose(self, count: int) -> None:
         """Account for `count` more returned coefficients (each a masked value under

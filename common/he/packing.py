@@ -124,6 +124,12 @@ def diagonal_blocks(m: int, n: int, diag: tuple[int, int]) -> NDArray[np.bool_]:
     return np.kron(np.eye(m // dm, dtype=bool), np.ones((dm, dn), dtype=bool))
 
 
+# What `choose_blocking` charges for one key switch of a merge (≈ 4.6 ms of HE CPU on
+# this project's 2-core machine, about half an upload's encryption and loading): the
+# trade between bytes and CPU when returns are merged.
+KEY_SWITCH_BYTES = 50_000
+
+
 @lru_cache(maxsize=256)
 def choose_blocking(
     m: int,
@@ -133,6 +139,7 @@ def choose_blocking(
     up_bytes: int,
     down_bytes: int,
     cross: bool = False,
+    merge: int = 1,
 ) -> Blocking:
     """The block shape that minimises bytes on the wire, then ct×pt products.
 
@@ -143,17 +150,32 @@ def choose_blocking(
     Every output block counts as a return, even one that a caller's `wanted` leaves
     empty: an empty block still costs its mask and its decoding on both sides, so
     grids of many small mostly-empty blocks (fewer bytes for a stack of small
-    products) cost far more CPU (measured: 8 × 18 tokens, docs/BENCHMARKS.md)."""
+    products) cost far more CPU (measured: 8 × 18 tokens, docs/BENCHMARKS.md).
+    `merge` > 1: returns are merged up to `merge` block columns at a time
+    (`common.he.galois_merge`), which needs a power-of-two kb: only those are
+    considered, a row block's returns count once per merged group, and each merge's
+    key switch counts as `KEY_SWITCH_BYTES`: without it the chooser takes the fewest
+    uploads and grids of 100–200 block columns, 4× the key switches (measured on the
+    demo: 243 MB fewer bytes for 44 s more HE CPU, docs/BENCHMARKS.md)."""
     best: tuple[tuple[int, int], Blocking] | None = None
     for mb in range(1, min(m, degree) + 1):
         Mb = math.ceil(m / mb)
         if mb > 1 and math.ceil(m / (mb - 1)) == Mb:
             continue  # same grid as mb − 1 with more padding
         for kb in range(1, min(k, degree // mb) + 1):
+            if merge > 1 and kb & (kb - 1):
+                continue
             nb = min(n, degree // (mb * kb))
             b = Blocking(m, k, n, mb, kb, nb, degree)
             ups = b.uploads + (b.grid[1] * b.grid[2] if cross else 0)
-            cost = (ups * up_bytes + b.returns * down_bytes, b.products * (2 if cross else 1))
+            returns, switches = b.returns, 0
+            if merge > 1:
+                cols = b.grid[2]
+                g = min(merge, kb, 1 << int(math.log2(cols)))
+                returns = b.grid[0] * math.ceil(cols / g)
+                switches = b.returns - returns
+            wire = ups * up_bytes + returns * down_bytes + switches * KEY_SWITCH_BYTES
+            cost = (wire, b.products * (2 if cross else 1))
             if best is None or cost < best[0]:
                 best = (cost, b)
     assert best is not None

@@ -472,7 +472,7 @@ def matmul_layout(params: CrtBfvParams, shape: tuple[int, int, int], rhs_bits: i
     down = compact_bytes(N, 0)
     shared = P > 1 and min(params.plain_primes[:P]) > 1 << (rhs_bits + 1)
     if shared and params.merge_max > 1:
-        blk = choose_blocking(m, k, n, N, params.upload_bytes, down)
+        blk = choose_blocking(m, k, n, N, params.upload_bytes, down, merge=params.merge_max)
         kb, cols = blk.kb, blk.grid[2]
         if cols > 1 and not kb & (kb - 1):
             g = min(params.merge_max, kb, 1 << int(math.log2(cols)))

@@ -111,6 +111,9 @@ class HeProvider:
         self.weight_bits = weight_bits
         self.rng = new_rng() if rng is None else require_secure(rng, type(self).__name__)
         self.he: CrtBfvClient | CrtBfvServer | None = None
+        # The linear masks' HE objects (`CrtBfvParams.linear`; `he` itself without a
+        # chain of their own)
+        self.he_linear: CrtBfvClient | CrtBfvServer | None = None
         # Where the server's HE work runs (None: this thread); the client's is light.
         self.executor = executor
 
@@ -133,12 +136,13 @@ class HeProvider:
             rhs_bits: int,
             useful: int,
             cross: bool = False,
+            linear: bool = False,
         ) -> None:
             nonlocal frame, work
             if cross:
                 lay = cross_matmul_layout(params, (m, k, n))
             else:
-                lay = matmul_layout(params, (m, k, n), rhs_bits)
+                lay = matmul_layout(params.linear() if linear else params, (m, k, n), rhs_bits)
             P, blk = lay.primes, lay.blocking
             Mb, Kb, Nb = blk.grid
             up = upload_bound(params, Mb * Kb + (Kb * Nb if cross else 0))
@@ -155,7 +159,8 @@ class HeProvider:
             work = max(work, chunks * (up + down) + chunks * outs_per_chunk * (3 + P) * N * 8)
 
         for spec in plan.linears:
-            matmul(spec.rows, spec.k, spec.n, self._weight_bits(plan), spec.rows * spec.n)
+            matmul(spec.rows, spec.k, spec.n, self._weight_bits(plan), spec.rows * spec.n,
+                   linear=True)  # fmt: skip
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
             g = matmul_group_size(count, m, k, n, params)
@@ -190,7 +195,8 @@ class HeProvider:
         N = params.slots
         total = 0
         for spec in plan.linears:
-            P = matmul_layout(params, (spec.rows, spec.k, spec.n), self._weight_bits(plan)).primes
+            shape = (spec.rows, spec.k, spec.n)
+            P = matmul_layout(params.linear(), shape, self._weight_bits(plan)).primes
             total += P * spec.rows * spec.n
         for (*batch, m, k, n), _ in plan.matmul_specs():
             count = int(np.prod(batch, dtype=np.int64)) if batch else 1
@@ -206,16 +212,27 @@ class HeProvider:
         return total
 
     def setup(self, ch: Channel) -> None:
-        """Key setup: the client generates keys and sends its public keys (~0.4 MB/prime)."""
+        """Key setup: the client generates keys and sends its public keys (~0.4 MB per
+        prime and chain: the main one, and the linear masks' own if they have one,
+        `CrtBfvParams.linear`, under a key of its own). Rounds: 1 (one way)."""
+        lin = self.params.linear()
         with ch.scope(phase="setup", op="he-keys"):
             if ch.party == CLIENT:
-                client = CrtBfvClient(self.params)
-                pks = client.public_keys()
+                self.he = CrtBfvClient(self.params)
+                self.he_linear = self.he if lin is self.params else CrtBfvClient(lin)
+                pks = self.he.public_keys()
+                if self.he_linear is not self.he:
+                    pks += self.he_linear.public_keys()
                 ch.send("he.pk", pack_blobs(pks), kind="he-keys", shape=(len(pks),))
-                self.he = client
             else:
-                pks = unpack_blobs(ch.recv("he.pk"), self.params.max_primes)
-                self.he = CrtBfvServer(self.params, pks, self.rng)
+                chains = 1 if lin is self.params else 2
+                n = self.params.max_primes
+                pks = unpack_blobs(ch.recv("he.pk"), chains * n)
+                self.he = CrtBfvServer(self.params, pks[:n], self.rng)
+                self.he_linear = self.he
+                if chains == 2:
+                    self.he_linear = CrtBfvServer(lin, pks[n:], self.rng)
+                    self.he_linear.share_exposure(self.he)
 
     def generate(
         self, ch: Channel, plan: Plan, weights: Mapping[str, Weight] | None = None
@@ -233,6 +250,8 @@ class HeProvider:
             _agree(ch, plan)
             # Linear masks first: bound masks (`Bind`) take the client's output shares.
             wbits = self._weight_bits(plan)
+            lin = self.he_linear
+            assert lin is not None
             self._galois_keys(ch, plan, wbits)
             with ch.scope(op="linear-masks"):
                 # all of the segment's linear layers in one pipelined batch
@@ -253,7 +272,7 @@ class HeProvider:
                                 f"weight {spec.key!r} exceeds the public bound 2^{wbits}"
                             )
                         items.append((w, (spec.rows, spec.k, spec.n), wbits, None))
-                shares = he_matmul_many(ch, he, items, rng, self.executor)
+                shares = he_matmul_many(ch, lin, items, rng, self.executor)
                 linears = [
                     LinearMask(spec, share, rs[t] if client else None)
                     for t, (spec, share) in enumerate(zip(plan.linears, shares, strict=True))
@@ -291,8 +310,8 @@ class HeProvider:
     def _galois_keys(self, ch: Channel, plan: Plan, wbits: int) -> None:
         """Send (client) / receive (server) the Galois keys the plan's merged linear
         masks need (`MatmulLayout.merge`), once per session: public, from the public
-        shapes, ≈ 1 MB per element and prime. Rounds: 1 if any are new, else 0."""
-        he = self.he
+        shapes, ≈ 0.75 MB per element and prime. Rounds: 1 if any are new, else 0."""
+        he = self.he_linear
         assert he is not None
         layouts = [matmul_layout(he.params, (s.rows, s.k, s.n), wbits) for s in plan.linears]
         need = set(galois_elements_for(he.params, layouts))

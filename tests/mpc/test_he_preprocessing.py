@@ -245,6 +245,35 @@ def test_bit_products_are_a_one_time_pad_mod_p(server_bit):
     assert float(((counts - exp) ** 2 / exp).sum()) < CHI2_LIMIT
 
 
+@pytest.mark.parametrize("weight", [0, 2**20 - 1])
+def test_client_view_of_merged_linear_returns_uniform(weight):
+    """On the linear masks' chain (`CrtBfvParams.linear`) returns are merged by key
+    switching, whose noise depends on the weights: the client's shares of X·W are
+    uniform whatever the server's W (all zero, or all at the card's bound)."""
+    from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
+    from common.mpc.he_protocols import galois_elements_for, he_matmul, matmul_layout
+
+    params = CrtBfvParams().linear()
+    client = CrtBfvClient(params)
+    server = CrtBfvServer(params, client.public_keys(), SecureRng(17))
+    m, k, n = 16, 64, 2048
+    layout = matmul_layout(params, (m, k, n), 21)
+    assert layout.merge > 1
+    elements = galois_elements_for(params, [layout])
+    server.galois_blobs = tuple(client.galois_keys(i, elements) for i in range(layout.primes))
+    x = np.full((m, k), 2**64 - 1, dtype=np.uint64)
+    w = np.full((k, n), weight, dtype=np.int64)
+
+    def body(ch: Channel):
+        if ch.party == CLIENT:
+            return he_matmul(ch, client, x, (m, k, n), 21, SecureRng(18))
+        return he_matmul(ch, server, w, (m, k, n), 21, SecureRng(19))
+
+    s_srv, s_cli = run_local(body)
+    assert np.array_equal(s_srv + s_cli, ring_matmul_public(x, w))
+    assert chi2_uniform_bytes(s_cli) < CHI2_LIMIT
+
+
 def test_server_view_of_linear_input_uniform():
     """The only online message of a linear layer, x_c − r, is uniform for any input."""
     from common.mpc.ring import FixedPoint
@@ -586,17 +615,22 @@ def test_cross_matmul_sums_both_terms_in_one_return():
     assert down < down_two
 
 
-@pytest.mark.parametrize("rhs_bits,merge", [(21, 1), (21, 16), (63, 16)])
+@pytest.mark.parametrize(
+    "rhs_bits,merge", [(21, 1), (21, 16), (63, 16), (21, "linear"), (21, "linear-wanted")]
+)
 def test_matmul_exact_with_zero_weight_columns(rhs_bits, merge):
     """All primes' products share one weight NTT when W is small (rhs_bits 21): at the
     return level from uploads made there, or (merge) at the first level with groups of
     block columns merged into one return by Galois automorphisms; neither when W is a
-    ring share (63). An all-zero W block column still decrypts under each prime's own
-    key, merged or not."""
+    ring share (63). On the linear masks' own chain (`CrtBfvParams.linear`: returns at
+    the first level, a 38-bit special prime) the merge runs at the return level, with
+    or without `wanted`. An all-zero W block column still decrypts under each prime's
+    own key, merged or not."""
     from common.he.crt_bfv import CrtBfvClient, CrtBfvParams, CrtBfvServer
     from common.mpc.he_protocols import galois_elements_for, he_matmul, matmul_layout
 
-    params = CrtBfvParams(merge_max=merge)
+    linear = isinstance(merge, str)
+    params = CrtBfvParams().linear() if linear else CrtBfvParams(merge_max=merge)
     client = CrtBfvClient(params)
     server = CrtBfvServer(params, client.public_keys(), SecureRng(7))
     rng = np.random.default_rng(6)
@@ -604,6 +638,10 @@ def test_matmul_exact_with_zero_weight_columns(rhs_bits, merge):
     x = rng.integers(0, 2**63, (m, k), dtype=np.uint64)
     w = rng.integers(-(2**20), 2**20, (k, n))
     w[:, 100:] = 0  # whole block columns of zeros
+    wanted = None
+    if merge == "linear-wanted":
+        wanted = rng.random((m, n)) < 0.3
+        wanted[:, 200:300] = False  # whole blocks with nothing wanted
 
     layout = matmul_layout(params, (m, k, n), rhs_bits)
     elements = galois_elements_for(params, [layout])
@@ -612,14 +650,21 @@ def test_matmul_exact_with_zero_weight_columns(rhs_bits, merge):
 
     def body(ch: Channel):
         if ch.party == CLIENT:
-            return he_matmul(ch, client, x, (m, k, n), rhs_bits, SecureRng(8))
-        return he_matmul(ch, server, w, (m, k, n), rhs_bits, SecureRng(9))
+            return he_matmul(ch, client, x, (m, k, n), rhs_bits, SecureRng(8), wanted=wanted)
+        return he_matmul(ch, server, w, (m, k, n), rhs_bits, SecureRng(9), wanted=wanted)
 
     want = {(21, 1): (True, True, 1), (63, 16): (False, False, 1)}.get((rhs_bits, merge))
     got = (layout.shared, layout.low, layout.merge)
     assert got == want if want else (got[:2] == (True, False) and got[2] > 1 and elements)
+    if linear:
+        assert params.return_bits == params.full_bits and params.coeff_bits[-1] == 38
     s_srv, s_cli = run_local(body)
-    assert np.array_equal(s_srv + s_cli, ring_matmul_public(x, w))
+    expect = ring_matmul_public(x, w)
+    if wanted is None:
+        assert np.array_equal(s_srv + s_cli, expect)
+    else:
+        assert np.array_equal((s_srv + s_cli)[wanted], expect[wanted])
+        assert not s_cli[~wanted].any()
 
 
 def test_oversized_upload_batch_is_refused():
