@@ -156,7 +156,7 @@ def choose_blocking(
     considered, a row block's returns count once per merged group, and each merge's
     key switch counts as `KEY_SWITCH_BYTES`: without it the chooser takes the fewest
     uploads and grids of 100–200 block columns, 4× the key switches (measured on the
-    demo: 243 MB fewer bytes for 44 s more HE CPU, docs/BENCHMARKS.md)."""
+    demo: 162 MB fewer bytes for 48 s more HE worker CPU, docs/BENCHMARKS.md)."""
     best: tuple[tuple[int, int], Blocking] | None = None
     for mb in range(1, min(m, degree) + 1):
         Mb = math.ceil(m / mb)

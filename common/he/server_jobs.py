@@ -170,8 +170,9 @@ def run_matmul(he: CrtBfvServer, job: MatmulJob) -> list[list[bytes]]:
                   for b in range(Kb)] for a in range(Mb)]
             )  # fmt: skip
     out: list[list[bytes]] = [[b""] * (Mb * len(job.cols)) for _ in job.primes]
-    keeps = [[blk.keep(a, c, job.wanted) for c in job.cols] for a in range(Mb)]
     picks = [[blk.keep_index(a, c, job.wanted) for c in job.cols] for a in range(Mb)]
+    index = blk.output_index().ravel()
+    keeps = [[index[pk] for pk in row] for row in picks]  # `Blocking.keep`
     for ci, c in enumerate(job.cols):
         # One block column of W at a time: Kb plaintexts in memory, not Kb·Nb.
         enc = blk.encode_rhs(job.w, col=c)

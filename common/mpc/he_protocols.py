@@ -586,8 +586,9 @@ def _receive_blocks(ch: Channel, he: CrtBfvClient, st: _Pending) -> list[NDArray
     where not wanted), one return per block."""
     blk, wanted = st.blk, st.wanted
     Mb, _, Nb = blk.grid
-    keeps = [blk.keep(a, c, wanted) for a in range(Mb) for c in range(Nb)]
     picks = [blk.keep_index(a, c, wanted) for a in range(Mb) for c in range(Nb)]
+    index = blk.output_index().ravel()
+    keeps = [index[pk] for pk in picks]  # `Blocking.keep`
     res = []
     for i in range(st.P):
         want = batch_size([he.return_size(kp.size) if kp.size else 0 for kp in keeps])
