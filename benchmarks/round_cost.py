@@ -81,10 +81,18 @@ def round_cost(mode: str = "channel", rounds: int = 2000, elements: int = 64) ->
     """Seconds per round of `rounds` rounds against a server in a child process. In
     "channel" mode each round's arrays carry the round's index and both ends check
     what they receive (a RuntimeError here if the client's does not match)."""
-    port_q: mp.Queue = mp.Queue()
-    srv = mp.Process(target=_serve, args=(port_q, mode, rounds, elements), daemon=True)
+    # spawn, not fork: a child forked from a process whose gRPC threads already run
+    # (any earlier channel in the same interpreter, as in the test suite) can hang
+    # before it serves, and CI saw exactly that
+    ctx = mp.get_context("spawn")
+    port_q: mp.Queue = ctx.Queue()
+    srv = ctx.Process(target=_serve, args=(port_q, mode, rounds, elements), daemon=True)
     srv.start()
-    port = port_q.get(timeout=30)
+    try:
+        port = port_q.get(timeout=120)  # a cold spawn imports grpc and numpy afresh
+    except queue.Empty:
+        srv.terminate()
+        raise RuntimeError("the round-cost server did not start within 120 s") from None
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     call = channel.stream_stream(
         METHOD,
