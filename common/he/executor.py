@@ -1,7 +1,10 @@
 """Where HE work runs: one small interface, in this thread or in worker processes.
 
 SEAL holds the GIL, so a second core needs a second process. `HeExecutor.map(fn, jobs)`
-runs a module-level function over picklable jobs and returns the results in order.
+runs a module-level function over picklable jobs and returns the results in order;
+`HeExecutor.imap(fn, jobs)` streams: it takes the jobs as the caller makes them (a
+server makes a job when its ciphertexts arrive) and yields each result as soon as it
+and those before it are done, so the peer decrypts early results while later jobs run.
 `SerialExecutor` runs them here (tests, the client); `ProcessExecutor` in local worker
 processes (the server's default: one per core). `FuturesExecutor` adapts any
 `concurrent.futures.Executor`, which is how a cluster engine runs the same jobs when
@@ -24,7 +27,8 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 J = TypeVar("J")
@@ -33,6 +37,7 @@ R = TypeVar("R")
 
 class HeExecutor(Protocol):
     def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]: ...
+    def imap(self, fn: Callable[[J], R], jobs: Iterable[J]) -> Iterator[R]: ...
     def close(self) -> None: ...
 
     @property
@@ -46,6 +51,10 @@ class SerialExecutor:
 
     def map(self, fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
         return [fn(j) for j in jobs]
+
+    def imap(self, fn: Callable[[J], R], jobs: Iterable[J]) -> Iterator[R]:
+        for j in jobs:
+            yield fn(j)
 
     def close(self) -> None:
         pass
@@ -62,6 +71,25 @@ class FuturesExecutor:
         if len(jobs) <= 1:
             return [fn(j) for j in jobs]
         return list(self._ex.map(fn, jobs))
+
+    def imap(self, fn: Callable[[J], R], jobs: Iterable[J]) -> Iterator[R]:
+        """Results in the jobs' order. Each job is submitted as soon as `jobs` yields
+        it; between two jobs the results already done are yielded, and at most
+        `ahead` (2 per worker) are in flight or unread: the caller's memory for jobs
+        and results stays bounded however long `jobs` is. If the consumer stops early
+        or a job fails, the jobs not yet started are cancelled."""
+        ahead = 2 * self.workers
+        pending: deque[cf.Future[R]] = deque()
+        try:
+            for j in jobs:
+                pending.append(self._ex.submit(fn, j))
+                while pending and (pending[0].done() or len(pending) > ahead):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
     def close(self) -> None:
         self._ex.shutdown(wait=False, cancel_futures=True)

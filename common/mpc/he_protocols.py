@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -111,7 +112,23 @@ def he_products(
     executor: HeExecutor | None = None,
     operand_bits: int = 64,
 ) -> Ring:
-    """Shares of Σ_j x_j ⊙ y_j mod 2^64 (client holds the x_j, server the y_j).
+    """Shares of Σ_j x_j ⊙ y_j mod 2^64 (`he_products_deferred`, finished at once)."""
+    return he_products_deferred(ch, he, operands, rng, executor, operand_bits)()
+
+
+def he_products_deferred(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    operands: list[Ring],
+    rng: SecureRng,
+    executor: HeExecutor | None = None,
+    operand_bits: int = 64,
+) -> Callable[[], Ring]:
+    """Shares of Σ_j x_j ⊙ y_j mod 2^64 (client holds the x_j, server the y_j), as a
+    `finish` to call: the client sends its uploads now and receives the returns when
+    it calls `finish` (so it may send other batches' uploads, or read earlier
+    batches' returns, in between, while the server works); the server does all its
+    work now, and `finish` just gives its share.
 
     Each party passes its own list of equal-length uint64 vectors (same count J) of
     values below 2^operand_bits (public; 1 for bits: one CRT prime and a mask uniform
@@ -141,65 +158,46 @@ def he_products(
                 for x in operands
             ]
             ch.send("he.prod.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
-        basis = he.basis(P)
-        down = he.return_size()
-        out = np.empty(chunks * N, dtype=U64)
-        for c in range(chunks):
-            raws = unpack_blobs(ch.recv("he.prod.down", batch_size([down] * P)), P)
-            res = [he.decrypt(i, he.load_result(i, raws[i])) for i in range(P)]
-            out[c * N : (c + 1) * N] = basis.to_ring(res)
-        return out[:n]
+        client = he
+
+        def receive() -> Ring:
+            basis = client.basis(P)
+            down = client.return_size()
+            out = np.empty(chunks * N, dtype=U64)
+            for c in range(chunks):
+                raws = unpack_blobs(ch.recv("he.prod.down", batch_size([down] * P)), P)
+                res = [client.decrypt(i, client.load_result(i, raws[i])) for i in range(P)]
+                out[c * N : (c + 1) * N] = basis.to_ring(res)
+            return out[:n]
+
+        return receive
 
     assert isinstance(he, CrtBfvServer)
     flood = params.flood_bits(J, he.primes[0].p / 2)
     basis = he.basis(P)
-    # The client sends every chunk before it reads: take them all, then work in parallel.
     bound = upload_bound(params, P * J)
-    ups = [unpack_blobs(ch.recv("he.prod.up", max_bytes=bound), P * J) for _ in range(chunks)]
-    he.expose(chunks * N * P)
-    if perfect:
-        share, mask_res = _perfect_mask(rng, he.primes[0].p, (chunks, N))
-    else:
-        limbs = _mask(rng, params.mask_bits(value_bits), (chunks, N))
-        share = -limbs[0]
-        mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, chunks, N)
-    ys = np.stack([np.stack([chunk(y, c, N) for y in operands]) for c in range(chunks)])
-    groups = _split(chunks, _parts(executor, chunks))
-    jobs = [
-        ProductsJob(
-            params, he.public_key_blobs, P, [ups[c] for c in g], ys[g], mask_res[:, g], flood
-        )
-        for g in groups
-    ]
-    results = _run(ch, executor, he, run_products, products_in_worker, jobs)
-    for per_chunk in results:
+    share = np.empty((chunks, N), dtype=U64)
+
+    def jobs() -> Iterator[ProductsJob]:
+        # one job per few chunks, made as its uploads arrive (`_stream`)
+        costs = [products_chunk_bytes(params, P, J)] * chunks
+        for g in stream_groups(executor, costs, math.ceil(8 / (P * J))):
+            ups = [unpack_blobs(ch.recv("he.prod.up", max_bytes=bound), P * J) for _ in g]
+            he.expose(g.size * N * P)
+            if perfect:
+                share[g], mask_res = _perfect_mask(rng, he.primes[0].p, (g.size, N))
+            else:
+                limbs = _mask(rng, params.mask_bits(value_bits), (g.size, N))
+                share[g] = -limbs[0]
+                mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, g, N)
+            ys = np.stack([np.stack([chunk(y, c, N) for y in operands]) for c in g])
+            yield ProductsJob(params, he.public_key_blobs, P, ups, ys, mask_res, flood)
+
+    for per_chunk in _stream(ch, executor, he, run_products, products_in_worker, jobs()):
         for raws in per_chunk:
             ch.send("he.prod.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
-    return share.reshape(-1)[:n]
-
-
-SLICE_BYTES = 256 << 20  # the HE working set of one slice of a mask-group batch
-
-
-def track_slices(layout: TrackLayout, params: CrtBfvParams) -> list[range]:
-    """The chunks of `layout` cut into consecutive slices whose server working set
-    (uploads, returns, masks) stays within `SLICE_BYTES` (public: both parties cut the
-    same way). Each slice costs one round trip."""
-    N = params.slots
-    P = params.primes_for(129.0)
-    up_b = params.upload_bytes
-    down_b = compact_bytes(N)
-    out: list[range] = []
-    first, held = 0, 0
-    for c, (t, o) in enumerate(zip(layout.chunk_tracks, layout.chunk_outputs, strict=True)):
-        cost = P * (len(t) * up_b + len(o) * (down_b + (3 + P) * N * 8))
-        if c > first and held + cost > SLICE_BYTES:
-            out.append(range(first, c))
-            first, held = c, 0
-        held += cost
-    if first < len(layout.chunk_tracks):
-        out.append(range(first, len(layout.chunk_tracks)))
-    return out
+    done = share.reshape(-1)[:n]
+    return lambda: done
 
 
 def he_track_products(
@@ -210,17 +208,30 @@ def he_track_products(
     rng: SecureRng,
     executor: HeExecutor | None = None,
 ) -> list[Ring]:
-    """Shares of the mask-group outputs of `layout` (`common.mpc.tracks`): per output p
-    a vector of `layout.output_extent[p]` slots holding Σ_t U_t ⊙ Y_{p,t} mod 2^64.
+    """`he_track_products_deferred`, finished at once."""
+    return he_track_products_deferred(ch, he, layout, operands, rng, executor)()
+
+
+def he_track_products_deferred(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    layout: TrackLayout,
+    operands: list[Ring] | list[dict[int, Ring]],
+    rng: SecureRng,
+    executor: HeExecutor | None = None,
+) -> Callable[[], list[Ring]]:
+    """As a `finish` to call (see `he_products_deferred`): shares of the mask-group
+    outputs of `layout` (`common.mpc.tracks`): per output p a vector of
+    `layout.output_extent[p]` slots holding Σ_t U_t ⊙ Y_{p,t} mod 2^64.
 
     The client passes its upload vectors (`layout.uploads`), the server its terms
     (`layout.terms`). Each upload vector goes up once, whatever the number of products
     it enters; at most two terms are non-zero per slot, so values stay below 2^129
     (4 primes with the session-level mask). Cost per N slots and prime: one seeded
     ciphertext up per track present (~27.5 B/slot), one return per output present
-    (17 B/slot); rounds: 2 (the client
-    sends every slice before it reads; the server takes one slice at a time,
-    `track_slices`, so its memory for this batch stays within `SLICE_BYTES`).
+    (17 B/slot); rounds: 2 (the client sends every chunk before it reads; the server
+    streams them through its workers a few chunks per job, `_stream`, so its memory
+    for this batch is a few jobs' uploads, returns and masks).
     """
     params = he.params
     N = params.slots
@@ -241,79 +252,77 @@ def he_track_products(
         ups = operands
         basis = he.basis(P)
         down = he.return_size()
-        # Every slice's uploads first: the client decrypts slice s while the server
-        # computes slice s + 1 (the server still takes them slice by slice).
-        slices = track_slices(layout, params)
-        for sl in slices:
-            for c in sl:
-                blobs = [
-                    he.encrypt(i, chunk(ups[t], c, N) % U64(he.primes[i].p))  # type: ignore[arg-type]
-                    for i in range(P)
-                    for t in tracks[c]
-                ]
-                ch.send("he.tp.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
-        for sl in slices:
-            for c in sl:
+        # Every chunk's uploads first: the server computes them as they arrive and
+        # the client decrypts the first returns while it computes the last.
+        for c in range(len(tracks)):
+            blobs = [
+                he.encrypt(i, chunk(ups[t], c, N) % U64(he.primes[i].p))  # type: ignore[arg-type]
+                for i in range(P)
+                for t in tracks[c]
+            ]
+            ch.send("he.tp.up", pack_blobs(blobs), kind="ciphertexts", shape=(len(blobs),))
+        client = he
+
+        def receive() -> list[Ring]:
+            for c in range(len(tracks)):
                 n_out = len(outs[c])
                 want = batch_size([down] * (P * n_out))
                 raws = unpack_blobs(ch.recv("he.tp.down", want), P * n_out)
                 for o, p in enumerate(outs[c]):
                     put(p, c, basis.to_ring(
-                        [he.decrypt(i, he.load_result(i, raws[o * P + i])) for i in range(P)]
+                        [client.decrypt(i, client.load_result(i, raws[o * P + i]))
+                         for i in range(P)]
                     ))  # fmt: skip
-        return res
+            return res
+
+        return receive
 
     assert isinstance(he, CrtBfvServer)
     terms_of: list[dict[int, Ring]] = operands  # type: ignore[assignment]
     basis = he.basis(P)
-    flood = None
-    for sl in track_slices(layout, params):
-        ups = []
-        for c in sl:
-            bound = upload_bound(params, P * len(tracks[c]))
-            ups.append(unpack_blobs(ch.recv("he.tp.up", max_bytes=bound), P * len(tracks[c])))
-        chunk_terms: list[list[list[tuple[int, Ring]]]] = []
-        for c in sl:
-            pos = {t: k for k, t in enumerate(tracks[c])}
-            per_out = []
-            for p in outs[c]:
-                terms = []
-                for t, y in sorted(terms_of[p].items()):
-                    yc = chunk(y, c, N)
-                    if yc.any():
-                        terms.append((pos[t], yc))
-                per_out.append(terms)
-            chunk_terms.append(per_out)
-        if flood is None:  # the widest sum of the whole batch (at most the track count)
-            J = max(1, max(map(len, tracks), default=1))
-            flood = params.flood_bits(J, he.primes[0].p / 2)
-        n_masks = sum(len(outs[c]) for c in sl)
-        he.expose(n_masks * N * P)
-        limbs = _mask(rng, sigma, (n_masks, N))
-        mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, n_masks, N)
-        first = np.cumsum([0] + [len(outs[c]) for c in sl])
-        groups = _split(len(sl), _parts(executor, len(sl)))
-        jobs = [
-            TrackProductsJob(
-                params,
-                he.public_key_blobs,
-                P,
-                [ups[k] for k in g],
-                [chunk_terms[k] for k in g],
-                mask_res[:, first[g[0]] : first[g[-1] + 1]],
-                flood,
+    # the widest sum of the whole batch (at most the track count)
+    flood = params.flood_bits(max(1, max(map(len, tracks), default=1)), he.primes[0].p / 2)
+    groups = stream_groups(executor, track_chunk_bytes(params, layout))
+
+    def jobs() -> Iterator[TrackProductsJob]:
+        # one job per few chunks, made as their uploads arrive (`_stream`)
+        for g in groups:
+            ups = []
+            for c in g:
+                bound = upload_bound(params, P * len(tracks[c]))
+                ups.append(unpack_blobs(ch.recv("he.tp.up", max_bytes=bound), P * len(tracks[c])))
+            chunk_terms: list[list[list[tuple[int, Ring]]]] = []
+            for c in g:
+                pos = {t: k for k, t in enumerate(tracks[c])}
+                per_out = []
+                for p in outs[c]:
+                    terms = []
+                    for t, y in sorted(terms_of[p].items()):
+                        yc = chunk(y, c, N)
+                        if yc.any():
+                            terms.append((pos[t], yc))
+                    per_out.append(terms)
+                chunk_terms.append(per_out)
+            n_masks = sum(len(outs[c]) for c in g)
+            he.expose(n_masks * N * P)
+            limbs = _mask(rng, sigma, (n_masks, N))
+            k = 0
+            for c in g:
+                for p in outs[c]:
+                    put(p, c, -limbs[0][k])
+                    k += 1
+            mask_res = np.stack(basis.residues_of_limbs(limbs))  # (P, n_masks, N)
+            yield TrackProductsJob(
+                params, he.public_key_blobs, P, ups, chunk_terms, mask_res, flood
             )
-            for g in groups
-        ]
-        results = _run(ch, executor, he, run_track_products, track_products_in_worker, jobs)
-        for per_chunk in results:
-            for per_out in per_chunk:
-                raws = [r for rs in per_out for r in rs]
-                ch.send("he.tp.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
-        for k, c in enumerate(sl):
-            for o, p in enumerate(outs[c]):
-                put(p, c, -limbs[0][first[k] + o])
-    return res
+
+    for per_chunk in _stream(
+        ch, executor, he, run_track_products, track_products_in_worker, jobs()
+    ):
+        for per_out in per_chunk:
+            raws = [r for rs in per_out for r in rs]
+            ch.send("he.tp.down", pack_blobs(raws), kind="ciphertexts", shape=(len(raws),))
+    return lambda: res
 
 
 def _parts(executor: HeExecutor | None, units: int) -> int:
@@ -324,6 +333,78 @@ def _parts(executor: HeExecutor | None, units: int) -> int:
 
 def _split(units: int, parts: int) -> list[NDArray[np.int64]]:
     return [g for g in np.array_split(np.arange(units), parts) if g.size]
+
+
+JOB_BYTES = 64 << 20  # the most one streamed job holds (uploads, returns, masks)
+
+
+def stream_groups(
+    executor: HeExecutor | None, costs: list[int], min_units: int = 1
+) -> list[NDArray[np.int64]]:
+    """Consecutive units (of working-set bytes `costs`) cut into streamed jobs: about
+    8 per worker, so that the first results go back while most of the work is still
+    to come and the last job (the drain, when the client waits) is short; at least
+    `min_units` units per job (a job's pickling and dispatch cost a few ms: tiny jobs,
+    such as one-prime chunks of bit products, are worth batching); and none holding
+    more than `JOB_BYTES` unless one unit does, so that the server's memory for a
+    batch stays a few jobs' worth however large the batch (`HeProvider.requirements`).
+    Public: both parties can compute it, though only the server needs to."""
+    units = len(costs)
+    workers = 1 if executor is None else executor.workers
+    parts = max(1, min(units // max(1, min_units), 8 * workers))
+    per = -(-units // parts) if units else 0
+    out: list[NDArray[np.int64]] = []
+    start = 0
+    while start < units:
+        end, held = start, 0
+        while (
+            end < units and end - start < per and (end == start or held + costs[end] <= JOB_BYTES)
+        ):
+            held += costs[end]
+            end += 1
+        out.append(np.arange(start, end, dtype=np.int64))
+        start = end
+    return out
+
+
+def products_chunk_bytes(params: CrtBfvParams, P: int, J: int) -> int:
+    """Bound on the server's working set for one chunk of `he_products` (P primes, J
+    operands): its uploads at their bound, its returns, its mask residues."""
+    N = params.slots
+    return upload_bound(params, P * J) + 4 + P * (4 + compact_bytes(N)) + (3 + P) * N * 8
+
+
+def track_chunk_bytes(params: CrtBfvParams, layout: TrackLayout) -> list[int]:
+    """`products_chunk_bytes` for each chunk of a mask-group batch (`he_track_products`)."""
+    N = params.slots
+    P = params.primes_for(129.0)
+    down = compact_bytes(N)
+    return [
+        upload_bound(params, P * len(t)) + 4 + P * len(o) * (4 + down) + len(o) * (3 + P) * N * 8
+        for t, o in zip(layout.chunk_tracks, layout.chunk_outputs, strict=True)
+    ]
+
+
+def _stream(
+    ch: Channel,
+    executor: HeExecutor | None,
+    he: CrtBfvServer,
+    local_fn: Callable,
+    worker_fn: Callable,
+    jobs: Iterable,
+) -> Iterator:
+    """Results of `jobs` in order, each as soon as it is done (`HeExecutor.imap`): a
+    job is made (its uploads received) while the ones before it run, and the caller
+    sends each result before the next is done, so the client decrypts while the
+    server computes. In this thread without workers; the workers' CPU seconds go to
+    the meter under the current label."""
+    if executor is None or executor.workers <= 1:
+        for j in jobs:
+            yield local_fn(he, j)
+        return
+    for r, cpu in executor.imap(worker_fn, jobs):
+        ch.meter.record_worker_cpu(cpu)
+        yield r
 
 
 def _run(ch, executor, he, local_fn, worker_fn, jobs):
@@ -370,18 +451,32 @@ def he_matmul_many(
     executor: HeExecutor | None = None,
 ) -> list[Ring]:
     """`he_matmul` for each (operand, shape, rhs_bits, wanted) of `items`, pipelined: the
-    client sends every product's uploads before it reads the first returns, so that it
-    encrypts and decrypts while the server computes the products one after another
-    (the server's order, and so the messages, are those of the calls one by one).
-    Rounds: 2 in all, instead of 2 per product."""
+    client sends every product's uploads before it reads the first returns, and the
+    server streams the products' jobs through its workers as the uploads arrive and
+    sends each product's returns when its jobs are done, so that the client encrypts
+    and decrypts while the server computes (the messages are those of the calls one
+    by one). Rounds: 2 in all, instead of 2 per product."""
+    return he_matmul_many_deferred(ch, he, items, rng, executor)()
+
+
+def he_matmul_many_deferred(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    items: list[tuple[NDArray, tuple[int, int, int], int, NDArray[np.bool_] | None]],
+    rng: SecureRng,
+    executor: HeExecutor | None = None,
+) -> Callable[[], list[Ring]]:
+    """`he_matmul_many` as a `finish` to call (see `he_products_deferred`)."""
     if ch.party == CLIENT:
         assert isinstance(he, CrtBfvClient)
+        client = he
         pending = [_matmul_send(ch, he, op, shape, bits, want) for op, shape, bits, want in items]
-        return [_matmul_receive(ch, he, st) for st in pending]
-    return [
-        _matmul_serve(ch, he, op, shape, bits, rng, executor, want)
-        for op, shape, bits, want in items
-    ]
+        return lambda: [_matmul_receive(ch, client, st) for st in pending]
+    assert isinstance(he, CrtBfvServer)
+    done = _matmul_serve_many(
+        ch, he, [(op, shape, bits, want, None) for op, shape, bits, want in items], rng, executor
+    )
+    return lambda: done
 
 
 def he_cross_matmul_many(
@@ -404,19 +499,32 @@ def he_cross_matmul_many(
     wanted entry (an empty blob for the others), plus 8 per wanted entry
     (`cross_matmul_layout`)."""
 
+    return he_cross_matmul_many_deferred(ch, he, items, rng, executor)()
+
+
+def he_cross_matmul_many_deferred(
+    ch: Channel,
+    he: CrtBfvClient | CrtBfvServer,
+    items: list[tuple[NDArray, NDArray, tuple[int, int, int], tuple[int, int] | None]],
+    rng: SecureRng,
+    executor: HeExecutor | None = None,
+) -> Callable[[], list[Ring]]:
+    """`he_cross_matmul_many` as a `finish` to call (see `he_products_deferred`)."""
+
     def wanted(shape: tuple[int, int, int], diag: tuple[int, int] | None) -> NDArray | None:
         return None if diag is None else diagonal_blocks(shape[0], shape[2], diag)
 
     if ch.party == CLIENT:
         assert isinstance(he, CrtBfvClient)
+        client = he
         pending = [
             _matmul_send(ch, he, x, shape, 63, wanted(shape, d), rhs=y) for x, y, shape, d in items
         ]
-        return [_matmul_receive(ch, he, st) for st in pending]
-    return [
-        _matmul_serve(ch, he, w, shape, 63, rng, executor, wanted(shape, d), lhs=x)
-        for x, w, shape, d in items
-    ]
+        return lambda: [_matmul_receive(ch, client, st) for st in pending]
+    assert isinstance(he, CrtBfvServer)
+    served = [(w, shape, 63, wanted(shape, d), x) for x, w, shape, d in items]
+    done = _matmul_serve_many(ch, he, served, rng, executor)
+    return lambda: done
 
 
 @dataclass
@@ -647,6 +755,19 @@ def _matmul_receive(ch: Channel, he: CrtBfvClient, st: _Pending) -> Ring:
     return out
 
 
+@dataclass
+class _Serving:
+    """A server's matrix product whose uploads are in and whose jobs are made: what
+    `_matmul_finish` needs to send its returns once the jobs are done."""
+
+    blk: Blocking
+    P: int
+    merge: int
+    groups: int  # returns per row block: merged groups (block columns unmerged)
+    jobs: list[MatmulJob]
+    limbs: list[Ring]  # the server's integer masks at the blocks' outputs
+
+
 def _matmul_serve(
     ch: Channel,
     he: CrtBfvServer,
@@ -660,6 +781,61 @@ def _matmul_serve(
 ) -> Ring:
     """The server's side of `he_matmul` (W = `operand`), or with `lhs` (X') of
     `he_cross_matmul_many`: X·W + X'·Y from the client's uploads of X and Y."""
+    st = _matmul_prepare(ch, he, operand, shape, rhs_bits, rng, executor, wanted, lhs)
+    jobs = st.jobs
+    return _matmul_finish(ch, st, _run(ch, executor, he, run_matmul, matmul_in_worker, jobs))
+
+
+def _matmul_serve_many(
+    ch: Channel,
+    he: CrtBfvServer,
+    items: list[tuple],
+    rng: SecureRng,
+    executor: HeExecutor | None,
+) -> list[Ring]:
+    """`_matmul_serve` for each of `items` (`_matmul_prepare`'s arguments after `he`
+    and before `rng`, then `wanted` and `lhs`), streamed: the next product's uploads
+    are taken and its jobs submitted while the last ones run, and each product's
+    returns go out as soon as its jobs are done (`_stream`). The messages are those
+    of the calls one by one."""
+    prepared: list[_Serving] = []
+
+    def jobs() -> Iterator[MatmulJob]:
+        for op, shape, bits, want, lhs in items:
+            st = _matmul_prepare(ch, he, op, shape, bits, rng, executor, want, lhs)
+            prepared.append(st)
+            yield from st.jobs
+
+    out: list[Ring] = []
+    got: list[list[list[bytes]]] = []
+
+    def finish_ready() -> None:
+        nonlocal got
+        while len(out) < len(prepared) and len(got) == len(prepared[len(out)].jobs):
+            out.append(_matmul_finish(ch, prepared[len(out)], got))
+            got = []
+
+    for r in _stream(ch, executor, he, run_matmul, matmul_in_worker, jobs()):
+        got.append(r)
+        finish_ready()
+    finish_ready()
+    if len(out) != len(items):
+        raise RuntimeError("a product's jobs did not all come back")
+    return out
+
+
+def _matmul_prepare(
+    ch: Channel,
+    he: CrtBfvServer,
+    operand: NDArray,
+    shape: tuple[int, int, int],
+    rhs_bits: int,
+    rng: SecureRng,
+    executor: HeExecutor | None,
+    wanted: NDArray[np.bool_] | None,
+    lhs: NDArray | None = None,
+) -> _Serving:
+    """Receive one product's uploads, draw its masks and cut it into jobs."""
     _check_wanted(wanted, shape)
     params = he.params
     cross = lhs is not None
@@ -728,16 +904,22 @@ def _matmul_serve(
         for primes in prime_sets
         for g in col_groups
     ]
-    raws = [[b""] * (Mb * len(merged)) for _ in range(P)]
-    for job, per_prime in zip(
-        jobs, _run(ch, executor, he, run_matmul, matmul_in_worker, jobs), strict=True
-    ):
+    return _Serving(blk, P, lay.merge, len(merged), jobs, limbs)
+
+
+def _matmul_finish(ch: Channel, st: _Serving, results: Iterable[list[list[bytes]]]) -> Ring:
+    """Send a product's returns (one message per prime, every output block's in
+    order) from its jobs' results; the server's share of the product."""
+    blk, P, merge = st.blk, st.P, st.merge
+    Mb = blk.grid[0]
+    raws = [[b""] * (Mb * st.groups) for _ in range(P)]
+    for job, per_prime in zip(st.jobs, results, strict=True):
         # the job's results in order: per row block, its groups (single columns unmerged)
-        qs = sorted({c // lay.merge for c in job.cols})
+        qs = sorted({c // merge for c in job.cols})
         for i, part in zip(job.primes, per_prime, strict=True):
             for a in range(Mb):
                 for qi, q in enumerate(qs):
-                    raws[i][a * len(merged) + q] = part[a * len(qs) + qi]
+                    raws[i][a * st.groups + q] = part[a * len(qs) + qi]
     for i in range(P):
         ch.send("he.mm.down", pack_blobs(raws[i]), kind="ciphertexts", shape=(len(raws[i]),))
-    return blk.decode_values(-limbs[0])
+    return blk.decode_values(-st.limbs[0])

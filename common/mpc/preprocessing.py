@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,16 +31,18 @@ from common.mpc.correlations import (
 )
 from common.mpc.engine import Mpc
 from common.mpc.he_protocols import (
-    SLICE_BYTES,
     cross_matmul_bytes,
     cross_matmul_layout,
     galois_elements_for,
-    he_cross_matmul_many,
-    he_matmul_many,
-    he_products,
-    he_track_products,
+    he_cross_matmul_many_deferred,
+    he_matmul_many_deferred,
+    he_products_deferred,
+    he_track_products_deferred,
     matmul_layout,
     pack_blobs,
+    products_chunk_bytes,
+    stream_groups,
+    track_chunk_bytes,
     unpack_blobs,
     upload_bound,
 )
@@ -85,6 +87,42 @@ def plan_program(
     return rec.plan, rec.weights
 
 
+def _check_digest(ch: Channel, mine: bytes) -> None:
+    """Read the peer's plan digest (`plan.digest`) and compare it with ours."""
+    theirs = ch.recv_array("plan.digest", (len(mine),), np.uint8).tobytes()
+    if theirs != mine:
+        raise ProtocolMismatch("the parties planned different programs")
+
+
+def run_stages(
+    ch: Channel, plans: list[tuple[str, Generator[None, None, Pool]]]
+) -> dict[str, Pool]:
+    """Run `HeProvider.stages` of consecutive plans overlapped, each under its layer's
+    label: 1(0) 2(0), then for each next plan t: 1(t) 3(t−1) 2(t), and 3 of the last.
+    The next plan's uploads thus go up before this plan's last returns are read, and
+    the server never waits between plans. Both parties run this same order (the
+    messages match, since the client reads nothing in a stage 1). Returns the Pools by
+    layer."""
+    pools: dict[str, Pool] = {}
+
+    def step(i: int) -> None:
+        layer, gen = plans[i]
+        with ch.scope(layer=layer or None):
+            try:
+                next(gen)
+            except StopIteration as done:
+                pools[layer] = done.value
+
+    for t in range(len(plans)):
+        step(t)
+        if t:
+            step(t - 1)
+        step(t)
+    if plans:
+        step(len(plans) - 1)
+    return pools
+
+
 def _agree(ch: Channel, plan: Plan) -> None:
     """Both parties must have planned the same program (1 round, 32 bytes each)."""
     mine = plan.digest()
@@ -121,13 +159,19 @@ class HeProvider:
         """(largest message, peak working bytes) of this plan's HE offline phase on the
         server, from the public shapes only (upper bounds: uploads at their bound
         `upload_bound`, returns exact), so that a session can be refused before any
-        work. The working set is that of the largest single HE product (its uploads,
-        returns and masks), which is freed before the next."""
+        work. The server streams each batch's jobs through its workers (`_stream`):
+        at most `2·workers + 1` jobs are held at once (made, running, or done and
+        unsent), so the working set is that many of the largest jobs' uploads, returns
+        and masks; a matrix product's jobs hold its whole uploads, so for those it is
+        that many of the largest products."""
         params = self.params
         N = params.slots
         up_b = params.upload_bytes
         down_b = compact_bytes(N)
         frame = work = 0
+        workers = 1 if self.executor is None else self.executor.workers
+        flight = 2 * workers + 1
+        products: list[int] = []
 
         def matmul(
             m: int,
@@ -148,7 +192,7 @@ class HeProvider:
             up = upload_bound(params, Mb * Kb + (Kb * Nb if cross else 0))
             down = 4 + Mb * len(lay.groups()) * (4 + compact_bytes(N, 0)) + 8 * useful
             frame = max(frame, up, down)
-            work = max(work, P * (up + down) + (3 + P) * Mb * Nb * N * 8)
+            products.append(P * (up + down) + (3 + P) * Mb * Nb * N * 8)
 
         def simd(slots: int, ups_per_chunk: int, outs_per_chunk: int, P: int) -> None:
             nonlocal frame, work
@@ -156,7 +200,10 @@ class HeProvider:
             up = upload_bound(params, P * ups_per_chunk)
             down = 4 + P * outs_per_chunk * (4 + down_b)
             frame = max(frame, up, down)
-            work = max(work, chunks * (up + down) + chunks * outs_per_chunk * (3 + P) * N * 8)
+            cost = products_chunk_bytes(params, P, ups_per_chunk)
+            jobs = stream_groups(self.executor, [cost] * chunks, -(-8 // (P * ups_per_chunk)))
+            held = sum(sorted(g.size * cost for g in jobs)[-flight:])
+            work = max(work, held + chunks * N * 8)
 
         for spec in plan.linears:
             matmul(spec.rows, spec.k, spec.n, self._weight_bits(plan), spec.rows * spec.n,
@@ -177,9 +224,12 @@ class HeProvider:
             ups = [upload_bound(params, P3 * len(t)) for t in layout.chunk_tracks]
             downs = [4 + P3 * len(o) * (4 + down_b) for o in layout.chunk_outputs]
             frame = max(frame, *ups, *downs)
-            # one slice's uploads, returns and masks (`track_slices`), and the server's
-            # operands of the whole batch (≤ 2 per output slot)
-            work = max(work, SLICE_BYTES + ups[0] + 16 * layout.output_slots)
+            # the largest jobs' uploads, returns and masks, and the server's operands
+            # of the whole batch (≤ 2 per output slot)
+            per_chunk = track_chunk_bytes(params, layout)
+            jobs = [sum(per_chunk[c] for c in g) for g in stream_groups(self.executor, per_chunk)]
+            work = max(work, sum(sorted(jobs)[-flight:]) + 16 * layout.output_slots)
+        work = max(work, sum(sorted(products)[-flight:]))
         return frame, work
 
     def _weight_bits(self, plan: Plan) -> int:
@@ -237,21 +287,46 @@ class HeProvider:
     def generate(
         self, ch: Channel, plan: Plan, weights: Mapping[str, Weight] | None = None
     ) -> Pool:
-        """Produce this party's share of every correlation in `plan`.
+        """Produce this party's share of every correlation in `plan` (its `stages` one
+        after another).
 
         Rounds: 1 (plan check) + 2 per kind present (+2 per matrix product).
         """
+        return run_stages(ch, [("", self.stages(ch, plan, weights))])[""]
+
+    def stages(
+        self, ch: Channel, plan: Plan, weights: Mapping[str, Weight] | None = None
+    ) -> Generator[None, None, Pool]:
+        """`generate` in three stages, a generator that pauses twice and returns the
+        Pool: (1) the plan check is sent and the uploads that need no linear output go
+        up (linear masks, Beaver triples, squares, wrap bits); (2) the linear masks'
+        returns are read and the uploads that take their outputs go up (mask groups,
+        matrix triples); (3) the other returns are read. Each kind is sent, then
+        finished (`he_products_deferred`); the server works kind after kind in this
+        order, at the time the client sends, so it finds its next kind's uploads
+        waiting, and the client encrypts and decrypts while the server computes.
+        `run_stages` overlaps consecutive plans' stages (the next plan's stage 1 before
+        this one's stage 3). The client reads nothing in stage 1, so that stage may run
+        while the previous plan's returns are still on their way. No channel scope is
+        held across a pause (the driver sets the layer)."""
         if self.he is None:
             self.setup(ch)
         he = self.he
         client = ch.party == CLIENT
         rng = self.rng
+        wbits = self._weight_bits(plan)
+        lin = self.he_linear
+        assert lin is not None
+        # ---- stage 1
         with ch.scope(phase="offline"):
-            _agree(ch, plan)
+            # The plan check, one way each: the server reads the client's now (it came
+            # first), the client reads the server's in stage 2, behind the previous
+            # plan's returns.
+            mine = plan.digest()
+            ch.send_array("plan.digest", np.frombuffer(mine, dtype=np.uint8))
+            if not client:
+                _check_digest(ch, mine)
             # Linear masks first: bound masks (`Bind`) take the client's output shares.
-            wbits = self._weight_bits(plan)
-            lin = self.he_linear
-            assert lin is not None
             self._galois_keys(ch, plan, wbits)
             with ch.scope(op="linear-masks"):
                 # all of the segment's linear layers in one pipelined batch
@@ -272,7 +347,34 @@ class HeProvider:
                                 f"weight {spec.key!r} exceeds the public bound 2^{wbits}"
                             )
                         items.append((w, (spec.rows, spec.k, spec.n), wbits, None))
-                shares = he_matmul_many(ch, lin, items, rng, self.executor)
+                linear_done = he_matmul_many_deferred(ch, lin, items, rng, self.executor)
+            with ch.scope(op="triples"):
+                n = plan.triples
+                a, b = random_ring(rng, n), random_ring(rng, n)
+                triples_done = (
+                    he_products_deferred(ch, he, [a, b] if client else [b, a], rng, self.executor)
+                    if n
+                    else lambda: np.zeros(0, U64)
+                )
+            with ch.scope(op="squares"):
+                n = plan.squares
+                sq = random_ring(rng, n)
+                squares_done = (
+                    he_products_deferred(
+                        ch, he, [sq if client else U64(2) * sq], rng, self.executor
+                    )
+                    if n
+                    else lambda: sq[:0]
+                )
+            with ch.scope(op="wraps"):
+                wraps_done = self._wraps(ch, plan.wraps)
+        yield
+        # ---- stage 2
+        with ch.scope(phase="offline"):
+            if client:
+                _check_digest(ch, mine)
+            with ch.scope(op="linear-masks"):
+                shares = linear_done()
                 linears = [
                     LinearMask(spec, share, rs[t] if client else None)
                     for t, (spec, share) in enumerate(zip(plan.linears, shares, strict=True))
@@ -282,29 +384,23 @@ class HeProvider:
                     if client
                     else {}
                 )
-            with ch.scope(op="triples"):
-                n = plan.triples
-                a, b = random_ring(rng, n), random_ring(rng, n)
-                if n:
-                    v = he_products(ch, he, [a, b] if client else [b, a], rng, self.executor)
-                else:
-                    v = np.zeros(0, U64)
-                triples = (a, b, a * b + v)
-            with ch.scope(op="squares"):
-                n = plan.squares
-                a = random_ring(rng, n)
-                v = (
-                    he_products(ch, he, [a if client else U64(2) * a], rng, self.executor)
-                    if n
-                    else a[:0]
-                )
-                squares = (a, a * a + v)
-            with ch.scope(op="wraps"):
-                wraps = self._wraps(ch, plan.wraps)
             with ch.scope(op="mask-groups"):
-                groups = self._groups(ch, plan.groups, outputs)
+                groups_done = self._groups(ch, plan.groups, outputs)
             with ch.scope(op="matmul-triples"):
-                matmuls = self._matmul_triples(ch, plan.matmul_specs(), outputs)
+                matmuls_done = self._matmul_triples(ch, plan.matmul_specs(), outputs)
+        yield
+        # ---- stage 3
+        with ch.scope(phase="offline"):
+            with ch.scope(op="triples"):
+                triples = (a, b, a * b + triples_done())
+            with ch.scope(op="squares"):
+                squares = (sq, sq * sq + squares_done())
+            with ch.scope(op="wraps"):
+                wraps = wraps_done()
+            with ch.scope(op="mask-groups"):
+                groups = groups_done()
+            with ch.scope(op="matmul-triples"):
+                matmuls = matmuls_done()
         return Pool(triples, squares, matmuls, linears, groups, wraps)
 
     def _galois_keys(self, ch: Channel, plan: Plan, wbits: int) -> None:
@@ -333,27 +429,28 @@ class HeProvider:
                 he.galois_blobs = tuple(blobs)
         he.galois_elements = tuple(elements)
 
-    def _wraps(self, ch: Channel, n: int) -> tuple[NDArray[np.uint8], Ring]:
+    def _wraps(self, ch: Channel, n: int) -> Callable[[], tuple[NDArray[np.uint8], Ring]]:
         """n bit triples for `Mpc.wrap_bits`: a random bit each (u: server, v: client)
         and shares of u·v, by `he_products` on 1-bit operands (one CRT prime, a mask
         uniform mod p; about 45 bytes per triple in all at the default parameters; 2
-        rounds)."""
+        rounds), as a `finish` to call (`he_products_deferred`)."""
         bits = self.rng.random_bits(n)
         if not n:
-            return bits, np.zeros(0, U64)
-        share = he_products(
+            return lambda: (bits, np.zeros(0, U64))
+        done = he_products_deferred(
             ch, self.he, [bits.astype(U64)], self.rng, self.executor, operand_bits=1
         )
-        return bits, share
+        return lambda: (bits, done())
 
     def _groups(
         self, ch: Channel, specs: list[GroupSpec], outputs: Mapping[str, Ring]
-    ) -> list[MaskGroup]:
+    ) -> Callable[[], list[MaskGroup]]:
         """Every group's masks at random (a bound mask's client share: the client's
         linear output share, see `Bind`); their planned products in one SIMD batch over
-        all groups in which each mask goes up once (`common.mpc.tracks`; 2 rounds)."""
+        all groups in which each mask goes up once (`common.mpc.tracks`; 2 rounds), as
+        a `finish` to call (`he_products_deferred`)."""
         if not specs:
-            return []
+            return lambda: []
         rng, he = self.rng, self.he
         client = ch.party == CLIENT
         masks = [
@@ -362,29 +459,32 @@ class HeProvider:
         ]
         layout = TrackLayout(specs, he.params.slots, he.params.upload_bytes, he.return_size())
         ops = layout.uploads(masks) if client else layout.terms(masks)
-        shares = he_track_products(ch, he, layout, ops, rng, self.executor)
-        return [
-            MaskGroup(spec, ms, prods)
-            for spec, ms, prods in zip(
-                specs, masks, layout.products(masks, shares, specs), strict=True
-            )
-        ]
+        done = he_track_products_deferred(ch, he, layout, ops, rng, self.executor)
+
+        def finish() -> list[MaskGroup]:
+            products = layout.products(masks, done(), specs)
+            return [
+                MaskGroup(spec, ms, prods)
+                for spec, ms, prods in zip(specs, masks, products, strict=True)
+            ]
+
+        return finish
 
     def _matmul_triples(
         self,
         ch: Channel,
         specs: list[tuple[tuple[int, ...], tuple[Bind | None, Bind | None]]],
         outputs: Mapping[str, Ring],
-    ) -> list[tuple[Ring, Ring, Ring]]:
-        """Batches of matrix triples C = A·B (A: …×m×k, B: …×k×n): both cross terms
-        a_c·b_s + a_s·b_c in one HE product (`he_cross_matmul_many`: the client uploads
-        a_c and b_c, the server multiplies by b_s and a_s and returns the sum once), all
-        of a segment's in one pipelined batch (2 rounds). Small matrices (one head's
-        attention) would each fill whole ciphertexts, so `g` of them (chosen by
-        `matmul_group_size`) are stacked into one (g·m)×k by k×(g·n) product whose
-        diagonal blocks are the g wanted products; the server returns c0 only at the
-        diagonal blocks' coefficients (`wanted`), so the off-diagonal ones cannot even
-        be decrypted."""
+    ) -> Callable[[], list[tuple[Ring, Ring, Ring]]]:
+        """As a `finish` to call (`he_products_deferred`): batches of matrix triples
+        C = A·B (A: …×m×k, B: …×k×n): both cross terms a_c·b_s + a_s·b_c in one HE product
+        (`he_cross_matmul_many`: the client uploads a_c and b_c, the server multiplies by
+        b_s and a_s and returns the sum once), all of a segment's in one pipelined batch (2
+        rounds). Small matrices (one head's attention) would each fill whole ciphertexts, so
+        `g` of them (chosen by `matmul_group_size`) are stacked into one (g·m)×k by k×(g·n)
+        product whose diagonal blocks are the g wanted products; the server returns c0 only
+        at the diagonal blocks' coefficients (`wanted`), so the off-diagonal ones cannot
+        even be decrypted."""
         rng, he = self.rng, self.he
         assert he is not None
         client = ch.party == CLIENT
@@ -410,18 +510,23 @@ class HeProvider:
                 groups.append((grp, len(items)))
                 items.append((lhs, rhs, (h * m, k, h * n), (m, n)))
             layout.append((shape, a, b, af, bf, groups))
-        shares = he_cross_matmul_many(ch, he, items, rng, self.executor)
-        out = []
-        for shape, a, b, af, bf, groups in layout:
-            *batch, m, k, n = shape
-            c = np.empty((af.shape[0], m, n), U64)
-            for grp, pos in groups:
-                s = shares[pos]
-                for t, idx in enumerate(grp):
-                    d = s[t * m : (t + 1) * m, t * n : (t + 1) * n]
-                    c[idx] = ring_matmul(af[idx], bf[idx]) + d
-            out.append((a, b, c.reshape(*batch, m, n)))
-        return out
+        done = he_cross_matmul_many_deferred(ch, he, items, rng, self.executor)
+
+        def finish() -> list[tuple[Ring, Ring, Ring]]:
+            shares = done()
+            out = []
+            for shape, a, b, af, bf, groups in layout:
+                *batch, m, _, n = shape
+                c = np.empty((af.shape[0], m, n), U64)
+                for grp, pos in groups:
+                    s = shares[pos]
+                    for t, idx in enumerate(grp):
+                        d = s[t * m : (t + 1) * m, t * n : (t + 1) * n]
+                        c[idx] = ring_matmul(af[idx], bf[idx]) + d
+                out.append((a, b, c.reshape(*batch, m, n)))
+            return out
+
+        return finish
 
 
 def matmul_group_size(

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from common.approx.backend import PlainBackend, SharedBackend
 from common.mpc.correlations import Plan, Pool, SegmentedPool, SegmentedRecorder
 from common.mpc.engine import Mpc
-from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider
+from common.mpc.preprocessing import HeProvider, InsecureDealer, make_provider, run_stages
 from common.mpc.ring import FixedPoint, PublicMatrices
 from common.mpc.roles import CLIENT, SERVER
 from common.protocol.card import CompiledModel, ModelCard, linear_weight_bits
@@ -179,10 +179,15 @@ class PlanCache:
 def offline_phase(
     ch: Channel, planned: PlannedForward, provider: HeProvider | InsecureDealer
 ) -> dict[str, Pool]:
-    """The input-independent phase: HE key setup, then every layer's correlations."""
+    """The input-independent phase: HE key setup, then every layer's correlations,
+    consecutive layers' HE stages overlapped (`run_stages`)."""
     provider.setup(ch)
+    segments = planned.recorder.recorders.items()
+    if isinstance(provider, HeProvider):
+        staged = [(layer, provider.stages(ch, seg.plan, seg.weights)) for layer, seg in segments]
+        return run_stages(ch, staged)
     pools = {}
-    for layer, seg in planned.recorder.recorders.items():
+    for layer, seg in segments:
         with ch.scope(layer=layer):
             pools[layer] = provider.generate(ch, seg.plan, seg.weights)
     return pools

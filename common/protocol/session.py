@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from common.protocol.card import ModelCard
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 OUTPUTS = ("logits", "hidden")
 
 

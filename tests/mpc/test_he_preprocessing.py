@@ -449,17 +449,28 @@ def test_bound_mask_that_does_not_match_is_a_clear_error():
 
 @pytest.mark.slow
 def test_worker_processes_give_exact_correlations():
-    """The server's HE work in two worker processes: every kind stays exact, and the
-    workers are gone after close."""
+    """The server's HE work in two worker processes, streamed (several products and
+    chunks per batch, jobs made as their uploads arrive): every kind stays exact, and
+    the workers are gone after close."""
     from common.he.executor import ProcessExecutor
 
     rng = np.random.default_rng(3)
     w = rng.integers(-(2**20), 2**20, (24, 300))
+    w2 = rng.integers(-(2**20), 2**20, (300, 40))
     spec = LinearSpec("w", 5, 24, 300)
-    plan = Plan(triples=20000, squares=9000, matmuls=[(1, 6, 16, 4)], linears=[spec])
+    spec2 = LinearSpec("w2", 7, 300, 40)
+    groups = [GroupSpec(((9000,), (9000,)), ((0, 0), (0, 1))), GroupSpec(((700,),), ((0, 0),))]
+    plan = Plan(
+        triples=20000,
+        squares=9000,
+        wraps=30000,
+        matmuls=[(1, 6, 16, 4), (3, 8, 4, 8)],
+        linears=[spec, spec2],
+        groups=groups,
+    )
     ex = ProcessExecutor(2)
     try:
-        (p0, _), (p1, _) = _gen(plan, {"w": w}, executor=ex)
+        (p0, _), (p1, _) = _gen(plan, {"w": w, "w2": w2}, executor=ex)
         pids = ex.pids()
     finally:
         ex.close()
@@ -472,8 +483,20 @@ def test_worker_processes_give_exact_correlations():
     A0, B0, C0 = p0.matmul_triple((1, 6, 16, 4))
     A1, B1, C1 = p1.matmul_triple((1, 6, 16, 4))
     assert np.array_equal(C0 + C1, ring_matmul(A0 + A1, B0 + B1))
-    l0, l1 = p0.linear_mask(spec), p1.linear_mask(spec)
-    assert np.array_equal(l0.share + l1.share, ring_matmul_public(l1.r, w))
+    A0, B0, C0 = p0.matmul_triple((3, 8, 4, 8))
+    A1, B1, C1 = p1.matmul_triple((3, 8, 4, 8))
+    assert np.array_equal(C0 + C1, ring_matmul(A0 + A1, B0 + B1))
+    for sp, wt in ((spec, w), (spec2, w2)):
+        l0, l1 = p0.linear_mask(sp), p1.linear_mask(sp)
+        assert np.array_equal(l0.share + l1.share, ring_matmul_public(l1.r, wt))
+    for g in groups:
+        g0, g1 = p0.group(g), p1.group(g)
+        masks = [a + b for a, b in zip(g0.masks, g1.masks, strict=True)]
+        for i, j in g.pairs:
+            assert np.array_equal(g0.products[(i, j)] + g1.products[(i, j)], masks[i] * masks[j])
+    u0, v0 = p0.wraps(30000)
+    u1, v1 = p1.wraps(30000)
+    assert np.array_equal(v0 + v1, u0.astype(np.uint64) * u1.astype(np.uint64))
     for pid in pids:
         for _ in range(50):
             if not _alive(pid):

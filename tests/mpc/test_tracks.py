@@ -84,15 +84,37 @@ def test_small_regions_with_many_products_are_unrolled_and_exact():
             assert np.array_equal(g0.products[(i, j)] + g1.products[(i, j)], masks[i] * masks[j])
 
 
-def test_batch_cut_into_slices_stays_exact(monkeypatch):
-    """With a small working-set budget the batch is cut into several round trips
-    (`track_slices`), each chunk in exactly one, and every product stays exact."""
+def test_products_exact_when_streamed_one_chunk_per_job(monkeypatch):
+    """With a job budget below one chunk's working set (`JOB_BYTES`) the server
+    streams the batch one chunk per job (`stream_groups`): each job is made as its
+    uploads arrive and each chunk's returns go back in order; every product stays
+    exact."""
     import common.mpc.he_protocols as hp
     from common.he.crt_bfv import CrtBfvParams
 
-    monkeypatch.setattr(hp, "SLICE_BYTES", 1)
+    monkeypatch.setattr(hp, "JOB_BYTES", 1)
     layout = TrackLayout(SPECS)
-    slices = hp.track_slices(layout, CrtBfvParams())
-    assert len(slices) == len(layout.chunk_tracks) > 1
-    assert [c for s in slices for c in s] == list(range(len(layout.chunk_tracks)))
+    groups = hp.stream_groups(None, hp.track_chunk_bytes(CrtBfvParams(), layout))
+    assert [g.tolist() for g in groups] == [[c] for c in range(len(layout.chunk_tracks))]
+    assert len(groups) > 1
     test_products_exact_across_chunks()
+
+
+def test_stream_groups_cover_every_unit_in_order_within_the_budget():
+    import common.mpc.he_protocols as hp
+
+    class Two:
+        workers = 2
+
+    costs = [5, 1, 1, 30, 2, 2, 2, 2, 2, 2] * 7
+    for budget in (1, 8, 40, 10**9):
+        hp_budget = hp.JOB_BYTES
+        try:
+            hp.JOB_BYTES = budget
+            groups = hp.stream_groups(Two(), costs, min_units=2)
+        finally:
+            hp.JOB_BYTES = hp_budget
+        assert np.concatenate(groups).tolist() == list(range(len(costs)))
+        assert all(g.size == 1 or sum(costs[i] for i in g) <= budget for g in groups)
+        # about 8 jobs per worker: none longer than an even cut into 16
+        assert max(g.size for g in groups) <= -(-len(costs) // 16)
