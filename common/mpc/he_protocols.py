@@ -325,12 +325,6 @@ def he_track_products_deferred(
     return lambda: res
 
 
-def _parts(executor: HeExecutor | None, units: int) -> int:
-    """How many jobs to cut `units` into: two per worker (balance), one when serial."""
-    workers = 1 if executor is None else executor.workers
-    return 1 if workers <= 1 else max(1, min(units, 2 * workers))
-
-
 def _split(units: int, parts: int) -> list[NDArray[np.int64]]:
     return [g for g in np.array_split(np.arange(units), parts) if g.size]
 
@@ -407,16 +401,6 @@ def _stream(
         yield r
 
 
-def _run(ch, executor, he, local_fn, worker_fn, jobs):
-    """Jobs in this thread with the session's own HE objects, or in the workers (whose
-    CPU seconds the meter records under the current label)."""
-    if executor is None or executor.workers <= 1 or len(jobs) <= 1:
-        return [local_fn(he, j) for j in jobs]
-    out = executor.map(worker_fn, jobs)
-    ch.meter.record_worker_cpu(sum(cpu for _, cpu in out))
-    return [r for r, _ in out]
-
-
 def he_matmul(
     ch: Channel,
     he: CrtBfvClient | CrtBfvServer,
@@ -437,10 +421,7 @@ def he_matmul(
     Bytes per prime: Mb·Kb uploads of 8·N·(levels) and Mb·Nb returns of 9·N, plus 8 per
     needed entry.
     """
-    if ch.party == CLIENT:
-        assert isinstance(he, CrtBfvClient)
-        return _matmul_receive(ch, he, _matmul_send(ch, he, operand, shape, rhs_bits, wanted))
-    return _matmul_serve(ch, he, operand, shape, rhs_bits, rng, executor, wanted)
+    return he_matmul_many(ch, he, [(operand, shape, rhs_bits, wanted)], rng, executor)[0]
 
 
 def he_matmul_many(
@@ -768,24 +749,6 @@ class _Serving:
     limbs: list[Ring]  # the server's integer masks at the blocks' outputs
 
 
-def _matmul_serve(
-    ch: Channel,
-    he: CrtBfvServer,
-    operand: NDArray,
-    shape: tuple[int, int, int],
-    rhs_bits: int,
-    rng: SecureRng,
-    executor: HeExecutor | None,
-    wanted: NDArray[np.bool_] | None,
-    lhs: NDArray | None = None,
-) -> Ring:
-    """The server's side of `he_matmul` (W = `operand`), or with `lhs` (X') of
-    `he_cross_matmul_many`: X·W + X'·Y from the client's uploads of X and Y."""
-    st = _matmul_prepare(ch, he, operand, shape, rhs_bits, rng, executor, wanted, lhs)
-    jobs = st.jobs
-    return _matmul_finish(ch, st, _run(ch, executor, he, run_matmul, matmul_in_worker, jobs))
-
-
 def _matmul_serve_many(
     ch: Channel,
     he: CrtBfvServer,
@@ -793,8 +756,10 @@ def _matmul_serve_many(
     rng: SecureRng,
     executor: HeExecutor | None,
 ) -> list[Ring]:
-    """`_matmul_serve` for each of `items` (`_matmul_prepare`'s arguments after `he`
-    and before `rng`, then `wanted` and `lhs`), streamed: the next product's uploads
+    """The server's side of `he_matmul_many` (W = the operand) or, with an lhs X', of
+    `he_cross_matmul_many` (X·W + X'·Y from the client's uploads of X and Y), for each
+    of `items` (`_matmul_prepare`'s arguments operand, shape, rhs_bits, wanted, lhs),
+    streamed: the next product's uploads
     are taken and its jobs submitted while the last ones run, and each product's
     returns go out as soon as its jobs are done (`_stream`). The messages are those
     of the calls one by one."""

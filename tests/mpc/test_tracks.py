@@ -100,7 +100,7 @@ def test_products_exact_when_streamed_one_chunk_per_job(monkeypatch):
     test_products_exact_across_chunks()
 
 
-def test_stream_groups_cover_every_unit_in_order_within_the_budget():
+def test_stream_groups_cover_every_unit_in_order_within_the_budget(monkeypatch):
     import common.mpc.he_protocols as hp
 
     class Two:
@@ -108,12 +108,8 @@ def test_stream_groups_cover_every_unit_in_order_within_the_budget():
 
     costs = [5, 1, 1, 30, 2, 2, 2, 2, 2, 2] * 7
     for budget in (1, 8, 40, 10**9):
-        hp_budget = hp.JOB_BYTES
-        try:
-            hp.JOB_BYTES = budget
-            groups = hp.stream_groups(Two(), costs, min_units=2)
-        finally:
-            hp.JOB_BYTES = hp_budget
+        monkeypatch.setattr(hp, "JOB_BYTES", budget)
+        groups = hp.stream_groups(Two(), costs, min_units=2)
         assert np.concatenate(groups).tolist() == list(range(len(costs)))
         assert all(g.size == 1 or sum(costs[i] for i in g) <= budget for g in groups)
         # about 8 jobs per worker: none longer than an even cut into 16
